@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned in the same pip command as everything that depends on it, so pip takes the
+# local CPU wheel instead of a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= train,index,service,dev
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help venv demo test lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)" -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)  ## create or update the virtual environment
+
+demo: $(STAMP)  ## train a tiny LexVLA, index generated images and serve them
+	$(VENV)/bin/lexvla demo $(ARGS)
+
+test: $(STAMP)  ## run all tests (CPU, offline)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)  ## apply ruff's formatting and fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)  ## run the CPU benchmarks (results go to docs/benchmarks.md by hand)
+	$(PY) bench/encode.py
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,87 @@
+"""Image preprocessing for the image encoder (DINOv2's normalisation, LEXVLA.md section 4).
+
+The encoder takes RGB images only: converting CMYK, palette, 16-bit or alpha images (and applying
+EXIF orientation) is the job of whoever reads the files, e.g. ``indexer.decode``; passing anything
+else raises a ValueError that says so, rather than silently producing a different vector.
+Eval: resize the shorter side, centre crop. Train: random resized crop and horizontal flip.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+# DINOv2 uses the ImageNet statistics.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def check_rgb(image: object, position: int | None = None) -> Image.Image:
+    where = "" if position is None else f" at position {position}"
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image{where}, got {type(image).__name__}")
+    if image.mode != "RGB":
+        raise ValueError(
+            f"image{where} has mode {image.mode!r}; the encoder takes RGB only. Convert it first "
+            "(indexer.decode.to_rgb handles CMYK, palette, 16-bit, alpha and EXIF orientation)."
+        )
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image{where} is empty ({image.width}x{image.height})")
+    return image
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> normalised float tensor (3, H, W)."""
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr).permute(2, 0, 1)
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    return (t - mean) / std
+
+
+def eval_transform(image: Image.Image, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` (bicubic), centre crop ``size`` x ``size``."""
+    check_rgb(image)
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return to_tensor(image.crop((left, top, left + size, top + size)))
+
+
+def train_transform(
+    image: Image.Image,
+    size: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Random resized crop (area ``scale``, aspect ``ratio``) then a random horizontal flip."""
+    check_rgb(image)
+    w, h = image.size
+    box = (0, 0, w, h)
+    for _ in range(10):
+        area = w * h * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            box = (left, top, left + cw, top + ch)
+            break
+    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return to_tensor(image)
+
+
+def batch_eval(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """A list of RGB PIL images -> (B, 3, size, size); raises on an empty list or non-RGB image."""
+    if len(images) == 0:
+        raise ValueError("empty batch: pass at least one image")
+    return torch.stack([eval_transform(check_rgb(im, i), size) for i, im in enumerate(images)])

@@ -1,0 +1,55 @@
+"""Sparsification: dense lexical vectors -> sparse rows in vocabulary index space.
+
+The paper keeps the entries above ``1/sqrt(V)``, the value every entry of a uniform unit vector
+would have (LEXVLA.md section 5); a top-k cut (k=512 in the paper's ablation) can be applied on
+top. Weights are kept as they are (not re-normalised), so a sparse dot product is the dense dot
+product restricted to the kept words, and every score is a sum of per-word contributions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def default_threshold(vocab_size: int) -> float:
+    """``1/sqrt(V)``: the paper's threshold."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocabulary size must be positive, got {vocab_size}")
+    return 1.0 / math.sqrt(vocab_size)
+
+
+def sparsify(
+    dense: torch.Tensor | np.ndarray, threshold: float | None = None, top_k: int | None = None
+) -> sp.csr_matrix:
+    """Rows of ``dense`` (B x V) -> float32 CSR keeping entries ``> threshold``, then the top k.
+
+    ``threshold=None`` means the default ``1/sqrt(V)``; pass 0.0 to keep every positive entry.
+    """
+    if isinstance(dense, torch.Tensor):
+        dense = dense.detach().float().cpu().numpy()
+    dense = np.asarray(dense, dtype=np.float32)
+    if dense.ndim == 1:
+        dense = dense[None]
+    if dense.ndim != 2:
+        raise ValueError(f"expected a (batch, vocab) array, got shape {dense.shape}")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    limit = default_threshold(dense.shape[1]) if threshold is None else float(threshold)
+    kept = np.where(dense > limit, dense, 0.0).astype(np.float32)
+    if top_k is not None and top_k < dense.shape[1]:
+        # zero everything below each row's k-th largest kept value (ties broken by position)
+        drop = np.argpartition(-kept, top_k, axis=1)[:, top_k:]
+        np.put_along_axis(kept, drop, 0.0, axis=1)
+    out = sp.csr_matrix(kept)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def active_counts(rows: sp.csr_matrix) -> np.ndarray:
+    """Number of active words per row."""
+    return np.diff(rows.indptr)
