@@ -1,0 +1,1 @@
+"""The ``lexvla`` command: one console script that dispatches to each package's CLI."""

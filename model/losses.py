@@ -1,0 +1,120 @@
+"""Training objectives (LEXVLA.md section 6), each returning named parts.
+
+- Symmetric InfoNCE over image and text lexical vectors with CLIP's learnable temperature, with
+  negatives gathered from every rank. The gather copies other ranks' rows without gradient and
+  puts the local slice back so that it keeps its own (open_clip's scheme); every rank then
+  computes the loss of the whole global batch. Summing the per-rank gradients gives exactly the
+  single-process gradient, so a DDP loop, which *averages* gradients, must scale its backward loss
+  by the world size (``training`` does).
+- FLOPs regulariser (SPLADE's; the baseline the paper argues against): ``sum_j (mean_i s_ij)^2``.
+- Overuse penalty, the paper's contribution. Its exact formula is an image in the paper; our
+  reconstruction (a documented default): ``p_j = mean_i s_ij``, ``L = sum_j p_j^3 / sum_j p_j``,
+  the FLOPs term of each word weighted by its share of the activation mass, so words switched on
+  across the batch pay much more than words used by a few samples.
+- Regulariser weights ramp in quadratically over the first steps (SPLADE's practice).
+
+Only ``torch.distributed`` collectives are used here; process-group setup lives in ``training``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+Penalty = Literal["overuse", "flops", "none"]
+
+
+def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank; only the local slice carries gradient."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, max_scale: float = 100.0
+) -> torch.Tensor:
+    """Symmetric InfoNCE on already-gathered (N, V) image and text vectors; pair i matches i."""
+    if image.shape != text.shape:
+        raise ValueError(f"image {tuple(image.shape)} and text {tuple(text.shape)} do not pair up")
+    if image.shape[0] == 0:
+        raise ValueError("empty batch")
+    scale = logit_scale.exp().clamp(max=max_scale)
+    logits = scale * image @ text.T
+    labels = torch.arange(image.shape[0], device=image.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def flops_penalty(s: torch.Tensor) -> torch.Tensor:
+    """SPLADE's FLOPs regulariser: ``sum_j (mean_i s_ij)^2``."""
+    return s.mean(dim=0).pow(2).sum()
+
+
+def overuse_penalty(s: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``sum_j p_j^3 / sum_j p_j`` with ``p_j = mean_i s_ij`` (our reconstruction, see above)."""
+    p = s.mean(dim=0)
+    return p.pow(3).sum() / p.sum().clamp_min(eps)
+
+
+PENALTIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "overuse": overuse_penalty,
+    "flops": flops_penalty,
+}
+
+
+class QuadraticWarmup:
+    """Regulariser weight ``lam * min(1, step / warmup_steps) ** 2``."""
+
+    def __init__(self, weight: float, warmup_steps: int):
+        if weight < 0 or warmup_steps < 0:
+            raise ValueError("weight and warmup_steps must be non-negative")
+        self.weight = weight
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps == 0:
+            return self.weight
+        return self.weight * min(1.0, step / self.warmup_steps) ** 2
+
+
+class LexVLALoss:
+    """``L = InfoNCE + lam_img(step) * R(S_img) + lam_txt(step) * R(S_txt)`` over the global batch."""
+
+    def __init__(
+        self,
+        penalty: Penalty = "overuse",
+        image_weight: float = 1e-3,
+        text_weight: float = 1e-3,
+        warmup_steps: int = 0,
+        max_logit_scale: float = 100.0,
+    ):
+        if penalty not in (*PENALTIES, "none"):
+            raise ValueError(f"unknown penalty {penalty!r}; choose overuse, flops or none")
+        self.penalty = penalty
+        self.image_weight = QuadraticWarmup(image_weight, warmup_steps)
+        self.text_weight = QuadraticWarmup(text_weight, warmup_steps)
+        self.max_logit_scale = max_logit_scale
+
+    def __call__(
+        self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, step: int = 0
+    ) -> dict[str, torch.Tensor]:
+        image_all = gather_with_local_grad(image)
+        text_all = gather_with_local_grad(text)
+        parts = {
+            "contrastive_loss": contrastive_loss(
+                image_all, text_all, logit_scale, self.max_logit_scale
+            )
+        }
+        if self.penalty != "none":
+            reg = PENALTIES[self.penalty]
+            parts[f"image_{self.penalty}_loss"] = self.image_weight(step) * reg(image_all)
+            parts[f"text_{self.penalty}_loss"] = self.text_weight(step) * reg(text_all)
+        total = torch.stack(list(parts.values())).sum()
+        return {"loss": total, **parts}
