@@ -146,8 +146,8 @@ def decode_bytes(
             image.draft(image.mode if image.mode == "CMYK" else "RGB", (draft_size, draft_size))
         image.seek(0)  # first frame of an animation
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        rgb = to_rgb(image)
+        upright = ImageOps.exif_transpose(image) or image
+        rgb = to_rgb(upright)
         rgb.load()
     except OSError as exc:
         if "truncated" in str(exc).lower():

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +134,7 @@ def _manifest_rows(manifest: Path) -> Iterator[tuple[int, Any]]:
         raise ValueError(f"manifest {manifest} must end in .csv or .jsonl")
 
 
-def iter_webdataset(shards: list[str | Path]) -> Iterator[SourceItem]:
+def iter_webdataset(shards: Sequence[str | Path]) -> Iterator[SourceItem]:
     """Samples of webdataset tar shards, one item per sample key (its image member's bytes).
 
     A sample's key is its member name up to the first dot of the base name (webdataset's rule);
