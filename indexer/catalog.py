@@ -1,0 +1,210 @@
+"""The corpus store's catalog: image metadata, shards, skipped files and job markers in SQLite.
+
+One SQLite file (``metadata.sqlite``) answers every question about a corpus except the vectors
+themselves: which images exist and where their rows are (shard, row), which are deleted, which
+files were skipped and why, and which units of a resumable job are complete. Its transactions are
+the store's commit points (see :mod:`indexer.store`). WAL mode lets readers (the service) run while
+one writer (an indexing job) appends.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from indexer.decode import ImageInfo, Skipped
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY, shard INTEGER NOT NULL, row INTEGER NOT NULL, path TEXT,
+    bytes INTEGER, format TEXT, width INTEGER, height INTEGER, sha256 TEXT, extra TEXT,
+    thumbnail INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0, added TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_by_shard ON images (shard, row);
+CREATE INDEX IF NOT EXISTS images_by_sha256 ON images (sha256);
+CREATE TABLE IF NOT EXISTS shards (
+    shard INTEGER PRIMARY KEY, rows INTEGER NOT NULL, nnz INTEGER NOT NULL, added TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    id TEXT NOT NULL, path TEXT, reason TEXT NOT NULL, job_key TEXT, added TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS done (
+    key TEXT PRIMARY KEY, images INTEGER NOT NULL, skipped INTEGER NOT NULL, added TEXT NOT NULL
+);
+"""
+COLUMNS = ("id", "shard", "row", "path", "bytes", "format", "width", "height", "sha256", "extra",
+           "thumbnail", "deleted", "added")  # fmt: skip
+_SQL_CHUNK = 500  # ids per "IN (...)" query, below SQLite's variable limit
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image's row in the catalog: what decode found plus where its vector lives."""
+
+    id: str
+    shard: int
+    row: int
+    path: str
+    bytes: int
+    format: str
+    width: int
+    height: int
+    sha256: str
+    extra: dict[str, Any]
+    has_thumbnail: bool
+    deleted: bool
+    added: str
+
+
+class Catalog:
+    """Thread-safe access to ``metadata.sqlite``; every write is one transaction."""
+
+    def __init__(self, path: Path):
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode may lose the last commits on power loss but never half of one, and
+        # a lost commit only means its chunk is encoded again on resume.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing ------------------------------------------------------------------------------
+    def commit_batch(
+        self,
+        shard: int | None,
+        records: Sequence[ImageInfo],
+        has_thumbnail: Sequence[bool],
+        nnz: int,
+        skipped: Sequence[Skipped],
+        done_key: str | None,
+        now: str,
+    ) -> None:
+        """One transaction: the shard, its image rows, skipped files and the done marker."""
+        with self._transaction() as db:
+            if shard is not None:
+                db.execute("INSERT INTO shards VALUES (?,?,?,?)", (shard, len(records), nnz, now))
+                marks = ",".join("?" * len(COLUMNS))
+                db.executemany(
+                    f"INSERT OR REPLACE INTO images VALUES ({marks})",
+                    [
+                        _image_row(rec, shard, row, thumb, now)
+                        for row, (rec, thumb) in enumerate(zip(records, has_thumbnail, strict=True))
+                    ],
+                )
+            db.executemany(
+                "INSERT INTO skipped VALUES (?,?,?,?,?)",
+                [(s.id, s.path, s.reason, done_key, now) for s in skipped],
+            )
+            if done_key is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO done VALUES (?,?,?,?)",
+                    (done_key, len(records), len(skipped), now),
+                )
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Flag live images deleted; returns how many were live."""
+        changed = 0
+        with self._transaction() as db:
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                query = f"UPDATE images SET deleted=1 WHERE deleted=0 AND id IN ({marks})"
+                changed += db.execute(query, chunk).rowcount
+        return changed
+
+    # --- reading ------------------------------------------------------------------------------
+    def scalar(self, query: str, args: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            row = self._db.execute(query, tuple(args)).fetchone()
+        return None if row is None else row[0]
+
+    def column(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(query, tuple(args))]
+
+    def counts(self) -> dict[str, int]:
+        count = "SELECT COUNT(*) FROM "
+        return {
+            "images": int(self.scalar(count + "images WHERE deleted=0")),
+            "deleted": int(self.scalar(count + "images WHERE deleted=1")),
+            "skipped": int(self.scalar(count + "skipped")),
+            "shards": int(self.scalar(count + "shards")),
+            "done": int(self.scalar(count + "done")),
+        }
+
+    def first_live(self, ids: Sequence[str]) -> str | None:
+        """The first of ``ids`` that is a live image, if any."""
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id FROM images WHERE deleted=0 AND id IN ({marks}) LIMIT 1"
+            found = self.scalar(query, chunk)
+            if found is not None:
+                return str(found)
+        return None
+
+    def locate(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """id -> (shard, row) of the live images among ``ids``."""
+        where: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT id, shard, row FROM images WHERE deleted=0 AND id IN ({marks})"
+                where.update({i: (s, r) for i, s, r in self._db.execute(query, chunk)})
+        return where
+
+    def live_rows(self, shard: int) -> list[tuple[str, int]]:
+        """(id, row) of the live images of one shard, in row order."""
+        with self._lock:
+            query = "SELECT id, row FROM images WHERE shard=? AND deleted=0 ORDER BY row"
+            return [(i, r) for i, r in self._db.execute(query, (shard,))]
+
+    def record(self, image_id: str) -> ImageRecord | None:
+        with self._lock:
+            query = f"SELECT {', '.join(COLUMNS)} FROM images WHERE id=? AND deleted=0"
+            row = self._db.execute(query, (image_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def skipped(self) -> list[Skipped]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, path, reason FROM skipped ORDER BY rowid")
+            return [Skipped(*r) for r in rows]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+def _image_row(rec: ImageInfo, shard: int, row: int, thumb: bool, now: str) -> tuple[Any, ...]:
+    extra = json.dumps(rec.extra, ensure_ascii=False, default=str)
+    fields = {**vars(rec), "shard": shard, "row": row, "extra": extra, "thumbnail": int(thumb)}
+    fields.update(deleted=0, added=now)
+    return tuple(fields[c] for c in COLUMNS)
+
+
+def _record(row: tuple[Any, ...]) -> ImageRecord:
+    values = dict(zip(COLUMNS, row, strict=True))
+    values["extra"] = json.loads(values["extra"] or "{}")
+    values["has_thumbnail"] = bool(values.pop("thumbnail"))
+    values["deleted"] = bool(values["deleted"])
+    return ImageRecord(**values)
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _SQL_CHUNK):
+        yield items[start : start + _SQL_CHUNK]
