@@ -71,7 +71,8 @@ def load_llama(
     if cfg.base is None:
         if cfg.arch is None:
             raise BackboneLoadError("the text config has neither base nor arch")
-        return LlamaForCausalLM(LlamaConfig(**cfg.arch)).to(dtype or torch.float32)
+        model = LlamaForCausalLM(LlamaConfig(**cfg.arch))
+        return model.to(dtype or torch.float32)  # type: ignore[arg-type]
     location = resolve(cfg.base, root)
     try:
         return LlamaForCausalLM.from_pretrained(location, dtype=dtype or torch.float32)
@@ -85,7 +86,8 @@ def load_dinov2(
     if cfg.base is None:
         if cfg.arch is None:
             raise BackboneLoadError("the image config has neither base nor arch")
-        return Dinov2Model(Dinov2Config(**cfg.arch)).to(dtype or torch.float32)
+        vit = Dinov2Model(Dinov2Config(**cfg.arch))
+        return vit.to(dtype or torch.float32)  # type: ignore[arg-type]
     location = resolve(cfg.base, root)
     try:
         # AutoModel picks Dinov2Model or Dinov2WithRegistersModel from the saved config.

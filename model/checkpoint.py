@@ -104,7 +104,7 @@ def save_checkpoint(model: LexVLA, path: str | Path, embed_bases: bool | None = 
     if cfg.text.train_mode == "lora":
         lora = model.text.lora_model
         assert lora is not None
-        lora.save_pretrained(str(tmp / "text_lora"))
+        lora.save_pretrained(str(tmp / "text_lora"), save_embedding_layers=False)
     elif cfg.text.train_mode == "full":
         state = {
             k: v.detach().contiguous().cpu() for k, v in model.text.backbone.state_dict().items()
@@ -191,6 +191,19 @@ def _load_trained(model: LexVLA, path: Path) -> None:
         model.image.backbone.load_state_dict(state)
 
 
+def _absolute_bases(config: LexVLAConfig, root: Path) -> LexVLAConfig:
+    """Bases named relative to the checkpoint folder become absolute paths in memory."""
+
+    def fix(location: str | None) -> str | None:
+        return None if location is None else resolve(location, root.resolve())
+
+    text = config.text.model_copy(
+        update={"base": fix(config.text.base), "tokenizer": fix(config.text.tokenizer)}
+    )
+    image = config.image.model_copy(update={"base": fix(config.image.base)})
+    return config.model_copy(update={"text": text, "image": image})
+
+
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device | None = None,
@@ -206,6 +219,7 @@ def load_checkpoint(
         vocabulary = Vocabulary.load(root / "vocabulary.json")
     except (ValueError, VocabularyMismatchError) as exc:
         raise CheckpointError(str(exc)) from exc
+    config = _absolute_bases(config, root)
     lora = str(root / "text_lora") if config.text.train_mode == "lora" else None
     model = LexVLA.from_config(
         config,

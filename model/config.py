@@ -34,7 +34,7 @@ class TextConfig(_Strict):
     codebook: Literal["output", "input"] = "output"  # lm_head rows (default) or input embeddings
     train_mode: Literal["lora", "full", "frozen"] = "lora"
     lora_rank: int = Field(20, ge=1)  # rank 20 on q,k,v,o of Llama-2-7B = 20.97M (the paper's 21M)
-    lora_alpha: float = 40.0
+    lora_alpha: int = 40
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -62,7 +62,9 @@ class LexVLAConfig(_Strict):
     name: str = "custom"
     text: TextConfig
     image: ImageConfig
-    sparsity: SparsityConfig = SparsityConfig()
+    sparsity: SparsityConfig = Field(
+        default_factory=lambda: SparsityConfig(threshold=None, top_k=None)
+    )
     vocabulary_rule: str = "lower-alpha"
     vocab_size: int | None = None  # expected vocabulary size; checked against the tokenizer
     init_temperature: float = Field(0.07, gt=0)  # CLIP's
@@ -89,7 +91,8 @@ class LexVLAConfig(_Strict):
                 if not isinstance(node.get(p), dict):
                     raise KeyError(f"unknown config key {key!r}")
                 node = node[p]
-            if leaf not in node:
+            free_form = bool(parents) and parents[-1] in ("arch", "tiny")  # backbone kwargs
+            if leaf not in node and not free_form:
                 raise KeyError(f"unknown config key {key!r}")
             node[leaf] = value
         return LexVLAConfig.model_validate(data)

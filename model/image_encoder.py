@@ -9,6 +9,8 @@ PatchDis).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -19,7 +21,7 @@ from .lexical import l2norm, patch_scores, pooled_lexical
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, cfg: ImageConfig, vit: nn.Module, text_codebook: torch.Tensor):
+    def __init__(self, cfg: ImageConfig, vit: Any, text_codebook: torch.Tensor):
         super().__init__()
         self.cfg = cfg
         self.backbone = vit

@@ -4,8 +4,10 @@
   negatives gathered from every rank. The gather copies other ranks' rows without gradient and
   puts the local slice back so that it keeps its own (open_clip's scheme); every rank then
   computes the loss of the whole global batch. Summing the per-rank gradients gives exactly the
-  single-process gradient, so a DDP loop, which *averages* gradients, must scale its backward loss
-  by the world size (``training`` does).
+  single-process gradient. The temperature is the same tensor on every rank, so its gradient is
+  scaled by 1/world size (value unchanged) to keep that rule for every parameter. A DDP loop,
+  which *averages* gradients, must therefore scale its backward loss by the world size
+  (``training`` does).
 - FLOPs regulariser (SPLADE's; the baseline the paper argues against): ``sum_j (mean_i s_ij)^2``.
 - Overuse penalty, the paper's contribution. Its exact formula is an image in the paper; our
   reconstruction (a documented default): ``p_j = mean_i s_ij``, ``L = sum_j p_j^3 / sum_j p_j``,
@@ -30,12 +32,27 @@ Penalty = Literal["overuse", "flops", "none"]
 
 def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank; only the local slice carries gradient."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())
     parts[dist.get_rank()] = x
     return torch.cat(parts)
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def replicated(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged, its gradient divided by the world size: per-rank gradients then sum to the
+    single-process gradient, as they do for the encoders' outputs under the gather."""
+    world = _world_size()
+    if world == 1:
+        return x
+    return x / world + (x - x / world).detach()
 
 
 def contrastive_loss(
@@ -107,10 +124,9 @@ class LexVLALoss:
     ) -> dict[str, torch.Tensor]:
         image_all = gather_with_local_grad(image)
         text_all = gather_with_local_grad(text)
+        scale = replicated(logit_scale)
         parts = {
-            "contrastive_loss": contrastive_loss(
-                image_all, text_all, logit_scale, self.max_logit_scale
-            )
+            "contrastive_loss": contrastive_loss(image_all, text_all, scale, self.max_logit_scale)
         }
         if self.penalty != "none":
             reg = PENALTIES[self.penalty]

@@ -34,6 +34,8 @@ def split_prompt(prompt: str) -> tuple[str, str]:
 
 
 class TextEncoder(nn.Module):
+    codebook: torch.Tensor  # (V, D) frozen buffer
+
     def __init__(
         self,
         cfg: TextConfig,
@@ -52,9 +54,7 @@ class TextEncoder(nn.Module):
                 f"vocabulary token id {int(ids.max())} is outside the Llama embedding "
                 f"({llm.config.vocab_size} rows): tokenizer and text backbone do not match"
             )
-        table = (
-            llm.lm_head.weight if cfg.codebook == "output" else llm.get_input_embeddings().weight
-        )
+        table = llm.lm_head.weight if cfg.codebook == "output" else llm.model.embed_tokens.weight
         # Frozen text codebook; derived from the base weights, so never saved in checkpoints.
         self.register_buffer("codebook", table.detach()[ids].clone(), persistent=False)
         backbone: nn.Module = llm.model  # LlamaModel: the lm_head over 32k pieces is never run

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random LexVLA checkpoints (built locally, no network) and shared/ data."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+# Tests never touch the network: a missing local model must fail at once, not retry a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path} (tests that use real data need ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(shared_data: Path) -> Path:
+    path = shared_data / "llama2-tokenizer"
+    if not (path / "tokenizer.model").is_file():
+        pytest.skip(f"the real Llama 2 tokenizer is not at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def flickr_sample(shared_data: Path) -> Path:
+    path = shared_data / "flickr8k-sample"
+    if not (path / "captions.csv").is_file():
+        pytest.skip(f"the Flickr8k sample is not at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny checkpoint (text side fully trainable, the tiny preset's default)."""
+    from model.tiny import create_tiny_checkpoint
+
+    return create_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny checkpoint whose text side is LoRA-tuned (the paper's setting)."""
+    from model.tiny import create_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-lora"
+    return create_tiny_checkpoint(path, seed=1, overrides={"text.train_mode": "lora"})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint: Path):
+    from model import LexVLA
+
+    return LexVLA.from_pretrained(tiny_checkpoint)
