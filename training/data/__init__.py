@@ -1,0 +1,35 @@
+"""Training data: synthetic shapes, manifests and webdataset shards, robustly decoded and batched.
+
+Typical use in a training loop::
+
+    dataset = build_dataset(cfg.train_data, "train", seed=cfg.seed, rank=rank, world_size=ws)
+    collate_fn = Collate(image_size=224, train=True, seed=cfg.seed)
+    skips, position = SkipCounter(), StreamPosition()
+    for batch in DataLoader(dataset, batch_size=..., num_workers=..., collate_fn=collate_fn):
+        skips.update(batch["skipped"])       # exact across workers: counts ride in batches
+        position.update(batch["positions"])  # store position.state_dict() in the checkpoint
+        if len(batch["captions"]) == 0:
+            continue
+        ...
+
+Modules: ``shapes`` / ``shape_language`` (synthetic set and its caption grammar), ``manifest``
+(CSV/JSONL), ``shards`` / ``shard_writer`` / ``position`` (webdataset streaming, writing,
+resuming), ``decode`` / ``skips`` (RGB conversion and skipped-sample accounting), ``collate``
+(transforms and batching) and ``build`` (data source from a spec string).
+"""
+
+from training.data.decode import clean_caption, decode_image, load_image, to_rgb
+from training.data.position import StreamIndex, StreamPosition
+from training.data.skips import SKIP_REASONS, SkipCounter, Skipped
+
+__all__ = [
+    "SKIP_REASONS",
+    "SkipCounter",
+    "Skipped",
+    "StreamIndex",
+    "StreamPosition",
+    "clean_caption",
+    "decode_image",
+    "load_image",
+    "to_rgb",
+]
