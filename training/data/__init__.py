@@ -20,10 +20,20 @@ resuming), ``decode`` / ``skips`` (RGB conversion and skipped-sample accounting)
 
 from training.data.decode import clean_caption, decode_image, load_image, to_rgb
 from training.data.position import StreamIndex, StreamPosition
+from training.data.shape_language import COLOURS, SHAPE_KINDS, SIZES, WORDS, Shape
+from training.data.shapes import COLOUR_RGB, MASK_CLASSES, ShapesDataset, render_sample
 from training.data.skips import SKIP_REASONS, SkipCounter, Skipped
 
 __all__ = [
+    "COLOURS",
+    "COLOUR_RGB",
+    "MASK_CLASSES",
+    "SHAPE_KINDS",
+    "SIZES",
     "SKIP_REASONS",
+    "WORDS",
+    "Shape",
+    "ShapesDataset",
     "SkipCounter",
     "Skipped",
     "StreamIndex",
@@ -31,5 +41,6 @@ __all__ = [
     "clean_caption",
     "decode_image",
     "load_image",
+    "render_sample",
     "to_rgb",
 ]
