@@ -18,7 +18,9 @@ resuming), ``decode`` / ``skips`` (RGB conversion and skipped-sample accounting)
 (transforms and batching) and ``build`` (data source from a spec string).
 """
 
+from training.data.collate import Collate, collate, sample_rng
 from training.data.decode import clean_caption, decode_image, load_image, to_rgb
+from training.data.manifest import ManifestDataset, ManifestRow, read_manifest
 from training.data.position import StreamIndex, StreamPosition
 from training.data.shape_language import COLOURS, SHAPE_KINDS, SIZES, WORDS, Shape
 from training.data.shapes import COLOUR_RGB, MASK_CLASSES, ShapesDataset, render_sample
@@ -32,6 +34,9 @@ __all__ = [
     "SIZES",
     "SKIP_REASONS",
     "WORDS",
+    "Collate",
+    "ManifestDataset",
+    "ManifestRow",
     "Shape",
     "ShapesDataset",
     "SkipCounter",
@@ -39,8 +44,11 @@ __all__ = [
     "StreamIndex",
     "StreamPosition",
     "clean_caption",
+    "collate",
     "decode_image",
     "load_image",
+    "read_manifest",
     "render_sample",
+    "sample_rng",
     "to_rgb",
 ]
