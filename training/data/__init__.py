@@ -24,6 +24,8 @@ from training.data.manifest import ManifestDataset, ManifestRow, read_manifest
 from training.data.position import StreamIndex, StreamPosition
 from training.data.shape_language import COLOURS, SHAPE_KINDS, SIZES, WORDS, Shape
 from training.data.shapes import COLOUR_RGB, MASK_CLASSES, ShapesDataset, render_sample
+from training.data.shard_writer import write_shards
+from training.data.shards import ShardDataset, count_samples, resolve_shards
 from training.data.skips import SKIP_REASONS, SkipCounter, Skipped
 
 __all__ = [
@@ -39,16 +41,20 @@ __all__ = [
     "ManifestRow",
     "Shape",
     "ShapesDataset",
+    "ShardDataset",
     "SkipCounter",
     "Skipped",
     "StreamIndex",
     "StreamPosition",
     "clean_caption",
     "collate",
+    "count_samples",
     "decode_image",
     "load_image",
     "read_manifest",
     "render_sample",
+    "resolve_shards",
     "sample_rng",
     "to_rgb",
+    "write_shards",
 ]
