@@ -18,6 +18,7 @@ resuming), ``decode`` / ``skips`` (RGB conversion and skipped-sample accounting)
 (transforms and batching) and ``build`` (data source from a spec string).
 """
 
+from training.data.build import build_dataset
 from training.data.collate import Collate, collate, sample_rng
 from training.data.decode import clean_caption, decode_image, load_image, to_rgb
 from training.data.manifest import ManifestDataset, ManifestRow, read_manifest
@@ -46,6 +47,7 @@ __all__ = [
     "Skipped",
     "StreamIndex",
     "StreamPosition",
+    "build_dataset",
     "clean_caption",
     "collate",
     "count_samples",
