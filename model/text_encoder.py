@@ -9,6 +9,10 @@ Tokenization: the prompt's prefix (with BOS), the caption (truncated to ``max_ca
 the suffix are tokenized separately and concatenated, so the prefix tokens are identical for every
 caption. Batches are left-padded so the last token sits at position -1, and position ids count
 real tokens only, so a caption gets the same vector alone or in any batch.
+
+Inference reuses the prefix: its key/value cache is computed once (per device and weights) and
+expanded over the batch, so only the caption and suffix tokens run through Llama; in training
+mode (and with ``use_prefix_cache = False``) the whole prompt runs, giving the same vectors.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 from .config import TextConfig
 from .lexical import elu1p, l2norm
@@ -78,6 +82,13 @@ class TextEncoder(nn.Module):
         self.suffix_ids = self._encode(suffix)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.unk_token_id or 0))
+        self.use_prefix_cache = True
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        self._prefix_kv = None  # weights may change from here on: recompute the prefix cache
+        return self
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -86,8 +97,12 @@ class TextEncoder(nn.Module):
     def lora_model(self) -> PeftModel | None:
         return self.backbone if isinstance(self.backbone, PeftModel) else None
 
-    def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Prompted, left-padded ``input_ids``, ``attention_mask`` and ``position_ids``."""
+    def tokenize(self, captions: Sequence[str], prefix: bool = True) -> dict[str, torch.Tensor]:
+        """Prompted, left-padded ``input_ids``, ``attention_mask`` and ``position_ids``.
+
+        With ``prefix=False`` the prompt's prefix is left out (it comes from the cache) and the
+        positions start after it.
+        """
         if isinstance(captions, str):
             raise TypeError("pass a list of captions, not a single string")
         if len(captions) == 0:
@@ -96,9 +111,9 @@ class TextEncoder(nn.Module):
             if not isinstance(c, str) or not c.strip():
                 raise ValueError(f"caption at position {i} is empty or not a string: {c!r}")
         encoded = self.tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+        head = self.prefix_ids if prefix else []
         seqs = [
-            self.prefix_ids + list(ids[: self.cfg.max_caption_tokens]) + self.suffix_ids
-            for ids in encoded
+            head + list(ids[: self.cfg.max_caption_tokens]) + self.suffix_ids for ids in encoded
         ]
         length = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
@@ -106,7 +121,8 @@ class TextEncoder(nn.Module):
         for row, s in enumerate(seqs):
             input_ids[row, length - len(s) :] = torch.tensor(s)
             mask[row, length - len(s) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        offset = 0 if prefix else len(self.prefix_ids)
+        positions = offset + (mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
 
     def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -114,7 +130,40 @@ class TextEncoder(nn.Module):
         out = self.backbone(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
         return out.last_hidden_state[:, -1]
 
+    def _prefix_cache(self, batch: int) -> DynamicCache:
+        device = self.codebook.device
+        kv = self._prefix_kv
+        if kv is None or kv[0][0].device != device:
+            ids = torch.tensor([self.prefix_ids], device=device)
+            with torch.no_grad():
+                out = self.backbone(input_ids=ids, use_cache=True)
+            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self._prefix_kv = kv
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
+        return cache
+
+    def _last_hidden_cached(self, captions: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenize(captions, prefix=False)
+        device = self.codebook.device
+        n = batch["input_ids"].shape[0]
+        mask = torch.cat(
+            [torch.ones(n, len(self.prefix_ids), dtype=torch.long), batch["attention_mask"]], 1
+        )
+        out = self.backbone(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=mask.to(device),
+            position_ids=batch["position_ids"].to(device),
+            past_key_values=self._prefix_cache(n),
+            use_cache=True,
+        )
+        return out.last_hidden_state[:, -1]
+
     def forward(self, captions: Sequence[str]) -> torch.Tensor:
         """Dense text lexical vectors (B, V), float32, unit norm."""
-        h = self.last_hidden(self.tokenize(captions))
+        if self.training or not self.use_prefix_cache or not self.prefix_ids:
+            h = self.last_hidden(self.tokenize(captions))
+        else:
+            h = self._last_hidden_cached(captions)
         return l2norm(elu1p((h.to(self.codebook.dtype) @ self.codebook.T).float()))

@@ -37,6 +37,24 @@ def test_text_vector_does_not_depend_on_batch_padding(tiny_model):
     torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["tiny_checkpoint", "tiny_lora_checkpoint"])
+def test_prefix_cache_gives_the_full_prompt_result(which, request):
+    from model import LexVLA
+
+    model = LexVLA.from_pretrained(request.getfixturevalue(which))
+    with torch.no_grad():  # LoRA's B starts at zero: perturb so LoRA changes the prefix too
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    cached = model.encode_texts(CAPTIONS)
+    assert model.text._prefix_kv is not None
+    model.text.use_prefix_cache = False
+    full = model.encode_texts(CAPTIONS)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
+    model.train()
+    assert model.text._prefix_kv is None  # training invalidates the cache
+
+
 def test_pooled_vector_is_max_of_patch_scores(tiny_model):
     pixels = tiny_model.preprocess(_images(2))
     pooled = tiny_model.encode_images(pixels)
