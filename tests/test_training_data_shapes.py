@@ -6,6 +6,7 @@ import hashlib
 import random
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ from training.data import (
 )
 from training.data.shape_language import Shape, captions, relation
 
+TOKENIZER = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/llama2-tokenizer/tokenizer.model"
+)
 SIDE = 96  # small images keep the many-sample checks fast; geometry scales with the side
 N = 150
 
@@ -171,6 +175,15 @@ def test_words_cover_every_caption_and_class_names_are_single_words() -> None:
             seen.update(text.split())
     assert seen <= set(WORDS)
     assert len(seen) >= len(WORDS) - 2  # the grammar really uses its vocabulary
+
+
+@pytest.mark.skipif(not TOKENIZER.is_file(), reason="shared/data/llama2-tokenizer is not available")
+def test_every_word_is_one_llama2_piece() -> None:
+    """PatchDis scores class names as vocabulary words: each must be a single "▁word" piece."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(TOKENIZER))
+    split = [w for w in WORDS if processor.piece_to_id("▁" + w) == processor.unk_id()]
+    assert split == []
 
 
 def test_relation_uses_the_dominant_axis() -> None:

@@ -5,11 +5,13 @@ compares the two shapes' centroids along the axis where they are further apart (
 the first shape's centre is further left than the second's, and the horizontal distance is at
 least the vertical one). Colours are distinct within an image, so "the blue square" always names
 one shape. Captions hold lower-case words only, no punctuation and never the word "colour", so
-a word-level tokenizer built from :data:`WORDS` covers every caption exactly.
+a word-level tokenizer built from :data:`WORDS` covers every caption exactly. Every word, and
+so every class name PatchDis needs, is a single piece ("▁red") of the Llama 2 tokenizer, which
+is why the palette has brown rather than purple ("▁pur" + "ple").
 
 Grammar (NP = noun phrase ``a|an [small|large] COLOUR KIND``, REL = a relation phrase)::
 
-    one shape      NP                              "a large purple star"
+    one shape      NP                              "a large brown star"
     two shapes     NP REL NP                       "a large red circle left of a small blue square"
     three shapes   NP REL NP and NP REL the C K    "... and a small green triangle below the blue square"
 
@@ -24,7 +26,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "white", "black")
+COLOURS = ("red", "green", "blue", "yellow", "orange", "brown", "white", "black")
 SHAPE_KINDS = ("circle", "square", "triangle", "star", "heart")
 SIZES = ("small", "large")
 

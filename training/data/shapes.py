@@ -44,7 +44,7 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "blue": (30, 70, 220),
     "yellow": (245, 220, 30),
     "orange": (245, 140, 20),
-    "purple": (140, 50, 180),
+    "brown": (125, 70, 25),
     "white": (250, 250, 250),
     "black": (15, 15, 15),
 }
