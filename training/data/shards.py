@@ -230,13 +230,15 @@ class ShardDataset(IterableDataset):
         self.epoch, self._resume = epoch, None
 
     def resume(self, position: StreamPosition) -> None:
-        """Continue ``position.epoch`` after the records ``position`` says were consumed.
+        """Continue ``position.epoch`` after the items ``position`` says were consumed.
 
         Exact: each slot replays its fixed item sequence and drops the first
         ``position.consumed[slot]`` items without reading their data (tar headers only).
         Requires the same shards, seed and number of slots as the run that recorded it.
         """
-        self.epoch, self._resume = position.epoch, position
+        # A copy: the loop goes on updating its own position object while this one is read.
+        self.epoch = position.epoch
+        self._resume = StreamPosition.from_state_dict(position.state_dict())
 
     def __iter__(self) -> Iterator[dict[str, Any] | Skipped]:
         info = get_worker_info()
@@ -264,12 +266,12 @@ class ShardDataset(IterableDataset):
         if self.shuffle:
             rng = random.Random(f"buffer:{self.seed}:{epoch}:{slot}:{num_slots}")
             stream = _buffered_shuffle(stream, self.shuffle_buffer, rng)
-        # Every item gets an index, including the marker of a broken shard, so that a resumed
+        # Every item gets an offset, including the marker of a broken shard, so that a resumed
         # run neither repeats nor loses anything that the interrupted run's loop consumed.
-        for index, item in enumerate(stream):
-            if index < start:
+        for offset, item in enumerate(stream):
+            if offset < start:
                 continue  # consumed before the interruption: its data is never read
-            position = StreamIndex(epoch, slot, num_slots, index)
+            position = StreamIndex(epoch, slot, num_slots, offset)
             if isinstance(item, Skipped):
                 yield dataclasses.replace(item, position=position)
             else:
