@@ -1,0 +1,41 @@
+"""Search engines behind one protocol (``base.SearchIndex``), and opening a published index.
+
+``memory``: exact scipy engine (and the test oracle); ``lucene``: Anserini impact index. An index
+directory is versioned (``versions.py``); :func:`open_index` opens its current version with the
+engine its manifest names and refuses one built with another vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from indexer.engines.base import IndexManifest, SearchIndex
+from indexer.engines.versions import publish, resolve
+
+ENGINES = ("memory", "lucene")
+
+__all__ = ["ENGINES", "IndexManifest", "SearchIndex", "engine_class", "open_index", "publish"]
+
+
+def engine_class(name: str) -> Any:
+    """The engine class for a manifest's engine name (Lucene is imported only when asked for)."""
+    if name == "memory":
+        from indexer.engines.memory import MemoryIndex
+
+        return MemoryIndex
+    if name == "lucene":
+        from indexer.engines.lucene import LuceneIndex
+
+        return LuceneIndex
+    raise ValueError(f"unknown index engine {name!r}; known: {', '.join(ENGINES)}")
+
+
+def open_index(path: str | Path, vocabulary_hash: str | None = None, **options: Any) -> SearchIndex:
+    """Open the current version of an index directory (or a version directory itself)."""
+    version = resolve(path)
+    manifest = IndexManifest.load(version)
+    if vocabulary_hash is not None:
+        manifest.check_vocabulary(vocabulary_hash)
+    index: SearchIndex = engine_class(manifest.engine).open(version, **options)
+    return index

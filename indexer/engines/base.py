@@ -1,0 +1,154 @@
+"""The search-index protocol every engine implements, and the manifest every index carries.
+
+An index maps image ids to sparse rows in vocabulary index space and answers top-k sparse
+dot-product queries. Engines differ in how (exact scipy in memory, Lucene impact index), not in
+what: the same rows and query must give the same top ids, which the tests check.
+
+Every index carries an :class:`IndexManifest` (``index.json``) naming its engine, the model's
+checkpoint id and vocabulary hash, the sparsification threshold, the quantisation scale (for
+engines that store integer impacts) and its counts, so the service can refuse an index built
+with another vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexer.atomic import atomic_write_json, now_iso
+from model.vocabulary import VocabularyMismatchError
+
+MANIFEST = "index.json"
+FORMAT_VERSION = 1
+Hit = tuple[str, float]
+
+
+@dataclass
+class IndexManifest:
+    """What an index was built from and with; saved as ``index.json`` in its directory."""
+
+    engine: str
+    vocabulary_hash: str
+    vocabulary_size: int
+    checkpoint_id: str = ""
+    threshold: float | None = None
+    quantisation_scale: float | None = None  # None: float weights, no quantisation
+    count: int = 0  # live rows
+    deleted: int = 0  # rows masked out (still stored)
+    params: dict[str, Any] = field(default_factory=dict)  # engine options
+    created: str = field(default_factory=now_iso)
+    format_version: int = FORMAT_VERSION
+
+    def save(self, directory: Path) -> None:
+        atomic_write_json(directory / MANIFEST, asdict(self))
+
+    @classmethod
+    def load(cls, directory: Path) -> IndexManifest:
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"no index at {directory} (missing {MANIFEST})")
+        data = json.loads(path.read_text())
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{directory}: index format version {data.get('format_version')!r}, "
+                f"this code reads version {FORMAT_VERSION}; rebuild the index from the store"
+            )
+        return cls(**data)
+
+    def check_vocabulary(self, vocabulary_hash: str, what: str = "the model") -> None:
+        if vocabulary_hash != self.vocabulary_hash:
+            raise VocabularyMismatchError(
+                f"vocabulary mismatch: the {self.engine} index was built with vocabulary "
+                f"{self.vocabulary_hash[:12]} but {what} uses {vocabulary_hash[:12]}; rebuild the "
+                "index with this model (`lexvla index build`) or serve the matching checkpoint."
+            )
+
+
+@runtime_checkable
+class SearchIndex(Protocol):
+    """Top-k sparse dot-product search over image rows (vocabulary index space)."""
+
+    manifest: IndexManifest
+
+    def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
+        """Add rows; an id already live in the index is a ValueError."""
+        ...
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove ids (unknown ids are ignored); returns how many were live."""
+        ...
+
+    def search(self, query: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[Hit]:
+        """Best ``k`` (id, score) after skipping ``offset``, by score then insertion order."""
+        ...
+
+    def search_batch(self, queries: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[list[Hit]]:
+        """:meth:`search` for each row of ``queries``."""
+        ...
+
+    def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
+        """Rows of live ids in the given order (KeyError for an unknown id)."""
+        ...
+
+    def count(self) -> int:
+        """Number of live rows."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write the index into ``path`` (a new or empty directory), manifest last."""
+        ...
+
+    @classmethod
+    def open(cls, path: str | Path) -> Self:
+        """Open an index written by :meth:`save`."""
+        ...
+
+
+def as_query_row(query: Any, vocabulary_size: int) -> sp.csr_matrix:
+    """A 1 x V float32 CSR from a CSR row, a dense vector, or a {index: weight} mapping."""
+    if isinstance(query, dict):
+        cols = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
+        vals = np.fromiter(query.values(), dtype=np.float32, count=len(query))
+        row = sp.csr_matrix((vals, (np.zeros_like(cols), cols)), shape=(1, vocabulary_size))
+    elif sp.issparse(query):
+        row = sp.csr_matrix(query, dtype=np.float32)
+    else:
+        row = sp.csr_matrix(np.asarray(query, dtype=np.float32).reshape(1, -1))
+    if row.shape != (1, vocabulary_size):
+        raise ValueError(f"expected a query of shape (1, {vocabulary_size}), got {row.shape}")
+    row.sum_duplicates()
+    return row
+
+
+def check_rows(ids: Sequence[str], rows: sp.csr_matrix, vocabulary_size: int) -> sp.csr_matrix:
+    """Validate rows to add: one per id, V columns, non-negative; returns float32 CSR."""
+    rows = sp.csr_matrix(rows, dtype=np.float32)
+    if rows.shape != (len(ids), vocabulary_size):
+        raise ValueError(
+            f"expected rows of shape ({len(ids)}, {vocabulary_size}), got {rows.shape}"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids to add must be distinct")
+    if rows.nnz and float(rows.data.min()) < 0:
+        raise ValueError("lexical vectors are non-negative; got negative weights")
+    return rows
+
+
+def top_k(
+    scores: np.ndarray, rows: np.ndarray, k: int, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` after ``offset`` of (scores, rows), by score desc then row asc."""
+    need = k + offset
+    if len(scores) > need:
+        # the need-th best score; keep everything >= it so that ties are broken by row below
+        kth = np.partition(scores, len(scores) - need)[len(scores) - need]
+        keep = scores >= kth
+        scores, rows = scores[keep], rows[keep]
+    order = np.lexsort((rows, -scores))[offset:need]
+    return scores[order], rows[order]

@@ -1,0 +1,298 @@
+"""Lucene impact-index engine: Anserini through pyjnius, the design card's inverted index.
+
+Lucene stores integer term frequencies, so weights are quantised: a weight ``w`` becomes the
+impact ``round(w * scale)`` and the document is indexed as that many repetitions of the word's
+token (Anserini's ``-impact -pretokenized`` convention, scored by its ImpactSimilarity: score =
+sum over query words of query impact x document impact). Query weights are quantised the same
+way (Anserini's impact searcher takes integer query weights). The default scale, 100, keeps every
+weight above 0.005, so nothing at LexVLA's threshold 1/sqrt(V) (0.0076) vanishes; weights below
+``0.5 / scale`` do. Tokens are vocabulary indices written as zero-padded decimals (``00042``):
+plain ASCII that Lucene's whitespace analyzer keeps intact, unlike display words such as
+``·dog``.
+
+Lucene picks the candidates; with ``rescore`` (default) Lucene's best ``max(k + offset,
+candidates)`` hits (``candidates`` = 50 by default) are re-scored exactly from the float rows kept
+beside the Lucene files and re-sorted, so scores equal the memory engine's, the per-word
+explanations add up, and quantisation can only matter for images outside Lucene's top 50. Deletions are real Lucene deletions
+(``IndexWriter.deleteDocuments`` on the id field); Lucene skips deleted documents and merges
+them away later.
+
+On disk (one version directory): ``index.json``, ``lucene/`` (the Lucene index), ``ids.json`` and
+``rows_{data,indices,indptr}.npy`` (float rows, row order of ``ids.json``, deleted ones dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexer.atomic import atomic_write_json
+from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
+from indexer.engines.jvm import java_class
+
+ENGINE = "lucene"
+DEFAULT_SCALE = 100.0
+_BATCH = 2000  # documents per call into Java
+
+
+def token_width(vocabulary_size: int) -> int:
+    return max(5, len(str(vocabulary_size - 1)))
+
+
+class LuceneIndex:
+    """Anserini impact index + float row store; same protocol as the memory engine."""
+
+    def __init__(
+        self, manifest: IndexManifest, lucene_dir: Path, rows: sp.csr_matrix, ids: list[str]
+    ):
+        self.manifest = manifest
+        self.scale = float(manifest.quantisation_scale or DEFAULT_SCALE)
+        self.rescore = bool(manifest.params.get("rescore", True))
+        self.candidates = int(manifest.params.get("candidates", 50))
+        self.threads = int(manifest.params.get("threads", 2))
+        self._lucene_dir = lucene_dir
+        self._owned: tempfile.TemporaryDirectory[str] | None = None
+        self._parts, self._ids = [rows], ids
+        self._row_of = {i: n for n, i in enumerate(ids)}
+        self._live = np.ones(len(ids), dtype=bool)
+        self._searcher: Any = None
+        width = token_width(manifest.vocabulary_size)
+        self._tokens = np.array(
+            [list(f"{i:0{width}d} ".encode()) for i in range(manifest.vocabulary_size)],
+            dtype=np.uint8,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        vocabulary_size: int,
+        vocabulary_hash: str = "",
+        checkpoint_id: str = "",
+        threshold: float | None = None,
+        scale: float = DEFAULT_SCALE,
+        rescore: bool = True,
+        candidates: int = 50,
+        threads: int = 2,
+    ) -> LuceneIndex:
+        manifest = IndexManifest(
+            ENGINE, vocabulary_hash, vocabulary_size, checkpoint_id, threshold, float(scale),
+            params={"rescore": rescore, "candidates": candidates, "threads": threads, "token_width": token_width(vocabulary_size)},
+        )  # fmt: skip
+        empty = sp.csr_matrix((0, vocabulary_size), dtype=np.float32)
+        index = cls(manifest, Path(), empty, [])
+        index._own_copy(None)
+        return index
+
+    # --- writing ------------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
+        ids = [str(i) for i in ids]
+        rows = check_rows(ids, rows, self.manifest.vocabulary_size)
+        for i in ids:
+            row = self._row_of.get(i)
+            if row is not None and self._live[row]:
+                raise ValueError(f"image {i!r} is already in the index")
+        self._writable()
+        indexer = self._indexer(append=True)
+        try:
+            for start in range(0, len(ids), _BATCH):
+                docs = [
+                    self._document(i, rows[n])
+                    for n, i in enumerate(ids[start : start + _BATCH], start)
+                ]
+                indexer.addRawDocuments(docs)
+        finally:
+            indexer.close()
+        start = len(self._ids)
+        self._parts.append(rows)
+        self._ids = self._ids + ids
+        self._row_of.update({i: start + n for n, i in enumerate(ids)})
+        self._live = np.concatenate([self._live, np.ones(len(ids), dtype=bool)])
+        self._searcher = None
+
+    def delete(self, ids: Iterable[str]) -> int:
+        gone = [str(i) for i in ids if str(i) in self._row_of and self._live[self._row_of[str(i)]]]
+        if not gone:
+            return 0
+        self._writable()
+        writer = self._writer()
+        term = java_class("org.apache.lucene.index.Term")
+        term_query = java_class("org.apache.lucene.search.TermQuery")
+        try:
+            for i in gone:  # (pyjnius resolves the varargs overload to Query[], not Term[])
+                writer.deleteDocuments(term_query(term("id", i)))
+            writer.commit()
+        finally:
+            writer.close()
+        for i in gone:
+            self._live[self._row_of[i]] = False
+        self._searcher = None
+        return len(gone)
+
+    # --- reading ------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self._live.sum())
+
+    def search(self, query: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[Hit]:
+        return self.search_batch(as_query_row(query, self.manifest.vocabulary_size), k, offset)[0]
+
+    def search_batch(self, queries: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[list[Hit]]:
+        if k <= 0 or offset < 0:
+            raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
+        queries = sp.csr_matrix(queries, dtype=np.float32)
+        if self.count() == 0:
+            return [[] for _ in range(queries.shape[0])]
+        searcher = self._open_searcher()
+        maps = [self._query_map(queries[n]) for n in range(queries.shape[0])]
+        depth = max(k + offset, self.candidates) if self.rescore else k + offset
+        if len(maps) == 1:
+            raw = [searcher.search(maps[0], depth)]
+        else:
+            java_maps, qids = (
+                java_class("java.util.ArrayList")(),
+                java_class("java.util.ArrayList")(),
+            )
+            for n, query_map in enumerate(maps):
+                java_maps.add(query_map)
+                qids.add(str(n))
+            found = searcher.batch_search(java_maps, qids, depth, self.threads)
+            raw = [found.get(str(n)) for n in range(len(maps))]
+        return [self._hits(hits, queries[n], k, offset) for n, hits in enumerate(raw)]
+
+    def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
+        rows = []
+        for i in ids:
+            row = self._row_of.get(str(i))
+            if row is None or not self._live[row]:
+                raise KeyError(f"image {i!r} is not in the index")
+            rows.append(row)
+        return self._rows[np.array(rows, dtype=np.int64)]
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        writer = self._writer() if not self._live.all() else None
+        if writer is not None:  # merge deletions away so the saved index holds none
+            writer.forceMergeDeletes()
+            writer.commit()
+            writer.close()
+        _link_tree(self._lucene_dir, path / "lucene")
+        live = np.flatnonzero(self._live)
+        rows = self._rows[live] if len(live) < len(self._ids) else self._rows
+        for part in ("data", "indices", "indptr"):
+            np.save(path / f"rows_{part}.npy", getattr(rows, part))
+        atomic_write_json(path / "ids.json", [self._ids[r] for r in live])
+        self.manifest.count, self.manifest.deleted = len(live), 0
+        self.manifest.save(path)
+
+    @classmethod
+    def open(cls, path: str | Path, mmap: bool = True) -> Self:
+        path = Path(path)
+        manifest = IndexManifest.load(path)
+        if manifest.engine != ENGINE:
+            raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
+        ids = json.loads((path / "ids.json").read_text())
+        mode: Literal["r"] | None = "r" if mmap else None
+        parts = [
+            np.load(path / f"rows_{p}.npy", mmap_mode=mode) for p in ("data", "indices", "indptr")
+        ]
+        rows = sp.csr_matrix(tuple(parts), shape=(len(ids), manifest.vocabulary_size), copy=False)
+        return cls(manifest, path / "lucene", rows, ids)
+
+    # --- internals ----------------------------------------------------------------------------
+    @property
+    def _rows(self) -> sp.csr_matrix:
+        if len(self._parts) > 1:
+            self._parts = [sp.vstack(self._parts, format="csr", dtype=np.float32)]
+        return self._parts[0]
+
+    def _document(self, image_id: str, row: sp.csr_matrix) -> str:
+        impacts = np.rint(row.data * self.scale).astype(np.int64)
+        tokens = self._tokens[np.repeat(row.indices, np.maximum(impacts, 0))].tobytes().decode()
+        return json.dumps({"id": image_id, "contents": tokens})
+
+    def _query_map(self, query: sp.csr_matrix) -> Any:
+        hashmap, integer = java_class("java.util.HashMap"), java_class("java.lang.Integer")
+        out = hashmap()
+        width = token_width(self.manifest.vocabulary_size)
+        for word, impact in zip(
+            query.indices, np.rint(query.data * self.scale).astype(np.int64), strict=True
+        ):
+            if impact > 0:
+                out.put(f"{word:0{width}d}", integer(int(impact)))
+        return out
+
+    def _hits(self, raw: Any, query: sp.csr_matrix, k: int, offset: int) -> list[Hit]:
+        found = [(str(h.docid), float(h.score)) for h in (raw or [])]
+        found = [(i, s) for i, s in found if i in self._row_of and self._live[self._row_of[i]]]
+        if self.rescore and found:
+            rows = self._rows[np.array([self._row_of[i] for i, _ in found])]
+            exact = np.asarray(rows @ query.T.toarray()).ravel()
+            order = sorted(range(len(found)), key=lambda n: (-exact[n], self._row_of[found[n][0]]))
+            found = [(found[n][0], float(exact[n])) for n in order]
+        else:
+            found = [(i, s / self.scale**2) for i, s in found]
+        return found[offset : offset + k]
+
+    def _open_searcher(self) -> Any:
+        if self._searcher is None:
+            self._searcher = java_class("io.anserini.search.SimpleImpactSearcher")(
+                str(self._lucene_dir)
+            )
+        return self._searcher
+
+    def _indexer(self, append: bool) -> Any:
+        args = java_class("io.anserini.index.IndexCollection$Args")()
+        args.index, args.input = str(self._lucene_dir), str(self._lucene_dir)
+        args.collectionClass = "JsonCollection"
+        args.impact, args.pretokenized, args.append = True, True, append
+        args.threads = self.threads
+        return java_class("io.anserini.index.SimpleIndexer")(args)
+
+    def _writer(self) -> Any:
+        directory = java_class("org.apache.lucene.store.FSDirectory").open(
+            java_class("java.io.File")(str(self._lucene_dir)).toPath()
+        )
+        config = java_class("org.apache.lucene.index.IndexWriterConfig")(
+            java_class("org.apache.lucene.analysis.core.WhitespaceAnalyzer")()
+        )
+        config.setOpenMode(java_class("org.apache.lucene.index.IndexWriterConfig$OpenMode").APPEND)
+        return java_class("org.apache.lucene.index.IndexWriter")(directory, config)
+
+    def _writable(self) -> None:
+        """Copy-on-write: an index opened from a published version is never modified in place."""
+        if self._owned is None:
+            self._own_copy(self._lucene_dir)
+
+    def _own_copy(self, source: Path | None) -> None:
+        self._owned = tempfile.TemporaryDirectory(prefix="lexvla-lucene-")
+        target = Path(self._owned.name) / "lucene"
+        if source is not None:
+            _link_tree(source, target)
+        else:
+            target.mkdir()
+            self._indexer(append=False).close()  # an empty, committed index
+        self._lucene_dir = target
+        self._searcher = None
+        if isinstance(self._rows.data, np.memmap):
+            self._parts = [sp.csr_matrix(self._rows, copy=True)]
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Copy a Lucene directory by hard links where possible: Lucene never rewrites a file."""
+    target.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.name == "write.lock":
+            continue
+        try:
+            os.link(file, target / file.name)
+        except OSError:
+            shutil.copy2(file, target / file.name)

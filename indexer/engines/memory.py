@@ -1,0 +1,281 @@
+"""Exact in-memory engine (scipy, float32): the reference every other engine is tested against.
+
+Layout in memory. The *forward* index holds the image rows (CSR, images x words) for
+:meth:`vectors_of` and for re-scoring. The *inverted* index is its transpose, words x images in
+CSR (the same arrays as a CSC of images x words): row ``w`` is word ``w``'s posting list, so a
+query with ``m`` words touches only ``m`` posting lists. Each posting list is stored in decreasing
+weight (impact) order, which changes nothing for exact search and lets pruned search read only
+the head of a list.
+
+Exact search is one sparse (1 x V) @ (V x N) product; its cost is the summed length of the
+query words' posting lists. With LexVLA's ~1,000 active words per image, common words cover most
+of the corpus, and that sum grows linearly with N (bench/index_search.py: tens of ms at 1M).
+
+Pruned search (:class:`Pruning`) bounds the work: keep the query's ``query_words`` heaviest
+words, read the first ``posting_depth`` entries of each of their impact-sorted lists, take the
+``candidates`` best partial scores, and re-score those candidates exactly with the full query on
+the forward index. Returned scores are therefore always exact dot products; only the membership
+of the top k is approximate, measured as recall@10 against exact search in the benchmark. (A
+MaxScore-style safe bound rarely prunes here: with hundreds of query words the sum of the
+unread lists' upper bounds stays above the k-th score, so the approximation is the lever.)
+
+Images added after the inverted index was built live in a small *delta* that is scored by brute
+force; it is folded into the inverted index once it exceeds an eighth of the corpus (or on save).
+Deleted rows are masked at query time and dropped when the index is saved.
+
+On disk (one version directory): ``index.json``, ``ids.json`` (row order), and
+``{forward,inverted}_{data,indices,indptr}.npy``. :meth:`MemoryIndex.open` can memory-map them
+(``mmap=True``) so that a large index costs page cache rather than private memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexer.atomic import atomic_write_json
+from indexer.engines.base import (
+    Hit,
+    IndexManifest,
+    as_query_row,
+    check_rows,
+    top_k,
+)
+
+ENGINE = "memory"
+_MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is rebuilt
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Approximate search settings; scores of the returned hits are still exact."""
+
+    query_words: int | None = 64  # keep the query's heaviest words (None: all)
+    posting_depth: int | None = 20_000  # entries read per impact-sorted list (None: all)
+    candidates: int = 1000  # best partial scores re-scored exactly
+
+
+class MemoryIndex:
+    """Exact (or pruned) sparse dot-product search over float32 rows held in memory."""
+
+    def __init__(self, manifest: IndexManifest, pruning: Pruning | None = None):
+        self.manifest = manifest
+        self.pruning = pruning
+        v = manifest.vocabulary_size
+        self._ids: list[str] = []
+        self._row_of: dict[str, int] = {}
+        self._live = np.zeros(0, dtype=bool)
+        self._forward = sp.csr_matrix((0, v), dtype=np.float32)  # rows [0, n_base)
+        self._inverted = sp.csr_matrix((v, 0), dtype=np.float32)
+        self._delta_parts: list[sp.csr_matrix] = []  # rows [n_base, n), not inverted yet
+        self._delta: sp.csr_matrix | None = None
+
+    @classmethod
+    def create(
+        cls,
+        vocabulary_size: int,
+        vocabulary_hash: str = "",
+        checkpoint_id: str = "",
+        threshold: float | None = None,
+        pruning: Pruning | None = None,
+    ) -> MemoryIndex:
+        manifest = IndexManifest(ENGINE, vocabulary_hash, vocabulary_size, checkpoint_id, threshold)
+        return cls(manifest, pruning)
+
+    # --- writing ------------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
+        ids = [str(i) for i in ids]
+        rows = check_rows(ids, rows, self.manifest.vocabulary_size)
+        for i in ids:
+            row = self._row_of.get(i)
+            if row is not None and self._live[row]:
+                raise ValueError(f"image {i!r} is already in the index")
+        start = len(self._ids)
+        self._ids.extend(ids)
+        self._row_of.update({i: start + n for n, i in enumerate(ids)})
+        self._live = np.concatenate([self._live, np.ones(len(ids), dtype=bool)])
+        self._delta_parts.append(rows)
+        self._delta = None
+
+    def delete(self, ids: Iterable[str]) -> int:
+        changed = 0
+        for i in ids:
+            row = self._row_of.get(str(i))
+            if row is not None and self._live[row]:
+                self._live[row] = False
+                changed += 1
+        return changed
+
+    # --- reading ------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self._live.sum())
+
+    def search(
+        self, query: sp.csr_matrix, k: int = 10, offset: int = 0, pruning: Pruning | None = None
+    ) -> list[Hit]:
+        """Top ``k`` after ``offset``; ``pruning`` overrides the index default (exact if None)."""
+        if k <= 0 or offset < 0:
+            raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
+        q = as_query_row(query, self.manifest.vocabulary_size)
+        self._fold_delta_if_large()
+        settings = pruning if pruning is not None else self.pruning
+        if settings is None:
+            rows, scores = self._exact_base(q)
+        else:
+            rows, scores = self._pruned_base(q, settings)
+        d_rows, d_scores = self._exact_delta(q)
+        rows, scores = np.concatenate([rows, d_rows]), np.concatenate([scores, d_scores])
+        keep = (scores > 0) & self._live[rows]
+        best_scores, best_rows = top_k(scores[keep], rows[keep], k, offset)
+        return [(self._ids[r], float(s)) for r, s in zip(best_rows, best_scores, strict=True)]
+
+    def search_batch(
+        self, queries: sp.csr_matrix, k: int = 10, offset: int = 0, pruning: Pruning | None = None
+    ) -> list[list[Hit]]:
+        queries = sp.csr_matrix(queries, dtype=np.float32)
+        return [self.search(queries[i], k, offset, pruning) for i in range(queries.shape[0])]
+
+    def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
+        rows = []
+        for i in ids:
+            row = self._row_of.get(str(i))
+            if row is None or not self._live[row]:
+                raise KeyError(f"image {i!r} is not in the index")
+            rows.append(row)
+        return self._all_rows()[np.array(rows, dtype=np.int64)]
+
+    # --- scoring ------------------------------------------------------------------------------
+    def _exact_base(self, q: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        scores = sp.csr_matrix(q @ self._inverted)
+        return scores.indices.astype(np.int64), scores.data
+
+    def _pruned_base(self, q: sp.csr_matrix, p: Pruning) -> tuple[np.ndarray, np.ndarray]:
+        n_base = self._forward.shape[0]
+        if n_base == 0 or q.nnz == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        order = np.argsort(-q.data, kind="stable")[: p.query_words]
+        inv = self._inverted
+        starts = inv.indptr[q.indices[order]]
+        ends = inv.indptr[q.indices[order] + 1]
+        if p.posting_depth is not None:
+            ends = np.minimum(ends, starts + p.posting_depth)
+        postings = [inv.indices[a:b] for a, b in zip(starts, ends, strict=True)]
+        weights = [inv.data[a:b] * w for a, b, w in zip(starts, ends, q.data[order], strict=True)]
+        partial = np.bincount(np.concatenate(postings), np.concatenate(weights), minlength=n_base)
+        if n_base > p.candidates:
+            cand = np.argpartition(partial, n_base - p.candidates)[n_base - p.candidates :]
+        else:
+            cand = np.arange(n_base)
+        cand = np.sort(cand[partial[cand] > 0])
+        dense_q = np.zeros(q.shape[1], dtype=np.float32)
+        dense_q[q.indices] = q.data
+        return cand.astype(np.int64), self._forward[cand] @ dense_q
+
+    def _exact_delta(self, q: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        delta = self._delta_matrix()
+        if delta.shape[0] == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scores = np.asarray((delta @ q.T).todense()).ravel().astype(np.float32)
+        hit = np.flatnonzero(scores)
+        return hit + self._forward.shape[0], scores[hit]
+
+    # --- building -----------------------------------------------------------------------------
+    def _delta_matrix(self) -> sp.csr_matrix:
+        if self._delta is None:
+            if len(self._delta_parts) == 1:  # no copy: one bulk add of a large corpus is common
+                self._delta = self._delta_parts[0]
+            else:
+                parts = [sp.csr_matrix((0, self.manifest.vocabulary_size), dtype=np.float32)]
+                self._delta = sp.vstack(parts + self._delta_parts, format="csr", dtype=np.float32)
+                self._delta_parts = [self._delta]
+        return self._delta
+
+    def _all_rows(self) -> sp.csr_matrix:
+        if not self._delta_parts:
+            return self._forward
+        if self._forward.shape[0] == 0:
+            return self._delta_matrix()
+        return sp.vstack([self._forward, self._delta_matrix()], format="csr", dtype=np.float32)
+
+    def _fold_delta_if_large(self) -> None:
+        pending = sum(p.shape[0] for p in self._delta_parts)
+        if pending > max(_MIN_DELTA, self._forward.shape[0] // 8):
+            self.build()
+
+    def compact(self) -> None:
+        """Drop deleted rows (ids stay deletable and re-addable) and fold pending rows in."""
+        if not self._live.all():
+            live = np.flatnonzero(self._live)
+            rows = self._all_rows()[live]
+            self._ids = [self._ids[r] for r in live]
+            self._row_of = {i: n for n, i in enumerate(self._ids)}
+            self._live = np.ones(len(self._ids), dtype=bool)
+            self._forward = sp.csr_matrix((0, self.manifest.vocabulary_size), dtype=np.float32)
+            self._inverted = sp.csr_matrix((self.manifest.vocabulary_size, 0), dtype=np.float32)
+            self._delta_parts, self._delta = [rows], None
+        self.build()
+
+    def build(self) -> None:
+        """Fold pending rows into the forward and inverted indexes (done lazily otherwise)."""
+        if self._delta_parts:
+            self._forward = self._all_rows()
+            self._delta_parts, self._delta = [], None
+            self._inverted = impact_sorted_inverted(self._forward)
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.compact()
+        for name, matrix in (("forward", self._forward), ("inverted", self._inverted)):
+            for part in ("data", "indices", "indptr"):
+                np.save(path / f"{name}_{part}.npy", getattr(matrix, part))
+        atomic_write_json(path / "ids.json", self._ids)
+        self.manifest.count, self.manifest.deleted = self.count(), 0
+        self.manifest.params = {"pruning": asdict(self.pruning) if self.pruning else None}
+        self.manifest.save(path)
+
+    @classmethod
+    def open(cls, path: str | Path, mmap: bool = False) -> Self:
+        path = Path(path)
+        manifest = IndexManifest.load(path)
+        if manifest.engine != ENGINE:
+            raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
+        saved = manifest.params.get("pruning")
+        index = cls(manifest, Pruning(**saved) if saved else None)
+        mode: Literal["r"] | None = "r" if mmap else None
+        v, ids = manifest.vocabulary_size, json.loads((path / "ids.json").read_text())
+        arrays = {
+            f"{name}_{part}": np.load(path / f"{name}_{part}.npy", mmap_mode=mode)
+            for name in ("forward", "inverted")
+            for part in ("data", "indices", "indptr")
+        }
+        forward = _csr(arrays, "forward", (len(ids), v))
+        index._forward, index._inverted = forward, _csr(arrays, "inverted", (v, len(ids)))
+        index._ids, index._row_of = ids, {i: n for n, i in enumerate(ids)}
+        index._live = np.ones(len(ids), dtype=bool)
+        return index
+
+
+def _csr(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int]) -> sp.csr_matrix:
+    parts = (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"])
+    return sp.csr_matrix(parts, shape=shape, copy=False)
+
+
+def impact_sorted_inverted(forward: sp.csr_matrix) -> sp.csr_matrix:
+    """Words x images CSR whose rows (posting lists) are in decreasing weight order."""
+    inverted = sp.csr_matrix(forward.T, dtype=np.float32).tocsr()
+    indptr, indices, data = inverted.indptr, inverted.indices, inverted.data
+    for w in np.flatnonzero(np.diff(indptr) > 1):
+        a, b = indptr[w], indptr[w + 1]
+        order = np.argsort(-data[a:b], kind="stable")
+        indices[a:b] = indices[a:b][order]
+        data[a:b] = data[a:b][order]
+    inverted.has_sorted_indices = False
+    return inverted
