@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,4 @@ def test_lucene_delete_save_open(tmp_path, data, lucene_index):
     np.testing.assert_array_equal(new.vectors_of([ids[9]]).toarray(), rows[9].toarray())
     new.add(["extra"], rows[0])  # copy-on-write: the published version is not modified
     assert new.count() == 3000 and open_index(tmp_path / "lx").count() == 2999
+    assert not list(Path.cwd().glob("segments_*"))  # nothing written outside its directories

@@ -51,14 +51,15 @@ class LuceneIndex:
     """Anserini impact index + float row store; same protocol as the memory engine."""
 
     def __init__(
-        self, manifest: IndexManifest, lucene_dir: Path, rows: sp.csr_matrix, ids: list[str]
+        self, manifest: IndexManifest, lucene_dir: Path | None, rows: sp.csr_matrix, ids: list[str]
     ):
+        """Use :meth:`create` or :meth:`open`; ``lucene_dir`` None means "make a new one"."""
         self.manifest = manifest
         self.scale = float(manifest.quantisation_scale or DEFAULT_SCALE)
         self.rescore = bool(manifest.params.get("rescore", True))
         self.candidates = int(manifest.params.get("candidates", 50))
         self.threads = int(manifest.params.get("threads", 2))
-        self._lucene_dir = lucene_dir
+        self._lucene_dir = lucene_dir or Path(tempfile.gettempdir()) / "lexvla-lucene-unset"
         self._owned: tempfile.TemporaryDirectory[str] | None = None
         self._parts, self._ids = [rows], ids
         self._row_of = {i: n for n, i in enumerate(ids)}
@@ -87,7 +88,7 @@ class LuceneIndex:
             params={"rescore": rescore, "candidates": candidates, "threads": threads, "token_width": token_width(vocabulary_size)},
         )  # fmt: skip
         empty = sp.csr_matrix((0, vocabulary_size), dtype=np.float32)
-        index = cls(manifest, Path(), empty, [])
+        index = cls(manifest, None, empty, [])
         index._own_copy(None)
         return index
 
@@ -277,10 +278,10 @@ class LuceneIndex:
         target = Path(self._owned.name) / "lucene"
         if source is not None:
             _link_tree(source, target)
-        else:
+        self._lucene_dir = target
+        if source is None:
             target.mkdir()
             self._indexer(append=False).close()  # an empty, committed index
-        self._lucene_dir = target
         self._searcher = None
         if isinstance(self._rows.data, np.memmap):
             self._parts = [sp.csr_matrix(self._rows, copy=True)]
