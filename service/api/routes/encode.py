@@ -1,0 +1,17 @@
+"""``POST /encode``: a text's sparse lexical vector, as {word: weight}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import PipelineDep
+from service.api.schemas import EncodeRequest, EncodeResponse
+from service.core.errors import error_responses
+
+router = APIRouter(tags=["encode"], responses=error_responses(413, 422, 429, 503))
+
+
+@router.post("/encode", response_model=EncodeResponse)
+async def encode(req: EncodeRequest, pipeline: PipelineDep) -> EncodeResponse:
+    """The text's active words and weights (the vector a search with it would use)."""
+    return await pipeline.encode(req)

@@ -1,0 +1,37 @@
+"""``POST /explain`` (why an image matched, word by word) and its heat map PNGs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+
+from service.api.deps import IndexDep, PipelineDep
+from service.api.schemas import ExplainRequest, ExplainResponse
+from service.core.errors import error_responses
+
+router = APIRouter(tags=["explain"], responses=error_responses(404, 422, 429, 503))
+
+
+@router.post("/explain", response_model=ExplainResponse, responses=error_responses(413))
+async def explain(req: ExplainRequest, pipeline: PipelineDep, index: IndexDep) -> ExplainResponse:
+    """Per-word contributions, both sides' top words, and a heat map per matched word."""
+    return await pipeline.explain(req, index)
+
+
+@router.get(
+    "/explain/{image_id:path}/heatmap.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The heat map over the image"}},
+)
+async def heatmap_png(
+    pipeline: PipelineDep,
+    index: IndexDep,
+    image_id: Annotated[str, Path(min_length=1, max_length=1024)],
+    word: Annotated[str, Query(min_length=1, max_length=64, description="A vocabulary word")],
+    size: Annotated[int, Query(ge=64, le=1024, description="Side of the PNG in pixels")] = 448,
+) -> Response:
+    """Where ``word`` is in the image: its patch-level scores drawn over the image."""
+    png = await pipeline.heatmap_png(image_id, word, size, index)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})

@@ -1,0 +1,52 @@
+"""``POST /search`` (text query) and ``POST /search/image`` (an uploaded image as the query)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from service.api.deps import IndexDep, PipelineDep, SettingsDep
+from service.api.schemas import SearchRequest, SearchResponse
+from service.core.config import HARD_MAX_OFFSET, HARD_MAX_TOP_K
+from service.core.errors import PayloadTooLarge, error_responses
+
+router = APIRouter(tags=["search"], responses=error_responses(422, 429, 503))
+
+
+@router.post("/search", response_model=SearchResponse, responses=error_responses(413))
+async def search(req: SearchRequest, pipeline: PipelineDep, index: IndexDep) -> SearchResponse:
+    """Images ranked by the sparse dot product with the query, each score explained by word."""
+    return await pipeline.search(req, index)
+
+
+@router.post("/search/image", response_model=SearchResponse, responses=error_responses(413, 415))
+async def search_image(
+    pipeline: PipelineDep,
+    index: IndexDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The query image (any common format)")],
+    top_k: Annotated[int, Form(ge=1, le=HARD_MAX_TOP_K)] = 10,
+    offset: Annotated[int, Form(ge=0, le=HARD_MAX_OFFSET)] = 0,
+    min_score: Annotated[float, Form(ge=0.0, allow_inf_nan=False)] = 0.0,
+    matched_limit: Annotated[int, Form(ge=0, le=100_000)] = 20,
+    exclude: Annotated[str, Form(max_length=2000, description="Words to exclude")] = "",
+) -> SearchResponse:
+    """Images similar to an uploaded one: the upload's lexical vector is the query."""
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the uploaded file is larger than {settings.max_upload_bytes:,} bytes "
+            "(LEXVLA_MAX_UPLOAD_BYTES)",
+            loc=["body", "file"],
+        )
+    return await pipeline.search_image(
+        index,
+        data,
+        file.filename or "upload",
+        exclude.replace(",", " ").split(),
+        top_k=top_k,
+        offset=offset,
+        min_score=min_score,
+        matched_limit=matched_limit,
+    )

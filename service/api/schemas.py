@@ -1,0 +1,187 @@
+"""Request and response schemas (pydantic); the OpenAPI document is generated from these.
+
+Limits shown here are the hard ceilings; a deployment's own (lower) limits from the settings are
+written into ``/openapi.json`` when the app is created (``service.main``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from service.core.config import HARD_MAX_OFFSET, HARD_MAX_QUERY_CHARS, HARD_MAX_TOP_K
+
+Word = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Factor = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=HARD_MAX_QUERY_CHARS)]
+ImageId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Mode = Literal["model", "words"]
+SearchMode = Literal["model", "words", "image"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
+
+class _QueryFields(_Request):
+    query: QueryText = Field(description="Query text; '-word' tokens exclude words")
+    mode: Mode = Field(
+        "model", description="'model': LexVLA text encoder; 'words': the query's own words"
+    )
+    exclude: list[Word] = Field([], max_length=64, description="Words removed from the query")
+    boost: dict[Word, Factor] = Field(
+        {}, max_length=64, description="Word -> factor on its query weight (added if absent)"
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the query is empty (only whitespace)")
+        return value
+
+
+class SearchRequest(_QueryFields):
+    top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K, description="Hits per page")
+    offset: int = Field(0, ge=0, le=HARD_MAX_OFFSET, description="Hits skipped (paging)")
+    min_score: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="Score floor")
+    matched_limit: int | None = Field(
+        20, ge=0, le=100_000, description="Matched words listed per hit (null: all)"
+    )
+    query_words_limit: int | None = Field(
+        100, ge=0, le=100_000, description="Query words listed, heaviest first (null: all)"
+    )
+
+
+class ExplainRequest(_QueryFields):
+    image_id: ImageId
+    top_words: int = Field(30, ge=1, le=500, description="Top words listed for image and query")
+    heatmaps: int = Field(8, ge=0, le=64, description="Matched words that get a heat map")
+
+
+class EncodeRequest(_Request):
+    text: QueryText
+    mode: Mode = "model"
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is empty (only whitespace)")
+        return value
+
+
+class ReloadRequest(_Request):
+    version: str | None = Field(
+        None, pattern=r"^v\d{4,}$", description="Version to serve (default: what CURRENT names)"
+    )
+
+
+# --- responses ----------------------------------------------------------------------------------
+class WordWeight(BaseModel):
+    word: str
+    weight: float
+
+
+class MatchedWord(BaseModel):
+    word: str
+    query_weight: float
+    image_weight: float
+    contribution: float = Field(description="query_weight * image_weight")
+
+
+class SearchHit(BaseModel):
+    rank: int = Field(description="1-based position in the whole result list")
+    id: str
+    score: float = Field(description="Sum of all matched words' contributions")
+    image_url: str
+    thumbnail_url: str
+    matched: list[MatchedWord] = Field(description="Largest contributions first")
+    other_matched_words: int = Field(0, description="Matched words not listed (matched_limit)")
+    other_contribution: float = Field(0.0, description="Their summed contribution")
+
+
+class SearchTimings(BaseModel):
+    encode_ms: float
+    search_ms: float
+    rescore_ms: float
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: SearchMode
+    query_words: list[WordWeight] = Field(
+        description="The query vector's active words, heaviest first (query_words_limit)"
+    )
+    active_words: int = Field(description="Number of active words in the query vector")
+    excluded: list[str]
+    index_version: str
+    top_k: int
+    offset: int
+    hits: list[SearchHit]
+    timings: SearchTimings
+    notes: list[str] = []
+
+
+class HeatMap(BaseModel):
+    word: str
+    contribution: float
+    min: float = Field(description="Smallest patch score of the word")
+    max: float = Field(description="Largest patch score of the word")
+    values: list[list[float]] = Field(description="grid_size x grid_size patch scores, row-major")
+    url: str = Field(description="PNG of the map drawn over the image")
+
+
+class ExplainTimings(BaseModel):
+    encode_ms: float
+    explain_ms: float
+    patches_ms: float
+    total_ms: float
+
+
+class ExplainResponse(BaseModel):
+    image_id: str
+    query: str
+    mode: Mode
+    score: float = Field(description="Sum of the contributions in 'matched'")
+    matched: list[MatchedWord]
+    image_words: list[WordWeight]
+    query_words: list[WordWeight]
+    grid_size: int
+    heatmaps: list[HeatMap]
+    patches_from: Literal["original", "thumbnail"] | None
+    image_url: str
+    thumbnail_url: str
+    index_version: str
+    timings: ExplainTimings
+    notes: list[str] = []
+
+
+class EncodeResponse(BaseModel):
+    text: str
+    mode: Mode
+    vector: dict[str, float] = Field(description="Active word -> weight, heaviest first")
+    active_words: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model: bool
+    index: bool
+    warmup: bool
+    index_version: str | None = None
+    images: int | None = None
+    detail: str = ""
+
+
+class ReloadResponse(BaseModel):
+    previous: str
+    current: str
+    engine: str
+    images: int

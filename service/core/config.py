@@ -1,0 +1,70 @@
+"""Service settings: pydantic-settings, read from ``LEXVLA_*`` environment variables.
+
+Every field is an environment variable with the ``LEXVLA_`` prefix (``LEXVLA_CHECKPOINT``,
+``LEXVLA_INDEX``, ``LEXVLA_MAX_TOP_K``, ...); ``lexvla serve`` flags override them. Request limits
+that appear in request schemas (``max_top_k``, ``max_offset``, ``max_query_chars``) are also
+written into the app's OpenAPI document, so clients and the docs see the limits actually enforced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Hard ceilings: a deployment may lower these limits, never raise them past these values.
+HARD_MAX_TOP_K = 1000
+HARD_MAX_OFFSET = 100_000
+HARD_MAX_QUERY_CHARS = 4000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEXVLA_", extra="ignore", frozen=True)
+
+    # --- what to serve ------------------------------------------------------------------------
+    checkpoint: Path | None = Field(default=None, description="LexVLA checkpoint directory")
+    index: Path | None = Field(
+        default=None,
+        description="index directory (with CURRENT and versions/) or one version directory",
+    )
+    store: Path | None = Field(
+        default=None,
+        description="corpus store directory (image files, thumbnails, exact re-scoring)",
+    )
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    mmap: bool = Field(default=False, description="memory-map the memory engine's arrays")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
+
+    # --- network ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(
+        default=None, description="required by /admin/* (unset: disabled)"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # --- request limits -----------------------------------------------------------------------
+    max_top_k: int = Field(default=100, ge=1, le=HARD_MAX_TOP_K)
+    max_offset: int = Field(default=10_000, ge=0, le=HARD_MAX_OFFSET)
+    max_query_chars: int = Field(default=500, ge=1, le=HARD_MAX_QUERY_CHARS)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="JSON request bodies")
+    max_upload_bytes: int = Field(default=10 << 20, ge=1024, description="uploaded query images")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="decoded size of an upload")
+
+    # --- load -----------------------------------------------------------------------------------
+    max_concurrency: int = Field(default=64, ge=1, description="requests in flight before 429")
+    retry_after_s: int = Field(default=1, ge=0)
+    batch_size: int = Field(default=16, ge=1, description="text queries per model call")
+    batch_wait_ms: float = Field(default=3.0, ge=0, description="how long a batch waits to fill")
+    query_cache_size: int = Field(default=4096, ge=0, description="query vectors kept (LRU)")
+    patch_cache_size: int = Field(
+        default=8, ge=0, description="images whose patch vectors are kept"
+    )
+    search_threads: int = Field(default=2, ge=1, description="threads running index searches")
+    rescore_factor: int = Field(
+        default=4, ge=1, description="candidates per hit for approximate engines"
+    )
+    warmup: bool = Field(default=True, description="run one query before reporting ready")

@@ -1,0 +1,122 @@
+"""Query vectors: text -> sparse lexical vector, and the edits a user can make to it.
+
+Two modes build the vector from text. ``model`` runs the LexVLA text encoder (the LLM) and
+sparsifies its output with the checkpoint's threshold, like the indexed images. ``words`` uses the
+query's own words through the tokenizer (``model.bag_of_words``): no LLM call, exact words only,
+weights = normalised counts.
+
+Edits work on the vector, so they compose with every mode (and with image queries):
+
+- ``exclude``: the words' weights are set to zero. A query text may also exclude words inline,
+  ``dog -cat``: a token that starts with ``-`` is removed from the text and excluded.
+- ``boost``: ``{word: factor}`` multiplies a word's weight; a word the query does not have yet is
+  added with ``factor`` times the mean weight of the query's words (so ``{"red": 1.0}`` adds
+  "red" as an average word of the query). A factor of 0 removes the word. Exclusion wins.
+
+Weights are never re-normalised after an edit: a hit's score stays the plain sum of the per-word
+contributions ``q_j * d_j`` that the response shows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from model import bag_of_words
+from model.vocabulary import Vocabulary
+from service.core.errors import InvalidInput
+
+_INLINE_EXCLUSION = re.compile(r"(?<!\S)-(\S+)")
+
+
+def split_exclusions(text: str) -> tuple[str, list[str]]:
+    """``"dog -cat -tree"`` -> ``("dog", ["cat", "tree"])``; a lone ``-`` stays in the text."""
+    excluded = _INLINE_EXCLUSION.findall(text)
+    if not excluded:
+        return text.strip(), []
+    kept = _INLINE_EXCLUSION.sub(" ", text)
+    return " ".join(kept.split()), excluded
+
+
+def word_index(vocabulary: Vocabulary, word: str, where: str, loc: Sequence[str | int]) -> int:
+    """The vocabulary index of ``word``; InvalidInput (422) naming the word otherwise."""
+    try:
+        return vocabulary.index(word)
+    except KeyError:
+        raise InvalidInput(
+            f"unknown word {word!r} in {where}: it is not one of the model's "
+            f"{len(vocabulary):,} vocabulary words (lower-case whole words such as 'dog')",
+            loc=loc,
+        ) from None
+
+
+def row_from_weights(weights: Mapping[int, float], size: int) -> sp.csr_matrix:
+    """{index: weight} -> a sorted 1 x V float32 CSR row without zeros."""
+    items = sorted((i, w) for i, w in weights.items() if w > 0)
+    cols = np.array([i for i, _ in items], dtype=np.int32)
+    vals = np.array([w for _, w in items], dtype=np.float32)
+    return sp.csr_matrix((vals, cols, np.array([0, len(items)])), shape=(1, size))
+
+
+@dataclass(frozen=True)
+class QueryEdits:
+    """Exclusions and boosts resolved to vocabulary indices (checked before any encoding)."""
+
+    exclude: tuple[int, ...] = ()
+    boost: tuple[tuple[int, float], ...] = ()
+
+
+def resolve_edits(
+    vocabulary: Vocabulary,
+    exclude: Sequence[str] = (),
+    boost: Mapping[str, float] | None = None,
+    inline_exclude: Sequence[str] = (),
+) -> QueryEdits:
+    """Look every word up; InvalidInput (422) names the first unknown one and where it was."""
+    dropped = [
+        word_index(vocabulary, w, "exclude", ("body", "exclude", n)) for n, w in enumerate(exclude)
+    ]
+    dropped += [
+        word_index(vocabulary, w, "the query's -exclusions", ("body", "query"))
+        for w in inline_exclude
+    ]
+    boosts = [
+        (word_index(vocabulary, w, "boost", ("body", "boost", w)), float(f))
+        for w, f in (boost or {}).items()
+    ]
+    return QueryEdits(tuple(dropped), tuple(boosts))
+
+
+def apply_edits(row: sp.csr_matrix, edits: QueryEdits) -> sp.csr_matrix:
+    """Boosts, then exclusions (see the module docstring); returns a new row."""
+    if not edits.exclude and not edits.boost:
+        return row
+    weights = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+    mean = float(np.mean(row.data)) if row.nnz else 1.0 / np.sqrt(row.shape[1])
+    for i, factor in edits.boost:
+        weights[i] = weights[i] * factor if i in weights else mean * factor
+    for i in edits.exclude:
+        weights.pop(i, None)
+    return row_from_weights(weights, row.shape[1])
+
+
+def words_vector(text: str, tokenizer: Any, vocabulary: Vocabulary) -> sp.csr_matrix:
+    """Mode ``words``: the text's own vocabulary words, no language model (1 x V CSR)."""
+    dense = bag_of_words([text], tokenizer, vocabulary)[0].numpy()
+    nz = np.flatnonzero(dense > 0)
+    return row_from_weights(dict(zip(nz.tolist(), dense[nz].tolist(), strict=True)), dense.size)
+
+
+def top_words(
+    row: sp.csr_matrix, vocabulary: Vocabulary, limit: int | None = None
+) -> list[tuple[str, float]]:
+    """(word, weight) of a 1 x V row, heaviest first (ties by index)."""
+    order = np.lexsort((row.indices, -row.data))
+    if limit is not None:
+        order = order[:limit]
+    return [(vocabulary.words[int(row.indices[i])], float(row.data[i])) for i in order]

@@ -1,0 +1,145 @@
+"""The app's state: model, index holder, store, pipeline and executors, loaded once per process.
+
+``create_app`` makes one :class:`ServiceState`; the lifespan calls :meth:`start` (load what was
+not passed in, check vocabularies, start the micro-batcher, warm up) and :meth:`stop`. Loading
+refuses an index or store built with another vocabulary than the model's
+(``model.vocabulary.VocabularyMismatchError``, whose message names both hashes and the fix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from indexer.engines.base import SearchIndex
+from indexer.store import CorpusStore
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.search.indexes import IndexHandle, IndexHolder, open_handle, open_store, wrap_index
+from service.search.pipeline import SearchPipeline
+
+log = logging.getLogger("service")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ServiceState:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        model: Any = None,
+        index: SearchIndex | IndexHandle | None = None,
+        store: CorpusStore | None = None,
+    ):
+        self.settings = settings
+        self.metrics = metrics
+        self.model = model
+        self.store = store
+        self._given_index = index
+        self.holder: IndexHolder | None = None
+        self.pipeline: SearchPipeline | None = None
+        self.warmed_up = False
+        self.started = time.time()
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="lexvla-model")
+        self.search_executor = ThreadPoolExecutor(
+            settings.search_threads, thread_name_prefix="lexvla-search"
+        )
+        if model is not None and index is not None:  # fail at construction, not first request
+            wrap_index(index, model.vocabulary.hash)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        if s.torch_threads is not None:
+            torch.set_num_threads(s.torch_threads)
+        if self.model is None:
+            self.model = await asyncio.to_thread(load_model, s)
+        vocabulary = self.model.vocabulary
+        if self.store is None and s.store is not None:
+            self.store = await asyncio.to_thread(open_store, s.store, vocabulary)
+        if self._given_index is not None:
+            handle = wrap_index(self._given_index, vocabulary.hash)
+        elif s.index is not None:
+            handle = await asyncio.to_thread(open_handle, s.index, vocabulary.hash, s.mmap)
+        else:
+            raise ValueError("no index to serve: set LEXVLA_INDEX (or pass --index)")
+        self.holder = IndexHolder(handle, s.index, s.mmap)
+        self.metrics.index_images.set(handle.count())
+        self.pipeline = SearchPipeline(
+            self.model, self.store, s, self.metrics, self.model_executor, self.search_executor
+        )
+        self.pipeline.batcher.start()
+        if s.warmup:
+            await self.warm_up()
+        self.warmed_up = True
+        log.info(
+            "serving index %s (%s engine, %d images) with %s",
+            handle.version,
+            handle.engine,
+            handle.count(),
+            self.model.checkpoint_id,
+        )
+
+    async def warm_up(self) -> None:
+        """One query through every path (encode, both modes, search) before reporting ready."""
+        assert self.pipeline is not None and self.holder is not None
+        start = time.perf_counter()
+        pipeline, handle = self.pipeline, self.holder.current
+        row = await pipeline.encode_text("a photo", "model")
+        await pipeline.encode_text("a photo", "words")
+        await pipeline.run_search(
+            handle,
+            row,
+            "a photo",
+            "model",
+            [],
+            0.0,
+            start,
+            top_k=1,
+            offset=0,
+            min_score=0.0,
+            matched_limit=0,
+        )
+        pipeline.batcher.cache.clear()  # warm-up queries are not real traffic
+        log.info("warm-up took %.0f ms", (time.perf_counter() - start) * 1e3)
+
+    async def stop(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.batcher.stop()
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.search_executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- queries ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.holder is not None and self.warmed_up
+
+    async def reload(self, version: str | None = None) -> tuple[IndexHandle, IndexHandle]:
+        assert self.holder is not None and self.model is not None
+        previous = self.holder.current
+        current = await self.holder.reload(self.model.vocabulary.hash, version)
+        self.metrics.index_images.set(current.count())
+        self.metrics.index_reloads.inc()
+        log.info(
+            "index swapped: %s -> %s (%d images)",
+            previous.version,
+            current.version,
+            current.count(),
+        )
+        return previous, current
+
+
+def load_model(settings: Settings) -> Any:
+    from model import LexVLA
+
+    if settings.checkpoint is None:
+        raise ValueError("no model to serve: set LEXVLA_CHECKPOINT (or pass --checkpoint)")
+    dtype = _DTYPES[settings.dtype] if settings.dtype else None
+    model = LexVLA.from_pretrained(settings.checkpoint, device=settings.device, dtype=dtype)
+    model.eval()
+    return model

@@ -1,0 +1,143 @@
+"""Fixtures shared by the service tests: a tiny corpus of generated images, indexed.
+
+The corpus is built with the indexer's public APIs (decode, store, memory engine, versions), the
+way an indexing job would: generated PNGs in a folder -> the tiny model's sparse rows -> a corpus
+store (metadata + thumbnails) and a published memory index. Importing this module into a test
+module makes its fixtures available there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+SHAPES = ["circle", "square", "triangle"]
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
+
+
+def shape_image(
+    shape: str, colour: str, size: int = 160, background=(245, 245, 235)
+) -> Image.Image:
+    image = Image.new("RGB", (size, size + 20), background)
+    draw = ImageDraw.Draw(image)
+    rgb = COLOURS[colour]
+    box = (30, 40, size - 30, size - 10)
+    if shape == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif shape == "square":
+        draw.rectangle(box, fill=rgb)
+    else:
+        draw.polygon([(size // 2, 40), (30, size - 10), (size - 30, size - 10)], fill=rgb)
+    return image
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@dataclass
+class Corpus:
+    root: Path
+    images: Path
+    store: Path
+    index: Path
+    ids: list[str]
+
+
+def build_corpus(model, root: Path, n_extra: int = 0) -> Corpus:
+    """Generated images (3 shapes x 3 colours + extras in a subfolder) -> store + memory index."""
+    from indexer.decode import ImageInfo, decode_bytes, thumbnail_jpeg
+    from indexer.engines.memory import MemoryIndex
+    from indexer.engines.versions import publish
+    from indexer.store import CorpusStore
+
+    images = root / "images"
+    (images / "more").mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, Path]] = []
+    for shape in SHAPES:
+        for colour in COLOURS:
+            files.append((f"{colour}-{shape}.png", images / f"{colour}-{shape}.png"))
+    for n in range(n_extra):
+        files.append((f"more/extra-{n}.png", images / "more" / f"extra-{n}.png"))
+    for _, path in files:
+        if path.parent.name == "more":
+            n = int(path.stem.split("-")[1])
+            image = shape_image(
+                SHAPES[n % 3], list(COLOURS)[n % 3], background=(n * 20 % 255, 200, 90)
+            )
+        else:
+            colour, shape = path.stem.split("-")
+            image = shape_image(shape, colour)
+        path.write_bytes(png(image))
+
+    ids, infos, thumbs, pil = [], [], [], []
+    for image_id, path in files:
+        data = path.read_bytes()
+        rgb, fmt, w, h = decode_bytes(data)
+        ids.append(image_id)
+        infos.append(
+            ImageInfo(image_id, str(path), len(data), fmt, w, h, hashlib.sha256(data).hexdigest())
+        )
+        thumbs.append(thumbnail_jpeg(rgb))
+        pil.append(rgb)
+    rows = model.sparsify(model.encode_pil(pil))
+    threshold = 1.0 / len(model.vocabulary) ** 0.5
+    store = CorpusStore.create(root / "store", model.vocabulary, model.checkpoint_id, threshold)
+    store.append_shard(ids, rows, infos, thumbs, done_key="test/0")
+    store.close()
+    index = MemoryIndex.create(
+        len(model.vocabulary), model.vocabulary.hash, model.checkpoint_id, threshold
+    )
+    index.add(ids, rows)
+    publish(index, root / "index")
+    return Corpus(root, images, root / "store", root / "index", ids)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def service_corpus(tiny_model, tmp_path_factory) -> Corpus:
+    return build_corpus(tiny_model, tmp_path_factory.mktemp("service-corpus"), n_extra=3)
+
+
+@pytest.fixture(scope="session")
+def service_settings(service_corpus, tiny_checkpoint):
+    from service.core.config import Settings
+
+    return Settings(
+        checkpoint=tiny_checkpoint,
+        index=service_corpus.index,
+        store=service_corpus.store,
+        api_key="test-key",
+        batch_wait_ms=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def service_app(service_settings, tiny_model):
+    """One app for the read-only tests (lifespan entered once)."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    app = create_app(service_settings, model=tiny_model)
+    with TestClient(app) as client:
+        app.state.test_client = client
+        yield app
+
+
+@pytest.fixture
+def client(service_app):
+    return service_app.state.test_client
