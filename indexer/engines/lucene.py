@@ -211,9 +211,11 @@ class LuceneIndex:
     # --- internals ----------------------------------------------------------------------------
     @property
     def _rows(self) -> sp.csr_matrix:
-        if len(self._parts) > 1:
-            self._parts = [sp.vstack(self._parts, format="csr", dtype=np.float32)]
-        return self._parts[0]
+        parts = [p for p in self._parts if p.shape[0]] or self._parts[:1]
+        if len(parts) > 1:
+            parts = [sp.vstack(parts, format="csr", dtype=np.float32)]
+        self._parts = parts  # one bulk add is kept as given, without a copy
+        return parts[0]
 
     def _document(self, image_id: str, row: sp.csr_matrix) -> str:
         impacts = np.rint(row.data * self.scale).astype(np.int64)

@@ -1,0 +1,226 @@
+"""The indexing job: source -> decode -> encode -> corpus store -> published search index.
+
+Reader, encoder and writer are separate steps driven by :func:`run_index_job` (clip-retrieval's
+shape). The source is cut into *chunks* of ``chunk_size`` consecutive items; each chunk becomes
+one store shard, committed together with its skipped files and a ``done`` marker
+(:mod:`indexer.store`). A killed job run again with the same source and chunk size skips the
+chunks marked done, so it resumes exactly: nothing encoded twice, nothing lost. Images whose id
+is already live in the store are never encoded again either, so re-running a job on a folder
+that has grown indexes only the new images (incremental indexing), whatever the chunking.
+
+Within a chunk, images are decoded (threads; Pillow releases the GIL) and encoded
+``batch_size`` at a time, so memory holds one batch of decoded images, not a chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexer.decode import (
+    DEFAULT_MAX_PIXELS,
+    THUMBNAIL_SIZE,
+    Decoded,
+    ImageInfo,
+    Skipped,
+    decode_item,
+    thumbnail_jpeg,
+)
+from indexer.engines import engine_class, publish
+from indexer.sources import SourceItem, SourceKind, iter_source
+from indexer.store import CorpusStore
+from model.sparsify import default_threshold
+
+log = logging.getLogger(__name__)
+
+
+class IndexJob(BaseModel):
+    """Settings of one indexing run (the CLI is a thin layer over this)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str  # folder, .csv/.jsonl manifest, .tar shard(s) or a brace pattern of shards
+    store: str  # corpus store directory (created if missing)
+    checkpoint: str  # LexVLA checkpoint directory
+    source_kind: SourceKind = "auto"
+    device: str = "cpu"
+    batch_size: int = Field(default=32, ge=1)
+    chunk_size: int = Field(default=1024, ge=1)  # images per store shard and per resume unit
+    decode_workers: int = Field(default=2, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    thumbnails: bool = True
+    thumbnail_size: int = Field(default=THUMBNAIL_SIZE, ge=16)
+    skip_duplicate_content: bool = False  # skip an image whose bytes (sha256) are already stored
+    limit: int | None = Field(default=None, ge=1)  # index at most this many source items (smoke tests)
+    index: str | None = None  # publish a search index here after the store is updated
+    engine: str = "memory"
+    progress: bool = True
+
+
+@dataclass
+class JobReport:
+    indexed: int = 0
+    skipped: int = 0
+    already_stored: int = 0
+    chunks_done_before: int = 0
+    chunks_written: int = 0
+    index_version: str | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def run_index_job(job: IndexJob, model: Any | None = None) -> JobReport:
+    """Encode the source's new images into the store (resumably), then publish an index."""
+    if model is None:
+        from model import LexVLA
+
+        model = LexVLA.from_pretrained(job.checkpoint, device=job.device)
+    model.eval()
+    store = open_store(job.store, model)
+    report = JobReport()
+    try:
+        chunks = _chunks(iter_source(job.source, job.source_kind), job.chunk_size, job.limit)
+        prefix = _job_prefix(job)
+        for number, items in _progress(chunks, job.progress):
+            # the key names the chunk's exact ids: a chunk cut differently (a --limit, a source
+            # that grew) is never taken for done; its stored images are skipped by id instead
+            ids_digest = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()
+            key = f"{prefix}/chunk-{number:06d}-{ids_digest[:12]}"
+            if store.is_done(key):
+                report.chunks_done_before += 1
+                continue
+            _index_chunk(job, model, store, items, key, report)
+            report.chunks_written += 1
+        if job.index:
+            report.index_version = build_index(store, job.index, job.engine).name
+    finally:
+        store.close()
+    return report
+
+
+def open_store(path: str | Path, model: Any) -> CorpusStore:
+    """Open the store made with this checkpoint, or create it; refuse another checkpoint's."""
+    vocabulary = model.vocabulary
+    if (Path(path) / "manifest.json").exists():
+        store = CorpusStore.open(path, expected_vocabulary=vocabulary)
+        stored = store.manifest["checkpoint_id"]
+        if stored != model.checkpoint_id:
+            store.close()
+            raise ValueError(
+                f"the corpus store {path} holds vectors of checkpoint {stored!r}, not "
+                f"{model.checkpoint_id!r}; vectors of two checkpoints cannot be searched together. "
+                "Use a new store for this checkpoint."
+            )
+        return store
+    sparsity = model.config.sparsity
+    threshold = sparsity.threshold
+    if threshold is None:
+        threshold = default_threshold(len(vocabulary))
+    return CorpusStore.create(path, vocabulary, model.checkpoint_id, threshold, sparsity.top_k)
+
+
+def build_index(
+    store: CorpusStore, index_dir: str | Path, engine: str = "memory", **options: Any
+) -> Path:
+    """Build an index of every live image of the store and publish it as a new version."""
+    manifest = store.manifest
+    index = engine_class(engine).create(
+        len(store.vocabulary),
+        store.vocabulary.hash,
+        manifest["checkpoint_id"],
+        manifest["threshold"],
+        **options,
+    )
+    for ids, rows in store.iter_shards():
+        index.add(ids, rows)
+    return publish(index, index_dir)
+
+
+# --- steps ------------------------------------------------------------------------------------
+def _index_chunk(
+    job: IndexJob,
+    model: Any,
+    store: CorpusStore,
+    items: list[SourceItem],
+    key: str,
+    report: JobReport,
+) -> None:
+    fresh = [it for it in items if it.error is not None or not store.has_id(it.id)]
+    report.already_stored += len(items) - len(fresh)
+    ids: list[str] = []
+    rows: list[sp.csr_matrix] = []
+    records: list[ImageInfo] = []
+    thumbs: list[bytes | None] = []
+    skipped: list[Skipped] = []
+    draft = max(model.config.image.image_size, job.thumbnail_size)
+    with ThreadPoolExecutor(job.decode_workers) as pool:
+        for start in range(0, len(fresh), job.batch_size):
+            batch = fresh[start : start + job.batch_size]
+            decoded: list[Decoded] = []
+            for result in pool.map(lambda it: decode_item(it, job.max_pixels, draft), batch):
+                if isinstance(result, Skipped):
+                    skipped.append(result)
+                elif job.skip_duplicate_content and store.has_sha256(result.info.sha256):
+                    report.already_stored += 1
+                else:
+                    decoded.append(result)
+            if not decoded:
+                continue
+            rows.append(_encode(model, [d.image for d in decoded]))
+            ids.extend(d.info.id for d in decoded)
+            records.extend(d.info for d in decoded)
+            thumbs.extend(
+                thumbnail_jpeg(d.image, job.thumbnail_size) if job.thumbnails else None
+                for d in decoded
+            )
+    for s in skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+        reason = s.reason.split(":")[0]
+        report.reasons[reason] = report.reasons.get(reason, 0) + 1
+    vocab_size = len(store.vocabulary)
+    matrix = sp.vstack([sp.csr_matrix((0, vocab_size), dtype=np.float32), *rows], format="csr")
+    store.append_shard(ids, matrix, records, thumbs, skipped=skipped, done_key=key)
+    report.indexed += len(ids)
+    report.skipped += len(skipped)
+
+
+def _encode(model: Any, images: list[Any]) -> sp.csr_matrix:
+    import torch
+
+    with torch.inference_mode():
+        dense = model.encode_pil(images)
+    return sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
+
+
+def _chunks(
+    items: Iterator[SourceItem], size: int, limit: int | None
+) -> Iterator[tuple[int, list[SourceItem]]]:
+    items = islice(items, limit) if limit is not None else items
+    number = 0
+    while chunk := list(islice(items, size)):
+        yield number, chunk
+        number += 1
+
+
+def _job_prefix(job: IndexJob) -> str:
+    """Done keys name the source and chunking, so another source or chunk size never matches."""
+    source = str(Path(job.source).resolve()) if "{" not in job.source else job.source
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"{digest}/c{job.chunk_size}"
+
+
+def _progress(chunks: Iterator[tuple[int, list[SourceItem]]], enabled: bool) -> Any:
+    if not enabled:
+        return chunks
+    from tqdm import tqdm
+
+    return tqdm(chunks, desc="chunks", unit="chunk")
