@@ -61,7 +61,7 @@ class IndexJob(BaseModel):
     thumbnails: bool = True
     thumbnail_size: int = Field(default=THUMBNAIL_SIZE, ge=16)
     skip_duplicate_content: bool = False  # skip an image whose bytes (sha256) are already stored
-    limit: int | None = Field(default=None, ge=1)  # index at most this many source items (smoke tests)
+    limit: int | None = Field(default=None, ge=1)  # at most this many source items
     index: str | None = None  # publish a search index here after the store is updated
     engine: str = "memory"
     progress: bool = True
