@@ -52,52 +52,79 @@ class Corpus:
     ids: list[str]
 
 
-def build_corpus(model, root: Path, n_extra: int = 0) -> Corpus:
-    """Generated images (3 shapes x 3 colours + extras in a subfolder) -> store + memory index."""
+def write_images(folder: Path, n_extra: int = 0, start: int = 0) -> list[str]:
+    """3 shapes x 3 colours (when ``start == 0``) + ``n_extra`` variants in ``more/``; their ids."""
+    ids = []
+    if start == 0:
+        for shape in SHAPES:
+            for colour in COLOURS:
+                (folder / f"{colour}-{shape}.png").write_bytes(png(shape_image(shape, colour)))
+                ids.append(f"{colour}-{shape}.png")
+    (folder / "more").mkdir(parents=True, exist_ok=True)
+    for n in range(start, start + n_extra):
+        shape, colour = SHAPES[n % 3], list(COLOURS)[(n // 3) % 3]
+        image = shape_image(shape, colour, background=(n * 37 % 255, 200, 90))
+        (folder / "more" / f"extra-{n}.png").write_bytes(png(image))
+        ids.append(f"more/extra-{n}.png")
+    return ids
+
+
+def index_folder(model, folder: Path, store: Path, index: Path) -> None:
+    """Index a folder with the indexer's job runner (or, without one, its store/engine APIs)."""
+    try:
+        from indexer.runner import IndexJob, run_index_job
+    except ImportError:
+        _index_directly(model, folder, store, index)
+        return
+    job = IndexJob(
+        source=str(folder), store=str(store), checkpoint="unused", index=str(index),
+        progress=False, batch_size=8,
+    )  # fmt: skip
+    run_index_job(job, model=model)
+
+
+def _index_directly(model, folder: Path, store_dir: Path, index_dir: Path) -> None:
     from indexer.decode import ImageInfo, decode_bytes, thumbnail_jpeg
     from indexer.engines.memory import MemoryIndex
     from indexer.engines.versions import publish
     from indexer.store import CorpusStore
 
-    images = root / "images"
-    (images / "more").mkdir(parents=True, exist_ok=True)
-    files: list[tuple[str, Path]] = []
-    for shape in SHAPES:
-        for colour in COLOURS:
-            files.append((f"{colour}-{shape}.png", images / f"{colour}-{shape}.png"))
-    for n in range(n_extra):
-        files.append((f"more/extra-{n}.png", images / "more" / f"extra-{n}.png"))
-    for _, path in files:
-        if path.parent.name == "more":
-            n = int(path.stem.split("-")[1])
-            image = shape_image(
-                SHAPES[n % 3], list(COLOURS)[n % 3], background=(n * 20 % 255, 200, 90)
-            )
-        else:
-            colour, shape = path.stem.split("-")
-            image = shape_image(shape, colour)
-        path.write_bytes(png(image))
-
+    exists = (store_dir / "manifest.json").exists()
+    threshold = 1.0 / len(model.vocabulary) ** 0.5
+    store = (
+        CorpusStore.open(store_dir)
+        if exists
+        else CorpusStore.create(store_dir, model.vocabulary, model.checkpoint_id, threshold)
+    )
     ids, infos, thumbs, pil = [], [], [], []
-    for image_id, path in files:
+    for path in sorted(folder.rglob("*.png")):
+        image_id = path.relative_to(folder).as_posix()
+        if store.has_id(image_id):
+            continue
         data = path.read_bytes()
         rgb, fmt, w, h = decode_bytes(data)
+        sha = hashlib.sha256(data).hexdigest()
         ids.append(image_id)
-        infos.append(
-            ImageInfo(image_id, str(path), len(data), fmt, w, h, hashlib.sha256(data).hexdigest())
-        )
+        infos.append(ImageInfo(image_id, str(path), len(data), fmt, w, h, sha))
         thumbs.append(thumbnail_jpeg(rgb))
         pil.append(rgb)
-    rows = model.sparsify(model.encode_pil(pil))
-    threshold = 1.0 / len(model.vocabulary) ** 0.5
-    store = CorpusStore.create(root / "store", model.vocabulary, model.checkpoint_id, threshold)
-    store.append_shard(ids, rows, infos, thumbs, done_key="test/0")
-    store.close()
+    if ids:
+        store.append_shard(ids, model.sparsify(model.encode_pil(pil)), infos, thumbs)
     index = MemoryIndex.create(
         len(model.vocabulary), model.vocabulary.hash, model.checkpoint_id, threshold
     )
-    index.add(ids, rows)
-    publish(index, root / "index")
+    for shard_ids, rows in store.iter_shards():
+        index.add(shard_ids, rows)
+    store.close()
+    publish(index, index_dir)
+
+
+def build_corpus(model, root: Path, n_extra: int = 0) -> Corpus:
+    """Generated images in ``root/images`` -> corpus store ``root/store`` + index ``root/index``."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    ids = write_images(images, n_extra)
+    index_folder(model, images, root / "store", root / "index")
     return Corpus(root, images, root / "store", root / "index", ids)
 
 
