@@ -45,16 +45,19 @@ class ServiceState:
         self.pipeline: SearchPipeline | None = None
         self.warmed_up = False
         self.started = time.time()
-        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="lexvla-model")
-        self.search_executor = ThreadPoolExecutor(
-            settings.search_threads, thread_name_prefix="lexvla-search"
-        )
+        self.model_executor: ThreadPoolExecutor | None = None
+        self.search_executor: ThreadPoolExecutor | None = None
         if model is not None and index is not None:  # fail at construction, not first request
             wrap_index(index, model.vocabulary.hash)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Load and check what is missing, then serve; may run again after :meth:`stop`."""
         s = self.settings
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="lexvla-model")
+        self.search_executor = ThreadPoolExecutor(
+            s.search_threads, thread_name_prefix="lexvla-search"
+        )
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
         if self.model is None:
@@ -62,7 +65,9 @@ class ServiceState:
         vocabulary = self.model.vocabulary
         if self.store is None and s.store is not None:
             self.store = await asyncio.to_thread(open_store, s.store, vocabulary)
-        if self._given_index is not None:
+        if self.holder is not None:  # a restart keeps the version it was serving
+            handle = self.holder.current
+        elif self._given_index is not None:
             handle = wrap_index(self._given_index, vocabulary.hash)
         elif s.index is not None:
             handle = await asyncio.to_thread(open_handle, s.index, vocabulary.hash, s.mmap)
@@ -109,10 +114,12 @@ class ServiceState:
         log.info("warm-up took %.0f ms", (time.perf_counter() - start) * 1e3)
 
     async def stop(self) -> None:
+        self.warmed_up = False
         if self.pipeline is not None:
             await self.pipeline.batcher.stop()
-        self.model_executor.shutdown(wait=False, cancel_futures=True)
-        self.search_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.model_executor, self.search_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     # --- queries ------------------------------------------------------------------------------
     @property

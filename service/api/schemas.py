@@ -21,7 +21,8 @@ SearchMode = Literal["model", "words", "image"]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+    # a misspelt field is an error, not ignored; no silent coercion (false is not 0, "5" not 5)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _QueryFields(_Request):

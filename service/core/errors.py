@@ -121,7 +121,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if exc.status_code == 404 and detail == "Not Found":
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        detail = "the request body cannot be parsed (not UTF-8 JSON, or broken form data)"
+    elif exc.status_code == 404 and detail == "Not Found":
         detail = f"no such path: {request.url.path}"
     elif exc.status_code == 405:
         detail = f"method {request.method} is not allowed on {request.url.path}"
@@ -145,6 +147,7 @@ def install_error_handlers(app: FastAPI) -> None:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
+        (400, "The request body cannot be parsed"),
         (401, "Missing or wrong API key"),
         (403, "Admin endpoints disabled (no API key configured)"),
         (404, "Unknown image id, version or path"),

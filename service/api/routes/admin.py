@@ -11,7 +11,9 @@ from service.api.schemas import ReloadRequest, ReloadResponse
 from service.core.errors import Conflict, NotFound, Unavailable, error_responses
 
 router = APIRouter(
-    prefix="/admin", tags=["admin"], responses=error_responses(401, 403, 404, 409, 422, 429, 503)
+    prefix="/admin",
+    tags=["admin"],
+    responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503),
 )
 
 

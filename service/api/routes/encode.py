@@ -8,7 +8,7 @@ from service.api.deps import PipelineDep
 from service.api.schemas import EncodeRequest, EncodeResponse
 from service.core.errors import error_responses
 
-router = APIRouter(tags=["encode"], responses=error_responses(413, 422, 429, 503))
+router = APIRouter(tags=["encode"], responses=error_responses(400, 413, 422, 429, 503))
 
 
 @router.post("/encode", response_model=EncodeResponse)

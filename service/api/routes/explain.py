@@ -11,7 +11,7 @@ from service.api.deps import IndexDep, PipelineDep
 from service.api.schemas import ExplainRequest, ExplainResponse
 from service.core.errors import error_responses
 
-router = APIRouter(tags=["explain"], responses=error_responses(404, 422, 429, 503))
+router = APIRouter(tags=["explain"], responses=error_responses(400, 404, 422, 429, 503))
 
 
 @router.post("/explain", response_model=ExplainResponse, responses=error_responses(413))

@@ -11,7 +11,7 @@ from service.api.schemas import SearchRequest, SearchResponse
 from service.core.config import HARD_MAX_OFFSET, HARD_MAX_TOP_K
 from service.core.errors import PayloadTooLarge, error_responses
 
-router = APIRouter(tags=["search"], responses=error_responses(422, 429, 503))
+router = APIRouter(tags=["search"], responses=error_responses(400, 422, 429, 503))
 
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(413))
