@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+REPO = Path(__file__).resolve().parents[1]
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
 
@@ -168,3 +174,65 @@ def service_app(service_settings, tiny_model):
 @pytest.fixture
 def client(service_app):
     return service_app.state.test_client
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+    corpus: Corpus
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model, tiny_checkpoint, tmp_path_factory):
+    """A real ``python -m service`` (uvicorn) on a free loopback port, over a fresh corpus."""
+    root = tmp_path_factory.mktemp("live")
+    corpus = build_corpus(tiny_model, root, n_extra=3)
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEXVLA_CHECKPOINT": str(tiny_checkpoint),
+        "LEXVLA_STORE": str(corpus.store),
+        "LEXVLA_API_KEY": "live-key",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--index", str(corpus.index), "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "info"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield LiveServer(url, process, corpus, log)
+    finally:
+        stop(process)
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server was not ready within {timeout:.0f} s:\n{log.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> int:
+    """SIGTERM (uvicorn's graceful shutdown), then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
