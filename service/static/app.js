@@ -111,7 +111,8 @@ function card(hit) {
   const top = hit.matched.length ? hit.matched[0].contribution : 1;
   for (const m of hit.matched.slice(0, 8)) {
     // chip size grows with the word's share of the largest contribution
-    const size = 11 + 9 * Math.sqrt(Math.max(0, m.contribution / top));
+    const share = Math.max(0, m.contribution / top);
+    const size = 10 + 7 * share * share;
     const chip = el("span", { class: "chip", title: `${m.query_weight.toFixed(3)} × ${m.image_weight.toFixed(3)} = ${m.contribution.toFixed(5)}` }, m.word);
     chip.style.fontSize = `${size.toFixed(1)}px`;
     chips.append(chip);
@@ -156,7 +157,7 @@ function showExplanation(ex, word) {
   const top = ex.matched.length ? ex.matched[0].contribution : 1;
   const matched = ex.matched.slice(0, 24).map((m) => {
     const chip = el("button", { class: "chip", type: "button", "data-word": m.word, title: `contribution ${m.contribution.toFixed(5)}` }, m.word);
-    chip.style.fontSize = `${(11 + 8 * Math.sqrt(m.contribution / top)).toFixed(1)}px`;
+    chip.style.fontSize = `${(11 + 6 * (m.contribution / top) ** 2).toFixed(1)}px`;
     chip.addEventListener("click", () => showHeatmap(ex, m.word));
     return chip;
   });
@@ -165,7 +166,7 @@ function showExplanation(ex, word) {
   $("cloud").replaceChildren(...ex.image_words.map((w) => {
     const span = el("span", { title: w.weight.toFixed(4) }, w.word);
     const share = w.weight / heaviest;
-    span.style.fontSize = `${(11 + 20 * share * share).toFixed(1)}px`;
+    span.style.fontSize = `${(11 + 14 * share * share).toFixed(1)}px`;
     span.style.opacity = (0.45 + 0.55 * share).toFixed(2);
     return span;
   }));
