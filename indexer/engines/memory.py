@@ -31,6 +31,7 @@ On disk (one version directory): ``index.json``, ``ids.json`` (row order), and
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class MemoryIndex:
         self._inverted = sp.csr_matrix((v, 0), dtype=np.float32)
         self._delta_parts: list[sp.csr_matrix] = []  # rows [n_base, n), not inverted yet
         self._delta: sp.csr_matrix | None = None
+        # searches may run in threads (the service); writes and the lazy rebuild take this lock
+        self._lock = threading.RLock()
 
     @classmethod
     def create(
@@ -92,6 +95,10 @@ class MemoryIndex:
     def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
         ids = [str(i) for i in ids]
         rows = check_rows(ids, rows, self.manifest.vocabulary_size)
+        with self._lock:
+            self._add(ids, rows)
+
+    def _add(self, ids: list[str], rows: sp.csr_matrix) -> None:
         for i in ids:
             row = self._row_of.get(i)
             if row is not None and self._live[row]:
@@ -123,15 +130,20 @@ class MemoryIndex:
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         q = as_query_row(query, self.manifest.vocabulary_size)
-        self._fold_delta_if_large()
+        with self._lock:  # a consistent snapshot; scoring itself runs unlocked
+            self._fold_delta_if_large()
+            forward, inverted, delta, live = (
+                self._forward, self._inverted, self._delta_matrix(), self._live
+            )  # fmt: skip
         settings = pruning if pruning is not None else self.pruning
         if settings is None:
-            rows, scores = self._exact_base(q)
+            rows, scores = _exact(q, inverted)
         else:
-            rows, scores = self._pruned_base(q, settings)
-        d_rows, d_scores = self._exact_delta(q)
-        rows, scores = np.concatenate([rows, d_rows]), np.concatenate([scores, d_scores])
-        keep = (scores > 0) & self._live[rows]
+            rows, scores = _pruned(q, settings, forward, inverted)
+        d_rows, d_scores = _brute_force(q, delta)
+        rows = np.concatenate([rows, d_rows + forward.shape[0]])
+        scores = np.concatenate([scores, d_scores])
+        keep = (scores > 0) & live[rows]
         best_scores, best_rows = top_k(scores[keep], rows[keep], k, offset)
         return [(self._ids[r], float(s)) for r, s in zip(best_rows, best_scores, strict=True)]
 
@@ -149,41 +161,6 @@ class MemoryIndex:
                 raise KeyError(f"image {i!r} is not in the index")
             rows.append(row)
         return self._all_rows()[np.array(rows, dtype=np.int64)]
-
-    # --- scoring ------------------------------------------------------------------------------
-    def _exact_base(self, q: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        scores = sp.csr_matrix(q @ self._inverted)
-        return scores.indices.astype(np.int64), scores.data
-
-    def _pruned_base(self, q: sp.csr_matrix, p: Pruning) -> tuple[np.ndarray, np.ndarray]:
-        n_base = self._forward.shape[0]
-        if n_base == 0 or q.nnz == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        order = np.argsort(-q.data, kind="stable")[: p.query_words]
-        inv = self._inverted
-        starts = inv.indptr[q.indices[order]]
-        ends = inv.indptr[q.indices[order] + 1]
-        if p.posting_depth is not None:
-            ends = np.minimum(ends, starts + p.posting_depth)
-        postings = [inv.indices[a:b] for a, b in zip(starts, ends, strict=True)]
-        weights = [inv.data[a:b] * w for a, b, w in zip(starts, ends, q.data[order], strict=True)]
-        partial = np.bincount(np.concatenate(postings), np.concatenate(weights), minlength=n_base)
-        if n_base > p.candidates:
-            cand = np.argpartition(partial, n_base - p.candidates)[n_base - p.candidates :]
-        else:
-            cand = np.arange(n_base)
-        cand = np.sort(cand[partial[cand] > 0])
-        dense_q = np.zeros(q.shape[1], dtype=np.float32)
-        dense_q[q.indices] = q.data
-        return cand.astype(np.int64), self._forward[cand] @ dense_q
-
-    def _exact_delta(self, q: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        delta = self._delta_matrix()
-        if delta.shape[0] == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        scores = np.asarray((delta @ q.T).todense()).ravel().astype(np.float32)
-        hit = np.flatnonzero(scores)
-        return hit + self._forward.shape[0], scores[hit]
 
     # --- building -----------------------------------------------------------------------------
     def _delta_matrix(self) -> sp.csr_matrix:
@@ -210,6 +187,10 @@ class MemoryIndex:
 
     def compact(self) -> None:
         """Drop deleted rows (ids stay deletable and re-addable) and fold pending rows in."""
+        with self._lock:
+            self._compact()
+
+    def _compact(self) -> None:
         if not self._live.all():
             live = np.flatnonzero(self._live)
             rows = self._all_rows()[live]
@@ -219,10 +200,14 @@ class MemoryIndex:
             self._forward = sp.csr_matrix((0, self.manifest.vocabulary_size), dtype=np.float32)
             self._inverted = sp.csr_matrix((self.manifest.vocabulary_size, 0), dtype=np.float32)
             self._delta_parts, self._delta = [rows], None
-        self.build()
+        self._build()
 
     def build(self) -> None:
         """Fold pending rows into the forward and inverted indexes (done lazily otherwise)."""
+        with self._lock:
+            self._build()
+
+    def _build(self) -> None:
         if self._delta_parts:
             self._forward = self._all_rows()
             self._delta_parts, self._delta = [], None
@@ -261,6 +246,48 @@ class MemoryIndex:
         index._ids, index._row_of = ids, {i: n for n, i in enumerate(ids)}
         index._live = np.ones(len(ids), dtype=bool)
         return index
+
+
+# --- scoring ----------------------------------------------------------------------------------
+def _exact(q: sp.csr_matrix, inverted: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """All rows sharing a word with the query, and their exact scores."""
+    scores = sp.csr_matrix(q @ inverted)
+    return scores.indices.astype(np.int64), scores.data
+
+
+def _pruned(
+    q: sp.csr_matrix, p: Pruning, forward: sp.csr_matrix, inverted: sp.csr_matrix
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates from the heads of the heaviest query words' lists, re-scored exactly."""
+    n_base = forward.shape[0]
+    if n_base == 0 or q.nnz == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    order = np.argsort(-q.data, kind="stable")[: p.query_words]
+    starts = inverted.indptr[q.indices[order]]
+    ends = inverted.indptr[q.indices[order] + 1]
+    if p.posting_depth is not None:
+        ends = np.minimum(ends, starts + p.posting_depth)
+    spans = list(zip(starts, ends, q.data[order], strict=True))
+    postings = np.concatenate([inverted.indices[a:b] for a, b, _ in spans])
+    weights = np.concatenate([inverted.data[a:b] * w for a, b, w in spans])
+    partial = np.bincount(postings, weights, minlength=n_base)
+    if n_base > p.candidates:
+        cand = np.argpartition(partial, n_base - p.candidates)[n_base - p.candidates :]
+    else:
+        cand = np.arange(n_base)
+    cand = np.sort(cand[partial[cand] > 0])
+    dense_q = np.zeros(q.shape[1], dtype=np.float32)
+    dense_q[q.indices] = q.data
+    return cand.astype(np.int64), forward[cand] @ dense_q
+
+
+def _brute_force(q: sp.csr_matrix, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the (few) rows not in the inverted index yet: positions and scores > 0."""
+    if rows.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    scores = np.asarray((rows @ q.T).todense()).ravel().astype(np.float32)
+    hit = np.flatnonzero(scores)
+    return hit.astype(np.int64), scores[hit]
 
 
 def _csr(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int]) -> sp.csr_matrix:
