@@ -1,0 +1,261 @@
+"""Throughput and latency of the search service under concurrent load, over loopback HTTP.
+
+    python bench/serve.py                                   # 100k images, both modes, ~2 min
+    python bench/serve.py --images 20000 --requests 200 --out runs/bench-serve.json
+
+What runs. A tiny random LexVLA checkpoint (or ``--checkpoint``) and a memory index of
+``--images`` synthetic image vectors over the model's vocabulary (bench/index_synthetic.py:
+Zipf word popularity, topic words carrying most of the weight, ``--active`` words per image).
+The service runs as its own process (``python -m service`` under uvicorn on 127.0.0.1); this
+process is the load generator: ``--concurrency`` clients each send their next request as soon as
+the previous one is answered, ``--requests`` in all or for at most ``--max-seconds``. Every query
+text is distinct (random captions from the tiny preset's word list), so the query cache never
+answers; the micro-batcher does combine concurrent model-mode queries.
+
+Scenarios: ``model`` (LLM text encoder, micro-batched), ``words`` (the query's own words, no
+LLM), and ``overload`` (model mode at 4x the concurrency against a server that admits
+``--concurrency``: the extra requests must be refused with 429 at once, not queued).
+
+Reported per scenario: requests/s, client-side latency p50/p90/p99 (ms), 429s and errors, and
+the means of the server's own stage timings (encode, search, rescore) from the responses.
+Client and server share the machine's cores, so on a small machine the numbers are a floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.index_synthetic import make_corpus  # noqa: E402
+
+
+@dataclass
+class Result:
+    scenario: str
+    concurrency: int
+    requests: int
+    ok: int
+    rejected: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    rejected_p50_ms: float  # how fast a 429 comes back (load shedding must be cheap)
+    server_ms: dict[str, float] = field(default_factory=dict)
+
+
+def build_inputs(work: Path, checkpoint: str | None, images: int, active: int) -> tuple[Path, Path]:
+    """A checkpoint (the tiny preset unless given) and a published synthetic memory index."""
+    from indexer.engines.memory import MemoryIndex
+    from indexer.engines.versions import publish
+    from model import LexVLA
+    from model.tiny import create_tiny_checkpoint
+
+    ckpt = Path(checkpoint) if checkpoint else create_tiny_checkpoint(work / "tiny")
+    model = LexVLA.from_pretrained(ckpt)
+    vocab = len(model.vocabulary)
+    start = time.perf_counter()
+    corpus = make_corpus(images, vocab=vocab, active=min(active, vocab // 2), seed=0)
+    index = MemoryIndex.create(vocab, model.vocabulary.hash, model.checkpoint_id)
+    index.add([f"img-{i:07d}" for i in range(images)], corpus.rows)
+    index.build()
+    path = work / "index"
+    publish(index, path)
+    print(
+        f"index: {images:,} synthetic images x {vocab} words, {corpus.rows.nnz / images:.0f} "
+        f"active per image, built in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    return ckpt, path
+
+
+def start_server(ckpt: Path, index: Path, port: int, max_concurrency: int, log: Path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LEXVLA_MAX_CONCURRENCY": str(max_concurrency)}
+    command = [
+        sys.executable, "-m", "service", "--checkpoint", str(ckpt), "--index", str(index),
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"server not ready in 120 s:\n{log.read_text()}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def captions(n: int, seed: int) -> list[str]:
+    """Distinct random captions from the tiny preset's words (no query is sent twice)."""
+    from model.tiny import tiny_words
+
+    core, general = tiny_words()
+    pool = core * 4 + general
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        out.add("a " + " ".join(rng.choice(pool) for _ in range(rng.randint(3, 8))))
+    return sorted(out, key=lambda _: rng.random())
+
+
+async def run_load(
+    url: str, scenario: str, mode: str, texts: list[str], concurrency: int, max_seconds: float
+) -> Result:
+    latencies: list[float] = []
+    refusals: list[float] = []
+    stages: dict[str, list[float]] = {"encode_ms": [], "search_ms": [], "rescore_ms": []}
+    counts = {"ok": 0, "rejected": 0, "errors": 0}
+    queue = list(reversed(texts))
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client_loop(http: httpx.AsyncClient) -> None:
+        while queue and time.perf_counter() < deadline:
+            body = {"query": queue.pop(), "mode": mode, "top_k": 10, "query_words_limit": 10}
+            t0 = time.perf_counter()
+            try:
+                r = await http.post("/search", json=body)
+            except httpx.HTTPError:
+                counts["errors"] += 1
+                continue
+            elapsed = (time.perf_counter() - t0) * 1e3
+            if r.status_code == 200:
+                counts["ok"] += 1
+                latencies.append(elapsed)
+                for key in stages:
+                    stages[key].append(r.json()["timings"][key])
+            elif r.status_code == 429:
+                counts["rejected"] += 1
+                refusals.append(elapsed)
+                await asyncio.sleep(float(r.headers.get("retry-after", 1)))  # as told
+            else:
+                counts["errors"] += 1
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client_loop(http) for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    return Result(
+        scenario=scenario,
+        concurrency=concurrency,
+        requests=sum(counts.values()),
+        ok=counts["ok"],
+        rejected=counts["rejected"],
+        errors=counts["errors"],
+        seconds=round(seconds, 2),
+        rps=round(counts["ok"] / seconds, 1),
+        p50_ms=round(float(np.percentile(lat, 50)), 1),
+        p90_ms=round(float(np.percentile(lat, 90)), 1),
+        p99_ms=round(float(np.percentile(lat, 99)), 1),
+        rejected_p50_ms=round(float(np.median(refusals)), 1) if refusals else 0.0,
+        server_ms={k: round(float(np.mean(v)), 2) if v else 0.0 for k, v in stages.items()},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--active", type=int, default=100, help="active words per synthetic image")
+    ap.add_argument("--checkpoint", help="checkpoint directory (default: a fresh tiny one)")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=400, help="per scenario (upper bound)")
+    ap.add_argument("--max-seconds", type=float, default=45.0, help="per scenario (upper bound)")
+    ap.add_argument("--port", type=int, default=0, help="0: a free port")
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        ckpt, index = build_inputs(work, args.checkpoint, args.images, args.active)
+        port = args.port or _free_port()
+        url = f"http://127.0.0.1:{port}"
+        texts = captions(4 * args.requests, seed=0)
+        plan = [
+            ("model", "model", args.concurrency),
+            ("words", "words", args.concurrency),
+            ("overload", "model", 4 * args.concurrency),
+        ]
+        results = []
+        process = start_server(ckpt, index, port, args.concurrency, work / "server.log")
+        try:
+            for n, (scenario, mode, concurrency) in enumerate(plan):
+                # warm-up (not measured): the first batches pay one-off costs
+                warm = captions(2 * concurrency, seed=1000 + n)
+                asyncio.run(run_load(url, "warm-up", mode, warm, concurrency, 10))
+                batch = texts[n * args.requests : (n + 1) * args.requests]
+                result = asyncio.run(
+                    run_load(url, scenario, mode, batch, concurrency, args.max_seconds)
+                )
+                results.append(result)
+                print(_row(result), flush=True)
+        finally:
+            stop_server(process)
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "images": args.images,
+        "active_per_image": args.active,
+        "results": [asdict(r) for r in results],
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _row(r: Result) -> str:
+    s = r.server_ms
+    return (
+        f"{r.scenario:9s} c={r.concurrency:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  "
+        f"p90 {r.p90_ms:6.1f}  p99 {r.p99_ms:6.1f}  ok {r.ok}  429 {r.rejected} "
+        f"(p50 {r.rejected_p50_ms:.1f} ms)  err {r.errors}  "
+        f"| server: encode {s['encode_ms']:.1f}  search {s['search_ms']:.1f}  "
+        f"rescore {s['rescore_ms']:.1f} ms"
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
