@@ -21,7 +21,7 @@ from indexer.store import CorpusStore
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.search.indexes import IndexHandle, IndexHolder, open_handle, open_store, wrap_index
-from service.search.pipeline import SearchPipeline
+from service.search.pipeline import Page, SearchPipeline
 
 log = logging.getLogger("service")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -95,21 +95,9 @@ class ServiceState:
         assert self.pipeline is not None and self.holder is not None
         start = time.perf_counter()
         pipeline, handle = self.pipeline, self.holder.current
-        row = await pipeline.encode_text("a photo", "model")
+        query = await pipeline.query_vector("a photo", "model", [], {})
         await pipeline.encode_text("a photo", "words")
-        await pipeline.run_search(
-            handle,
-            row,
-            "a photo",
-            "model",
-            [],
-            0.0,
-            start,
-            top_k=1,
-            offset=0,
-            min_score=0.0,
-            matched_limit=0,
-        )
+        await pipeline.run_search(handle, query, "model", Page(top_k=1, matched_limit=0), start)
         pipeline.batcher.cache.clear()  # warm-up queries are not real traffic
         log.info("warm-up took %.0f ms", (time.perf_counter() - start) * 1e3)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
 
@@ -81,7 +82,7 @@ def read_thumbnail(store: CorpusStore, image_id: str) -> bytes:
 
 def load_rgb(
     store: CorpusStore, image_id: str, max_pixels: int, draft_size: int | None = None
-) -> tuple[Image.Image, str]:
+) -> tuple[Image.Image, Literal["original", "thumbnail"]]:
     """(RGB image, "original" | "thumbnail") of a stored image; NotFound if neither is usable."""
     original = read_original(store, image_id)
     if original is not None:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,12 +24,14 @@ from service.core.lru import LRUCache
 from service.core.metrics import Metrics
 from service.search.images import load_rgb, require_store
 
+PatchSource = Literal["original", "thumbnail"]
+
 
 @dataclass(frozen=True)
 class PatchGrid:
     vectors: np.ndarray  # (grid*grid, V) float16
     grid_size: int
-    source: str  # "original" | "thumbnail"
+    source: PatchSource
     image: Any  # the decoded RGB image (heat maps are drawn over it)
     ms: float = 0.0  # time it took to compute (0 when it came from the cache)
 

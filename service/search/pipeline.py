@@ -1,4 +1,4 @@
-"""What the routes call: query vector -> search -> hits with contributions; explain; heat maps.
+"""What the search routes call: query vector -> index top-k -> hits with per-word contributions.
 
 Threads. The event loop never runs model or index code. The model has one worker thread (query
 micro-batches, uploaded images and patch vectors take turns on it); index searches and re-scoring
@@ -12,19 +12,13 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-import numpy as np
 import scipy.sparse as sp
 
 from indexer.store import CorpusStore
 from service.api.schemas import (
     EncodeRequest,
     EncodeResponse,
-    ExplainRequest,
-    ExplainResponse,
-    ExplainTimings,
-    HeatMap,
     MatchedWord,
     SearchHit,
     SearchMode,
@@ -37,39 +31,38 @@ from service.core.config import Settings
 from service.core.errors import InvalidInput
 from service.core.lru import LRUCache
 from service.core.metrics import Metrics
-from service.search import heatmap, scoring
+from service.search import scoring
 from service.search.batcher import MicroBatcher
 from service.search.images import decode_upload
 from service.search.indexes import IndexHandle
-from service.search.patches import PatchGrid, PatchMaps
+from service.search.patches import PatchMaps
 from service.search.query import (
     apply_edits,
     resolve_edits,
     split_exclusions,
     top_words,
-    word_index,
     words_vector,
 )
-
-
-def image_url(image_id: str) -> str:
-    return f"/images/{quote(image_id, safe='')}"
-
-
-def thumbnail_url(image_id: str) -> str:
-    return f"/thumbnails/{quote(image_id, safe='')}"
-
-
-def heatmap_url(image_id: str, word: str) -> str:
-    return f"/explain/{quote(image_id, safe='')}/heatmap.png?word={quote(word, safe='')}"
+from service.search.urls import image_url, thumbnail_url
 
 
 @dataclass
 class QueryVector:
     row: sp.csr_matrix
-    text: str  # the text that was encoded (inline exclusions removed)
+    text: str  # the text that was encoded (inline exclusions removed), or the upload's name
     excluded: list[str]
     encode_ms: float
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which hits a search returns, and how much of each it lists."""
+
+    top_k: int = 10
+    offset: int = 0
+    min_score: float = 0.0
+    matched_limit: int | None = 20
+    query_words_limit: int | None = 100
 
 
 def encode_texts_sparse(model: Any, texts: list[str]) -> list[sp.csr_matrix]:
@@ -140,21 +133,8 @@ class SearchPipeline:
             self.words_cache.put(text, cached)
         return cached
 
-    async def search_image(
-        self,
-        handle: IndexHandle,
-        data: bytes,
-        filename: str,
-        exclude: list[str],
-        *,
-        top_k: int,
-        offset: int,
-        min_score: float,
-        matched_limit: int | None,
-    ) -> SearchResponse:
-        """An uploaded image's lexical vector as the query."""
-        start = time.perf_counter()
-        self.check_paging(top_k, offset, "body")
+    async def image_query(self, data: bytes, name: str, exclude: list[str]) -> QueryVector:
+        """An uploaded image's lexical vector (415/413 if it is not a usable image)."""
         edits = resolve_edits(self.vocabulary, exclude)
         size = int(self.model.config.image.image_size)
         image = await asyncio.to_thread(decode_upload, data, self.settings.max_image_pixels, size)
@@ -163,19 +143,7 @@ class SearchPipeline:
             row = await loop.run_in_executor(
                 self.model_executor, lambda: self.model.sparsify(self.model.encode_pil([image]))
             )
-        return await self.run_search(
-            handle,
-            apply_edits(row, edits),
-            filename,
-            "image",
-            exclude,
-            timer.ms,
-            start,
-            top_k=top_k,
-            offset=offset,
-            min_score=min_score,
-            matched_limit=matched_limit,
-        )
+        return QueryVector(apply_edits(row, edits), name, exclude, timer.ms)
 
     def _check_length(self, text: str, field: str) -> None:
         limit = self.settings.max_query_chars
@@ -186,55 +154,40 @@ class SearchPipeline:
                 loc=["body", field],
             )
 
-    def check_paging(self, top_k: int, offset: int, where: str = "body") -> None:
+    def check_paging(self, page: Page) -> None:
+        """This deployment's limits (the schemas carry only the hard ceilings)."""
         s = self.settings
-        if top_k > s.max_top_k:
+        if page.top_k > s.max_top_k:
             raise InvalidInput(
-                f"top_k={top_k} is above this server's limit of {s.max_top_k} (LEXVLA_MAX_TOP_K)",
-                loc=[where, "top_k"],
+                f"top_k={page.top_k} is above this server's limit of {s.max_top_k} "
+                "(LEXVLA_MAX_TOP_K)",
+                loc=["body", "top_k"],
             )
-        if offset > s.max_offset:
+        if page.offset > s.max_offset:
             raise InvalidInput(
-                f"offset={offset} is above this server's limit of {s.max_offset} "
+                f"offset={page.offset} is above this server's limit of {s.max_offset} "
                 "(LEXVLA_MAX_OFFSET)",
-                loc=[where, "offset"],
+                loc=["body", "offset"],
             )
 
     # --- search -------------------------------------------------------------------------------
     async def search(self, req: SearchRequest, handle: IndexHandle) -> SearchResponse:
         start = time.perf_counter()
-        self.check_paging(req.top_k, req.offset)
+        page = Page(req.top_k, req.offset, req.min_score, req.matched_limit, req.query_words_limit)
+        self.check_paging(page)
         q = await self.query_vector(req.query, req.mode, req.exclude, req.boost)
-        return await self.run_search(
-            handle,
-            q.row,
-            q.text,
-            req.mode,
-            q.excluded,
-            q.encode_ms,
-            start,
-            top_k=req.top_k,
-            offset=req.offset,
-            min_score=req.min_score,
-            matched_limit=req.matched_limit,
-            query_words_limit=req.query_words_limit,
-        )
+        return await self.run_search(handle, q, req.mode, page, start)
+
+    async def search_image(
+        self, handle: IndexHandle, data: bytes, name: str, exclude: list[str], page: Page
+    ) -> SearchResponse:
+        start = time.perf_counter()
+        self.check_paging(page)
+        q = await self.image_query(data, name, exclude)
+        return await self.run_search(handle, q, "image", page, start)
 
     async def run_search(
-        self,
-        handle: IndexHandle,
-        row: sp.csr_matrix,
-        text: str,
-        mode: SearchMode,
-        excluded: list[str],
-        encode_ms: float,
-        start: float,
-        *,
-        top_k: int,
-        offset: int,
-        min_score: float,
-        matched_limit: int | None,
-        query_words_limit: int | None = 100,
+        self, handle: IndexHandle, q: QueryVector, mode: SearchMode, page: Page, start: float
     ) -> SearchResponse:
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(
@@ -243,11 +196,11 @@ class SearchPipeline:
                 handle,
                 self.store,
                 self.vocabulary,
-                row,
-                top_k=top_k,
-                offset=offset,
-                min_score=min_score,
-                matched_limit=matched_limit,
+                q.row,
+                top_k=page.top_k,
+                offset=page.offset,
+                min_score=page.min_score,
+                matched_limit=page.matched_limit,
                 rescore_factor=self.settings.rescore_factor,
             ),
         )
@@ -255,94 +208,36 @@ class SearchPipeline:
         self.metrics.stage_seconds.labels("rescore").observe(outcome.rescore_ms / 1e3)
         hits = [
             SearchHit(
-                rank=offset + n + 1,
+                rank=page.offset + n + 1,
                 id=h.id,
                 score=h.score,
                 image_url=image_url(h.id),
                 thumbnail_url=thumbnail_url(h.id),
-                matched=[_matched(c) for c in h.matched],
+                matched=[matched_word(c) for c in h.matched],
                 other_matched_words=h.other_words,
                 other_contribution=h.other_contribution,
             )
             for n, h in enumerate(outcome.hits)
         ]
         timings = SearchTimings(
-            encode_ms=encode_ms,
+            encode_ms=q.encode_ms,
             search_ms=outcome.search_ms,
             rescore_ms=outcome.rescore_ms,
             total_ms=(time.perf_counter() - start) * 1e3,
         )
         return SearchResponse(
-            query=text,
+            query=q.text,
             mode=mode,
-            excluded=excluded,
-            active_words=row.nnz,
-            query_words=_weights(top_words(row, self.vocabulary, query_words_limit)),
+            excluded=q.excluded,
+            active_words=q.row.nnz,
+            query_words=word_weights(top_words(q.row, self.vocabulary, page.query_words_limit)),
             index_version=handle.version,
-            top_k=top_k,
-            offset=offset,
+            top_k=page.top_k,
+            offset=page.offset,
             hits=hits,
             timings=timings,
             notes=outcome.notes,
         )
-
-    # --- explain ------------------------------------------------------------------------------
-    async def explain(self, req: ExplainRequest, handle: IndexHandle) -> ExplainResponse:
-        start = time.perf_counter()
-        image_row = scoring.image_row(handle, self.store, req.image_id)  # 404 before encoding
-        q = await self.query_vector(req.query, req.mode, req.exclude, req.boost)
-        with self.metrics.stage("explain") as timer:
-            hit = scoring.explain_row(q.row, image_row, self.vocabulary)
-            notes: list[str] = []
-            maps: list[HeatMap] = []
-            source = None
-            patches_ms = 0.0
-            if req.heatmaps and hit.matched:
-                try:
-                    grid = await self.patches.get(req.image_id)
-                except Exception as exc:  # the explanation stands without heat maps
-                    notes.append(f"no heat maps: {getattr(exc, 'detail', exc)}")
-                else:
-                    source, patches_ms = grid.source, grid.ms
-                    maps = [_heatmap(req.image_id, c, grid) for c in hit.matched[: req.heatmaps]]
-                    if source == "thumbnail":
-                        notes.append("the original image is unavailable: maps use its thumbnail")
-        grid_size = int(self.model.image.grid_size)
-        return ExplainResponse(
-            image_id=req.image_id,
-            query=q.text,
-            mode=req.mode,
-            score=hit.score,
-            matched=[_matched(c) for c in hit.matched],
-            image_words=_weights(top_words(image_row, self.vocabulary, req.top_words)),
-            query_words=_weights(top_words(q.row, self.vocabulary, req.top_words)),
-            grid_size=grid_size,
-            heatmaps=maps,
-            patches_from=source,  # type: ignore[arg-type]
-            image_url=image_url(req.image_id),
-            thumbnail_url=thumbnail_url(req.image_id),
-            index_version=handle.version,
-            notes=notes,
-            timings=ExplainTimings(
-                encode_ms=q.encode_ms,
-                explain_ms=timer.ms,
-                patches_ms=patches_ms,
-                total_ms=(time.perf_counter() - start) * 1e3,
-            ),
-        )
-
-    async def heatmap_png(self, image_id: str, word: str, size: int, handle: IndexHandle) -> bytes:
-        index = word_index(self.vocabulary, word, "word", ("query", "word"))
-        scoring.image_row(handle, self.store, image_id, loc=("path", "image_id"))
-        grid = await self.patches.get(image_id)
-        with self.metrics.stage("heatmap"):
-            image_size = int(self.model.config.image.image_size)
-            drawn = await asyncio.to_thread(
-                lambda: heatmap.png_bytes(
-                    heatmap.overlay(grid.image, grid.word(index), image_size, size)
-                )
-            )
-        return drawn
 
     # --- encode -------------------------------------------------------------------------------
     async def encode(self, req: EncodeRequest) -> EncodeResponse:
@@ -355,26 +250,14 @@ class SearchPipeline:
         )
 
 
-def _weights(pairs: list[tuple[str, float]]) -> list[WordWeight]:
+def word_weights(pairs: list[tuple[str, float]]) -> list[WordWeight]:
     return [WordWeight(word=w, weight=v) for w, v in pairs]
 
 
-def _matched(c: scoring.Contribution) -> MatchedWord:
+def matched_word(c: scoring.Contribution) -> MatchedWord:
     return MatchedWord(
         word=c.word,
         query_weight=c.query_weight,
         image_weight=c.image_weight,
         contribution=c.contribution,
-    )
-
-
-def _heatmap(image_id: str, c: scoring.Contribution, grid: PatchGrid) -> HeatMap:
-    values = grid.word(c.index).astype(np.float64)
-    return HeatMap(
-        word=c.word,
-        contribution=c.contribution,
-        min=float(values.min()),
-        max=float(values.max()),
-        values=np.round(values, 6).tolist(),
-        url=heatmap_url(image_id, c.word),
     )

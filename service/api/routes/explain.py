@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from service.api.deps import IndexDep, PipelineDep
 from service.api.schemas import ExplainRequest, ExplainResponse
 from service.core.errors import error_responses
+from service.search import explain as explanations
 
 router = APIRouter(tags=["explain"], responses=error_responses(400, 404, 422, 429, 503))
 
@@ -17,7 +18,7 @@ router = APIRouter(tags=["explain"], responses=error_responses(400, 404, 422, 42
 @router.post("/explain", response_model=ExplainResponse, responses=error_responses(413))
 async def explain(req: ExplainRequest, pipeline: PipelineDep, index: IndexDep) -> ExplainResponse:
     """Per-word contributions, both sides' top words, and a heat map per matched word."""
-    return await pipeline.explain(req, index)
+    return await explanations.explain(pipeline, req, index)
 
 
 @router.get(
@@ -33,5 +34,5 @@ async def heatmap_png(
     size: Annotated[int, Query(ge=64, le=1024, description="Side of the PNG in pixels")] = 448,
 ) -> Response:
     """Where ``word`` is in the image: its patch-level scores drawn over the image."""
-    png = await pipeline.heatmap_png(image_id, word, size, index)
+    png = await explanations.heatmap_png(pipeline, image_id, word, size, index)
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})

@@ -10,6 +10,7 @@ from service.api.deps import IndexDep, PipelineDep, SettingsDep
 from service.api.schemas import SearchRequest, SearchResponse
 from service.core.config import HARD_MAX_OFFSET, HARD_MAX_TOP_K
 from service.core.errors import PayloadTooLarge, error_responses
+from service.search.pipeline import Page
 
 router = APIRouter(tags=["search"], responses=error_responses(400, 422, 429, 503))
 
@@ -40,13 +41,6 @@ async def search_image(
             "(LEXVLA_MAX_UPLOAD_BYTES)",
             loc=["body", "file"],
         )
-    return await pipeline.search_image(
-        index,
-        data,
-        file.filename or "upload",
-        exclude.replace(",", " ").split(),
-        top_k=top_k,
-        offset=offset,
-        min_score=min_score,
-        matched_limit=matched_limit,
-    )
+    page = Page(top_k, offset, min_score, matched_limit, query_words_limit=30)
+    words = exclude.replace(",", " ").split()
+    return await pipeline.search_image(index, data, file.filename or "upload", words, page)
