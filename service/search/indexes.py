@@ -76,7 +76,7 @@ class IndexHolder:
     async def reload(self, vocabulary_hash: str, version: str | None = None) -> IndexHandle:
         """Open ``version`` (default: whatever ``CURRENT`` names now) and make it current."""
         if self.source is None:
-            raise FileNotFoundError(
+            raise ValueError(
                 "this service was given an index object, not a directory: nothing to reload "
                 "(start it with LEXVLA_INDEX=<index directory>)"
             )

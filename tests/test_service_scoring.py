@@ -1,0 +1,172 @@
+"""Scoring and query edits on their own, approximate engines re-scored exactly, the Lucene engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from indexer.engines.base import IndexManifest
+from indexer.engines.memory import MemoryIndex, Pruning
+from model.vocabulary import Vocabulary
+from service.core.errors import InvalidInput
+from service.search import heatmap, scoring
+from service.search.indexes import IndexHandle
+from service.search.query import apply_edits, resolve_edits, row_from_weights, split_exclusions
+
+pytest_plugins = ["test_service_support"]
+
+PIECES = ["<unk>", "▁dog", "▁cat", "▁red", "▁blue", "▁car", "dog", "▁tree"]
+
+
+@pytest.fixture
+def vocab() -> Vocabulary:
+    return Vocabulary.from_pieces(PIECES)
+
+
+@pytest.mark.parametrize(
+    ("text", "clean", "excluded"),
+    [
+        ("dog -cat", "dog", ["cat"]),
+        ("-red dog  -blue car", "dog car", ["red", "blue"]),
+        ("t-shirt - dog", "t-shirt - dog", []),  # only a '-' starting a token excludes
+        ("  dog  ", "dog", []),
+    ],
+)
+def test_inline_exclusions(text, clean, excluded):
+    assert split_exclusions(text) == (clean, excluded)
+
+
+def test_edits_boost_then_exclude(vocab):
+    row = row_from_weights({vocab.index("dog"): 0.6, vocab.index("cat"): 0.2}, len(vocab))
+    edits = resolve_edits(vocab, ["cat"], {"dog": 2.0, "red": 0.5, "cat": 3.0})
+    out = apply_edits(row, edits)
+    edited = {vocab.words[i]: w for i, w in zip(out.indices, out.data, strict=True)}
+    assert edited == pytest.approx({"dog": 1.2, "red": 0.5 * 0.4})  # cat excluded despite a boost
+    zero = apply_edits(row, resolve_edits(vocab, boost={"dog": 0.0}))
+    assert [vocab.words[i] for i in zero.indices] == ["cat"]
+    with pytest.raises(InvalidInput, match="unknown word 'zebra' in exclude") as err:
+        resolve_edits(vocab, ["dog", "zebra"])
+    assert err.value.loc == ["body", "exclude", 1]
+    assert vocab.index("·dog") != vocab.index("dog")  # continuation pieces are their own words
+
+
+class ApproximateEngine:
+    """An engine whose scores are off (like Lucene's integer impacts) and holds no float rows."""
+
+    def __init__(self, exact: MemoryIndex):
+        self.exact = exact
+        self.manifest = IndexManifest(
+            "approx", exact.manifest.vocabulary_hash, exact.manifest.vocabulary_size
+        )
+
+    def search(self, query, k=10, offset=0):
+        hits = self.exact.search(query, k + offset, 0)
+        noisy = [(i, round(s, 1)) for i, s in hits]  # coarse: ties and reorderings
+        return sorted(noisy, key=lambda h: -h[1])[offset : offset + k]
+
+    def vectors_of(self, ids):
+        raise AssertionError("float rows must come from the corpus store")
+
+    def count(self):
+        return self.exact.count()
+
+
+def test_approximate_candidates_are_rescored_exactly_from_the_store(tiny_model, service_corpus):
+    from indexer.store import CorpusStore
+
+    store = CorpusStore.open(service_corpus.store)
+    ids, rows = store.vectors()
+    exact = MemoryIndex.create(rows.shape[1], store.vocabulary.hash)
+    exact.add(ids, rows)
+    handle = IndexHandle(ApproximateEngine(exact), "approx")
+    assert not handle.exact
+    query = tiny_model.sparsify(tiny_model.encode_texts(["a green square"]))
+    truth = np.asarray(rows.astype(np.float64) @ query.toarray().ravel())
+    order = np.argsort(-truth, kind="stable")
+    for offset in (0, 3):
+        out = scoring.search(
+            handle, store, tiny_model.vocabulary, query, top_k=4, offset=offset, rescore_factor=4
+        )
+        assert [h.id for h in out.hits] == [ids[i] for i in order[offset : offset + 4]]
+        for hit in out.hits:
+            assert hit.score == pytest.approx(truth[ids.index(hit.id)], rel=1e-6)
+            assert hit.score == pytest.approx(sum(c.contribution for c in hit.matched), rel=1e-12)
+        assert out.candidates == min(4 * (offset + 4), len(ids))
+    store.close()
+
+
+def test_pruned_memory_search_reports_exact_scores(tiny_model, service_corpus):
+    from indexer.store import CorpusStore
+
+    with CorpusStore.open(service_corpus.store) as store:
+        ids, rows = store.vectors()
+    pruned = MemoryIndex.create(rows.shape[1], tiny_model.vocabulary.hash, pruning=Pruning(8, 4, 6))
+    pruned.add(ids, rows)
+    pruned.build()
+    handle = IndexHandle(pruned, "pruned")
+    query = tiny_model.sparsify(tiny_model.encode_texts(["a red square"]))
+    out = scoring.search(handle, None, tiny_model.vocabulary, query, top_k=3, matched_limit=None)
+    truth = dict(
+        zip(ids, np.asarray(rows.astype(np.float64) @ query.toarray().ravel()), strict=True)
+    )
+    assert [h.score for h in out.hits] == sorted((h.score for h in out.hits), reverse=True)
+    for hit in out.hits:
+        assert hit.score == pytest.approx(truth[hit.id], rel=1e-6)
+
+
+def test_served_lucene_index_agrees_with_the_exact_scores(
+    tiny_model, service_corpus, service_settings, tmp_path
+):
+    from fastapi.testclient import TestClient
+
+    from indexer.engines.jvm import LuceneUnavailable, java_class
+    from indexer.runner import build_index
+    from indexer.store import CorpusStore
+    from service.main import create_app
+
+    try:
+        java_class("java.lang.String")
+    except LuceneUnavailable as exc:
+        pytest.skip(f"Lucene engine unavailable: {exc}")
+    with CorpusStore.open(service_corpus.store) as store:
+        build_index(store, tmp_path / "lucene", "lucene")
+    settings = service_settings.model_copy(update={"index": tmp_path / "lucene"})
+    with TestClient(create_app(settings, model=tiny_model)) as client:
+        body = {"query": "a blue circle", "top_k": 5, "matched_limit": None}
+        lucene = client.post("/search", json=body).json()
+    memory = client_search(service_settings, tiny_model, body)
+    assert [h["id"] for h in lucene["hits"]] == [h["id"] for h in memory["hits"]]
+    for a, b in zip(lucene["hits"], memory["hits"], strict=True):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-9)
+        assert a["score"] == pytest.approx(sum(m["contribution"] for m in a["matched"]), rel=1e-12)
+
+
+def client_search(settings, model, body):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    with TestClient(create_app(settings, model=model)) as client:
+        return client.post("/search", json=body).json()
+
+
+def test_heat_map_colours_and_overlay():
+    table = heatmap.colormap_table()
+    luminance = table @ np.array([0.299, 0.587, 0.114])
+    assert table.shape == (256, 3) and np.all(np.diff(luminance) > -1e-9)  # dark -> bright
+    assert np.all(heatmap.normalise(np.full((4, 4), 0.3)) == 0)
+    grid = np.zeros((16, 16))
+    grid[:8, :8] = 1.0  # the word is in the top-left quarter
+    from PIL import Image
+
+    image = Image.new("RGB", (300, 200), (128, 128, 128))
+    drawn = np.asarray(heatmap.overlay(image, grid, 224, size=64), dtype=np.float64)
+    assert drawn.shape == (64, 64, 3)
+    assert drawn[:24, :24].mean() > drawn[40:, 40:].mean() + 40  # bright where the word is
+
+
+def test_rows_from_weights_drop_zeros():
+    row = row_from_weights({3: 0.5, 1: 0.0, 2: 0.25}, 6)
+    assert isinstance(row, sp.csr_matrix) and row.shape == (1, 6)
+    assert row.indices.tolist() == [2, 3] and row.data.tolist() == [0.25, 0.5]
