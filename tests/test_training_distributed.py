@@ -129,3 +129,39 @@ def test_gradient_checkpointing_gives_the_same_gradients(lora_checkpoint: Path) 
     assert lora and grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+def _run_worker(rank: int, world: int, port: int, settings: dict, out: str) -> None:
+    """A whole run under a 2-process group: 2 steps, then a resumed run to step 3."""
+    from training.config import load_config
+    from training.loop import train
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    distributed.setup("cpu")
+    try:
+        first = train(load_config("tiny-shapes", settings | {"steps": 2}))
+        second = train(load_config("tiny-shapes", settings | {"steps": 3}))
+        torch.save({"first": first, "second": second}, f"{out}/run{rank}.pt")
+    finally:
+        distributed.cleanup()
+
+
+def test_a_ddp_run_checkpoints_and_resumes(tmp_path: Path) -> None:
+    from training import checkpoints
+
+    settings = {
+        "output_dir": str(tmp_path / "run"), "model.overrides.image.image_size": SIZE,
+        "data.train": "shapes:16", "data.num_workers": 0, "batch_size": 4, "log_every": 1,
+        "checkpoint.every": 2, "cpu_threads": 1, "progress": False, "eval.data": None,
+    }  # fmt: skip
+    mp.spawn(_run_worker, args=(2, _free_port(), settings, str(tmp_path)), nprocs=2)
+    runs = [torch.load(tmp_path / f"run{r}.pt", weights_only=False) for r in range(2)]
+    assert runs[0]["second"]["start_step"] == 2 and runs[0]["second"]["step"] == 3
+    for key in ("first", "second"):  # the loss of the global batch, the same on both ranks
+        assert runs[0][key]["last"]["loss"] == runs[1][key]["last"]["loss"]
+    state = checkpoints.load_state(checkpoints.step_dir(tmp_path / "run", 3))
+    assert state["world_size"] == 2 and len(state["data"]) == 2 and len(state["rng"]) == 2
+    assert [d["consumed"] for d in state["data"]] == [6, 6]  # 3 steps of 2 samples per rank
