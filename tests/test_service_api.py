@@ -226,3 +226,28 @@ def test_health_readiness_metrics_and_docs(client, service_settings):
     ui = client.get("/")
     assert ui.status_code == 200 and 'id="search-form"' in ui.text
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_a_query_without_vocabulary_words_finds_nothing_and_says_why(client):
+    out = _search(client, query="1234 5678 !?", mode="words")  # no lower-case word pieces
+    assert out["hits"] == [] and out["active_words"] == 0
+    assert "no active vocabulary words" in out["notes"][0]
+
+
+def test_not_ready_before_the_lifespan_has_run(tiny_model, service_settings):
+    import asyncio
+
+    import httpx
+
+    from service.main import create_app
+
+    app = create_app(service_settings, model=tiny_model)  # lifespan not entered: nothing loaded
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.get("/readyz"), await http.post("/search", json={"query": "dog"})
+
+    ready, search = asyncio.run(main())
+    assert ready.status_code == 503 and ready.json()["detail"] == "waiting for: index, warmup"
+    assert search.status_code == 503 and "starting" in search.json()["detail"]
