@@ -1,0 +1,128 @@
+"""docker-compose.yml and docker/Dockerfile, checked without a Docker engine.
+
+The compose file is validated with a real YAML parser against the Compose specification's JSON
+schema (as vendored by check-jsonschema), and every path, port, build target, variable and
+command it names is checked against the code.
+"""
+
+import copy
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from service.core.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
+ENV_EXAMPLE = REPO / "docker" / "env.example"
+
+
+def _defaults(text: str) -> str:
+    """``${VAR:-default}`` -> ``default`` (compose's interpolation with the documented default)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+def _mount_targets(volumes: list[str]) -> set[str]:
+    return {_defaults(v).split(":")[1] for v in volumes}
+
+
+def _schema() -> dict:
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / "compose-spec.json").read_text())
+
+
+def test_compose_file_follows_the_compose_specification():
+    jsonschema.validate(COMPOSE, _schema())
+
+
+def test_the_schema_check_can_fail():
+    broken = copy.deepcopy(COMPOSE)
+    broken["services"]["api"]["healthcheck"]["interval"] = {"seconds": 30}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, _schema())
+    broken = copy.deepcopy(COMPOSE)
+    broken["services"]["api"]["restart_policy"] = "always"  # not a service key
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, _schema())
+
+
+def test_services_profiles_and_gpu_reservation():
+    services = COMPOSE["services"]
+    assert set(services) == {"api", "indexer", "trainer"}
+    assert "profiles" not in services["api"]
+    assert services["indexer"]["profiles"] == ["index"]
+    assert services["trainer"]["profiles"] == ["train"]
+    devices = services["trainer"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_build_paths_and_targets_exist():
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, flags=re.M))
+    for name, service in COMPOSE["services"].items():
+        build = service["build"]
+        assert (REPO / build["context"] / build["dockerfile"]).is_file(), name
+        assert build["target"] in targets, f"{name}: no stage {build['target']!r} in the Dockerfile"
+    for source in re.findall(r"^COPY (\S+) ", DOCKERFILE, flags=re.M):
+        assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
+
+
+def _settings_variables() -> set[str]:
+    return {f"LEXVLA_{name.upper()}" for name in Settings.model_fields}
+
+
+def _interpolated() -> set[str]:
+    text = (REPO / "docker-compose.yml").read_text()
+    return set(re.findall(r"\$\{(LEXVLA_[A-Z_]+)", text))
+
+
+def test_every_variable_is_read_by_the_code_or_by_compose():
+    known = _settings_variables()
+    api_env = COMPOSE["services"]["api"]["environment"]
+    unknown = set(api_env) - known
+    assert not unknown, f"compose sets variables no setting reads: {unknown}"
+    example = [
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    stray = set(example) - known - _interpolated()
+    assert not stray, f"env.example names variables nothing reads: {stray}"
+    assert _interpolated() <= set(example), "every compose variable is documented in env.example"
+
+
+def test_ports_paths_and_healthchecks_match_the_service():
+    api = COMPOSE["services"]["api"]
+    port = int(api["environment"]["LEXVLA_PORT"])
+    assert api["ports"][0].endswith(f":{port}")
+    assert f"EXPOSE {port}" in DOCKERFILE and f'--port", "{port}"' in DOCKERFILE
+    mounts = _mount_targets(api["volumes"])
+    for var in ("LEXVLA_CHECKPOINT", "LEXVLA_STORE", "LEXVLA_INDEX"):
+        assert api["environment"][var] in mounts, f"{var} points outside the mounted volumes"
+    from service.main import create_app
+
+    routes = set(create_app(Settings()).openapi()["paths"])
+    for text in (" ".join(api["healthcheck"]["test"]), DOCKERFILE):
+        for path in re.findall(r"127\.0\.0\.1:\d+(/\w+)", text):
+            assert path in routes, f"healthcheck calls {path}, which the app does not serve"
+
+
+def test_commands_parse_with_the_real_command_lines():
+    from indexer.cli import _parser as index_parser
+    from service.cli import parser as serve_parser
+
+    command = [_defaults(part) for part in COMPOSE["services"]["indexer"]["command"]]
+    args = index_parser().parse_args(command)
+    mounts = _mount_targets(COMPOSE["services"]["indexer"]["volumes"])
+    for value in (args.source, args.store, args.checkpoint, args.index):
+        assert value in mounts
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, flags=re.M).group(1))
+    assert cmd[:2] == ["lexvla", "serve"]
+    serve_parser().parse_args(cmd[2:])
+    assert 'ENTRYPOINT ["lexvla", "index"]' in DOCKERFILE  # the indexer's command follows it
+    assert 'ENTRYPOINT ["lexvla", "train"]' in DOCKERFILE
