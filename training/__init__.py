@@ -1,0 +1,12 @@
+"""Training LexVLA: produces the checkpoints the indexer and the service load.
+
+Entry points: ``lexvla train`` / ``lexvla eval`` (``training.cli``), ``torchrun -m training``
+(``training/__main__.py``), and ``training.loop.train(config)`` from Python.
+
+Modules: ``config`` (the pydantic training config and presets), ``distributed`` (all
+process-group code), ``setup`` (building the model), ``module`` (the training-time forward and
+DDP), ``optim`` (AdamW groups, cosine schedule), ``step`` (one optimisation step), ``stream``
+(full, resumable batches), ``checkpoints`` (atomic checkpoints, resume state), ``metrics``
+(JSONL, TensorBoard, progress bar), ``loop`` (the run), ``data/`` (data sources) and
+``evaluation/`` (retrieval, PatchDis, vocabulary usage).
+"""

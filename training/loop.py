@@ -192,6 +192,27 @@ class Trainer:
     def _is_due(self, every: int) -> bool:
         return self.step == self.config.steps or (every > 0 and self.step % every == 0)
 
+    def train_one(self) -> dict[str, float]:
+        """Fetch a batch and take one step; the result includes its wall time (``step_s``)."""
+        start = time.perf_counter()
+        batch = self.stream.next_batch()
+        self.skips.update(batch["skipped"])
+        result = train_step(
+            self.ddp,
+            self.loss_fn,
+            self.optimizer,
+            self.scheduler,
+            batch["pixel_values"],
+            batch["captions"],
+            self.step,
+            device=self.info.device,
+            world_size=self.info.world_size,
+            precision=self.config.precision,
+            clip_norm=self.config.optim.clip_norm,
+        )
+        self.step += 1
+        return result | {"step_s": time.perf_counter() - start}
+
     def run(self, on_step: StepHook | None = None) -> dict[str, Any]:
         config = self.config
         log = RunLogger(
@@ -204,59 +225,38 @@ class Trainer:
         )
         summary: dict[str, Any] = {"start_step": self.step}
         window: list[dict[str, float]] = []
-        clock = time.perf_counter()
         try:
             while self.step < config.steps:
-                batch = self.stream.next_batch()
-                self.skips.update(batch["skipped"])
-                result = train_step(
-                    self.ddp,
-                    self.loss_fn,
-                    self.optimizer,
-                    self.scheduler,
-                    batch["pixel_values"],
-                    batch["captions"],
-                    self.step,
-                    device=self.info.device,
-                    world_size=self.info.world_size,
-                    precision=config.precision,
-                    clip_norm=config.optim.clip_norm,
-                )
-                self.step += 1
+                result = self.train_one()
                 window.append(result)
                 log.advance()
                 if self._is_due(config.log_every):
-                    elapsed, clock = time.perf_counter() - clock, time.perf_counter()
-                    log.log(self._record(window, elapsed))
+                    log.log(self._record(window))
                     window = []
                 if self._is_due(config.checkpoint.every):
                     summary["checkpoint"] = self.save()
-                    clock = time.perf_counter() if not window else clock
                 if config.eval.data is not None and self._is_due(config.eval.every):
-                    evaluation = self.evaluate()
-                    if evaluation is not None:
-                        log.log({"step": self.step, "eval": evaluation})
-                        summary["eval"] = evaluation
-                    clock = time.perf_counter() if not window else clock
+                    summary["eval"] = self.evaluate()
+                    log.log({"step": self.step, "eval": summary["eval"]})
                 summary["last"] = result
                 if on_step is not None:
                     on_step(self.step, result)
         finally:
             log.close()
             self.stream.close()
-        summary["step"] = self.step
-        summary["skipped"] = self.global_skips()
-        return summary
+        return summary | {"step": self.step, "skipped": self.global_skips()}
 
-    def _record(self, window: list[dict[str, float]], elapsed: float) -> dict[str, Any]:
+    def _record(self, window: list[dict[str, float]]) -> dict[str, Any]:
+        """One metrics line: means over the steps since the last one (``training.metrics``)."""
         mean = {k: sum(r[k] for r in window) / len(window) for k in window[-1]}
         skipped = self.global_skips()
+        seconds = sum(r["step_s"] for r in window)
         return {
             "step": self.step,
             "epoch": self.stream.epoch,
             **mean,
             "lr": learning_rates(self.optimizer),
-            "samples_per_s": len(window) * self.config.batch_size / max(elapsed, 1e-9),
+            "samples_per_s": len(window) * self.config.batch_size / max(seconds, 1e-9),
             "skipped": skipped,
             "skipped_total": sum(skipped.values()),
         }

@@ -3,9 +3,13 @@
 ``metrics.jsonl`` gets one JSON object per log step::
 
     {"step": 20, "epoch": 0, "loss": 4.1, "contrastive_loss": 4.0, "image_overuse_loss": 0.01,
-     "text_overuse_loss": 0.02, "grad_norm": 1.3, "logit_scale": 14.5,
+     "text_overuse_loss": 0.02, "grad_norm": 1.3, "logit_scale": 14.5, "step_s": 0.15,
      "lr": {"adapter": 1e-4, ...}, "samples_per_s": 210.5, "skipped": {"corrupt_image": 2},
      "skipped_total": 2, "time": 1700000000.0}
+
+Losses, gradient norm, logit scale and step time are means over the steps since the previous
+line; ``samples_per_s`` is the global batch over the step time (data wait included, checkpoint
+and evaluation time excluded); ``skipped`` counts every sample skipped so far, on all ranks.
 
 and one ``{"step": N, "eval": {...}}`` object per evaluation. A resumed run first drops the lines
 written after the checkpoint it resumes from, so the file reads as one uninterrupted run.
