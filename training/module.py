@@ -77,7 +77,9 @@ class TrainModule(nn.Module):
         return {
             "image": keep_top_k(image.float(), self.top_k),
             "text": keep_top_k(text.float(), self.top_k),
-            "logit_scale": self.model.logit_scale,
+            # A copy, not the parameter itself: DDP with find_unused_parameters walks the graph
+            # from the outputs and would take a bare leaf for an unused parameter.
+            "logit_scale": self.model.logit_scale.clone(),
         }
 
 
