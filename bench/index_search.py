@@ -32,6 +32,9 @@ PRUNINGS = {
     "m64-d50k-c2000": Pruning(64, 50_000, 2000),
     "m128-d50k-c2000": Pruning(128, 50_000, 2000),
     "m64-all-c1000": Pruning(64, None, 1000),
+    "budget500k-c1000": Pruning(None, None, 1000, 500_000),
+    "budget1m-c2000": Pruning(None, None, 2000, 1_000_000),
+    "budget2m-c2000": Pruning(None, None, 2000, 2_000_000),
 }
 
 
