@@ -60,6 +60,7 @@ class Result:
     p99_ms: float
     rejected_p50_ms: float  # how fast a 429 comes back (load shedding must be cheap)
     server_ms: dict[str, float] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
 
 def build_inputs(work: Path, checkpoint: str | None, images: int, active: int) -> tuple[Path, Path]:
@@ -138,6 +139,12 @@ async def run_load(
     refusals: list[float] = []
     stages: dict[str, list[float]] = {"encode_ms": [], "search_ms": [], "rescore_ms": []}
     counts = {"ok": 0, "rejected": 0, "errors": 0}
+    kinds: dict[str, int] = {}
+
+    def error(kind: str) -> None:
+        counts["errors"] += 1
+        kinds[kind] = kinds.get(kind, 0) + 1
+
     queue = list(reversed(texts))
     deadline = time.perf_counter() + max_seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -148,8 +155,8 @@ async def run_load(
             t0 = time.perf_counter()
             try:
                 r = await http.post("/search", json=body)
-            except httpx.HTTPError:
-                counts["errors"] += 1
+            except httpx.HTTPError as exc:
+                error(type(exc).__name__)
                 continue
             elapsed = (time.perf_counter() - t0) * 1e3
             if r.status_code == 200:
@@ -162,7 +169,7 @@ async def run_load(
                 refusals.append(elapsed)
                 await asyncio.sleep(float(r.headers.get("retry-after", 1)))  # as told
             else:
-                counts["errors"] += 1
+                error(f"{r.status_code}: {r.text[:120]}")
 
     start = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
@@ -183,6 +190,7 @@ async def run_load(
         p99_ms=round(float(np.percentile(lat, 99)), 1),
         rejected_p50_ms=round(float(np.median(refusals)), 1) if refusals else 0.0,
         server_ms={k: round(float(np.mean(v)), 2) if v else 0.0 for k, v in stages.items()},
+        error_kinds=kinds,
     )
 
 
@@ -222,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results.append(result)
                 print(_row(result), flush=True)
+                if result.error_kinds:
+                    print(f"  errors: {result.error_kinds}", flush=True)
         finally:
             stop_server(process)
 
