@@ -27,11 +27,11 @@ from bench.index_synthetic import make_corpus, make_queries
 from indexer.engines.memory import MemoryIndex, Pruning
 
 PRUNINGS = {
-    "m64-d20k-c1000": Pruning(64, 20_000, 1000),
-    "m32-d20k-c1000": Pruning(32, 20_000, 1000),
-    "m64-d50k-c2000": Pruning(64, 50_000, 2000),
-    "m128-d50k-c2000": Pruning(128, 50_000, 2000),
-    "m64-all-c1000": Pruning(64, None, 1000),
+    "m64-d20k-c1000": Pruning(64, 20_000, 1000, posting_budget=None),
+    "m32-d20k-c1000": Pruning(32, 20_000, 1000, posting_budget=None),
+    "m64-d50k-c2000": Pruning(64, 50_000, 2000, posting_budget=None),
+    "m128-d50k-c2000": Pruning(128, 50_000, 2000, posting_budget=None),
+    "m64-all-c1000": Pruning(64, None, 1000, posting_budget=None),
     "budget500k-c1000": Pruning(None, None, 1000, 500_000),
     "budget1m-c2000": Pruning(None, None, 2000, 1_000_000),
     "budget2m-c2000": Pruning(None, None, 2000, 2_000_000),
@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--words", default="30,100,300", help="active words per query")
     ap.add_argument("--kind", default="topics", choices=["topics", "random"])
     ap.add_argument("--engines", default="memory", help="memory and/or lucene, comma-separated")
-    ap.add_argument("--prunings", default=",".join(PRUNINGS), help="pruning settings to try")
+    ap.add_argument(
+        "--prunings",
+        default="m64-d20k-c1000,budget500k-c1000,budget1m-c2000,budget2m-c2000",
+        help=f"pruning settings to try, of: {', '.join(PRUNINGS)}",
+    )
     ap.add_argument("--scale", type=float, default=100.0, help="lucene quantisation scale")
     ap.add_argument("--lucene-dir", default=None, help="keep the lucene index here")
     ap.add_argument("--out", default=None, help="write the results as JSON")

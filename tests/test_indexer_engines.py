@@ -110,14 +110,14 @@ def test_pruned_search_scores_are_exact_and_recall_is_high(data):
     ids, rows, queries = data
     index = MemoryIndex.create(V)
     index.add(ids, rows)
-    everything = Pruning(query_words=None, posting_depth=None, candidates=10_000)
+    everything = Pruning(candidates=10_000, posting_budget=None)
     recalls = []
     for n in range(queries.shape[0]):
         q = queries[n]
         exact = index.search(q, 10)
         assert_same_hits(index.search(q, 10, pruning=everything), exact)
-        fixed = index.search(q, 10, pruning=Pruning(query_words=20, posting_depth=500))
-        budget = Pruning(query_words=None, posting_depth=None, posting_budget=3000)
+        fixed = index.search(q, 10, pruning=Pruning(20, posting_depth=500, posting_budget=None))
+        budget = Pruning(candidates=1000, posting_budget=3000)
         spent = index.search(q, 10, pruning=budget)
         for image_id, score in fixed + spent:  # pruning picks candidates; scores stay exact
             expected = rows[ids.index(image_id)].toarray().ravel() @ q.toarray().ravel()

@@ -60,11 +60,14 @@ _MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is r
 class Pruning:
     """Approximate search settings; scores of the returned hits are still exact."""
 
-    query_words: int | None = 64  # keep the query's heaviest words (None: all)
-    posting_depth: int | None = 20_000  # entries read per impact-sorted list (None: all)
-    candidates: int = 1000  # best partial scores re-scored exactly
+    # Defaults from bench/index_search.py at 1M synthetic images (2 cores): p50 13-23 ms,
+    # recall@10 1.0 on topical queries; 0.92-1.0 on structureless random ones (the worst case).
+    # A corpus whose query lists hold fewer than ``posting_budget`` entries is searched exactly.
+    query_words: int | None = None  # keep the query's heaviest words (None: all)
+    posting_depth: int | None = None  # entries read per impact-sorted list (None: all)
+    candidates: int = 2000  # best partial scores re-scored exactly
     # total entries read over all lists, spent where query weight x impact is highest (None: off)
-    posting_budget: int | None = None
+    posting_budget: int | None = 1_000_000
 
 
 class MemoryIndex:
