@@ -25,10 +25,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageOps
 
 from indexer.sources import SourceItem
+from model.preprocessing import to_rgb
 
 # Pillow's own default limit (about 89.5M pixels, 2x that raises); ours is explicit and per call.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -71,35 +71,6 @@ class Skipped:
 
 class DecodeError(ValueError):
     """Raised by :func:`decode_bytes`; its message is the reason a file is skipped."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB: alpha flattened on white, high bit depths scaled to 8 bits."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        return _scale_to_8bit(image).convert("RGB")
-    return image.convert("RGB")
-
-
-def _scale_to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> L: 16-bit range /257, [0, 1] floats x255."""
-    arr = np.asarray(image).astype(np.float64)
-    top = float(arr.max()) if arr.size else 0.0
-    if image.mode == "F" and top <= 1.0:
-        arr = arr * 255.0
-    elif image.mode.startswith("I;16") or 255 < top <= 65535:
-        arr = arr / 257.0
-    elif top > 65535:
-        arr = arr * (255.0 / top)
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
 def decode_bytes(

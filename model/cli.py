@@ -56,13 +56,15 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _load_images(paths: Sequence[str]) -> list:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
+
+    from .preprocessing import upright_rgb
 
     images = []
     for p in paths:
         try:
             with Image.open(p) as im:
-                images.append(ImageOps.exif_transpose(im).convert("RGB"))
+                images.append(upright_rgb(im))
         except (OSError, UnidentifiedImageError) as exc:
             raise SystemExit(f"cannot read image {p}: {exc}") from exc
     return images

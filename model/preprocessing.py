@@ -1,8 +1,9 @@
 """Image preprocessing for the image encoder (DINOv2's normalisation, LEXVLA.md section 4).
 
-The encoder takes RGB images only: converting CMYK, palette, 16-bit or alpha images (and applying
-EXIF orientation) is the job of whoever reads the files, e.g. ``indexer.decode``; passing anything
-else raises a ValueError that says so, rather than silently producing a different vector.
+The encoder takes RGB images only and raises a ValueError that says so for anything else, rather
+than silently producing a different vector. Whoever reads files converts them first with
+:func:`to_rgb` (any Pillow mode) or :func:`upright_rgb` (also applies EXIF orientation): the
+indexer, the training data pipelines and the service all use these two.
 Eval: resize the shorter side, centre crop. Train: random resized crop and horizontal flip.
 """
 
@@ -14,11 +15,45 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 # DINOv2 uses the ImageNet statistics.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: alpha flattened on white, high bit depths scaled to 8 bits."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _scale_to_8bit(image).convert("RGB")
+    return image.convert("RGB")
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """:func:`to_rgb` after applying the EXIF orientation (how a viewer shows the photo)."""
+    return to_rgb(ImageOps.exif_transpose(image) or image)
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale -> L: 16-bit range /257, [0, 1] floats x255."""
+    arr = np.asarray(image).astype(np.float64)
+    top = float(arr.max()) if arr.size else 0.0
+    if image.mode == "F" and top <= 1.0:
+        arr = arr * 255.0
+    elif image.mode.startswith("I;16") or 255 < top <= 65535:
+        arr = arr / 257.0
+    elif top > 65535:
+        arr = arr * (255.0 / top)
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8), mode="L")
 
 
 def check_rgb(image: object, position: int | None = None) -> Image.Image:
@@ -28,7 +63,7 @@ def check_rgb(image: object, position: int | None = None) -> Image.Image:
     if image.mode != "RGB":
         raise ValueError(
             f"image{where} has mode {image.mode!r}; the encoder takes RGB only. Convert it first "
-            "(indexer.decode.to_rgb handles CMYK, palette, 16-bit, alpha and EXIF orientation)."
+            "(model.preprocessing.upright_rgb handles CMYK, palette, 16-bit, alpha and EXIF)."
         )
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image{where} is empty ({image.width}x{image.height})")

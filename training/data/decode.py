@@ -1,7 +1,7 @@
 """Turning stored bytes into what the model takes: an RGB PIL image and a clean caption.
 
 ``model.preprocessing`` accepts RGB images only and refuses anything else, so the conversion
-happens here, once, for every data source: EXIF orientation is applied (phones store portraits
+happens here, once, for every data source (with ``model.preprocessing.upright_rgb``): EXIF orientation is applied (phones store portraits
 as rotated landscapes plus a tag), alpha is flattened on white (transparent logo backgrounds are
 usually meant as white, and black would invent dark borders), 16-bit and float greyscale are
 scaled to 8 bits instead of being clipped, and palette/CMYK/greyscale go through Pillow.
@@ -17,38 +17,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from model.preprocessing import upright_rgb
 from training.data.skips import Skipped, log_skip
 
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
-_WITH_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Return ``image`` as 8-bit RGB with EXIF orientation applied and alpha flattened on white."""
-    image = ImageOps.exif_transpose(image) or image
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image), mode), mode="L").convert("RGB")
-    if mode in _WITH_ALPHA or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a high-bit-depth greyscale array to 0..255 (16-bit range, or 0..1 for float data)."""
-    values = arr.astype(np.float64)
-    if mode == "F" and values.size and np.nanmax(values) <= 1.0:
-        values = values * 255.0
-    elif mode in _SIXTEEN_BIT or (values.size and values.max() > 255):
-        values = values / 257.0  # 65535 -> 255
-    return np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)
+# EXIF orientation applied, then any mode to 8-bit RGB (shared with the indexer and service).
+to_rgb = upright_rgb
 
 
 def decode_image(data: bytes, source: str) -> Image.Image | Skipped:
