@@ -1,6 +1,9 @@
 """``lexvla index ...`` / ``python -m indexer ...``: thin commands over the indexer's functions.
 
 lexvla index build --source photos/ --store corpus/ --checkpoint ckpt/ --index index/
+lexvla index add --images new-photos/ --store corpus/ --checkpoint ckpt/ --index index/
+lexvla index build --images photos/ --store parts/shard-0 --checkpoint ckpt/ --shard-id 0 --num-shards 3
+lexvla index merge --out corpus/ parts/shard-0 parts/shard-1 parts/shard-2 [--index index/]
 lexvla index reindex --store corpus/ --index index-lucene/ --engine lucene
 lexvla index delete --store corpus/ --index index/ ID [ID ...]
 lexvla index export-jsonl --store corpus/ --out vectors.jsonl [--keys index --scale 100]
@@ -19,6 +22,7 @@ from pathlib import Path
 from indexer.engines import ENGINES, open_index, publish
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
+from indexer.merge import MergeError, merge_stores
 from indexer.runner import IndexJob, build_index, run_index_job
 from indexer.store import CorpusStore
 
@@ -27,18 +31,28 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lexvla index", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="encode new images of a source into a store (resumable)")
-    b.add_argument("--source", required=True, help="folder, .csv/.jsonl manifest or .tar shards")
-    b.add_argument("--store", required=True, help="corpus store directory")
-    b.add_argument("--checkpoint", required=True, help="LexVLA checkpoint directory")
-    b.add_argument("--index", help="also publish a search index here")
-    b.add_argument("--engine", choices=ENGINES, default="memory")
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--chunk-size", type=int, default=1024)
-    b.add_argument("--limit", type=int)
-    b.add_argument("--no-thumbnails", action="store_true")
-    b.add_argument("--skip-duplicate-content", action="store_true")
-    b.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("add", help="index only the new images of a source into an existing store")
+    for p in (b, a):
+        p.add_argument("--source", "--images", dest="source", required=True,
+                       help="folder, .csv/.jsonl manifest or .tar shards")  # fmt: skip
+        p.add_argument("--store", required=True, help="corpus store directory")
+        p.add_argument("--checkpoint", required=True, help="LexVLA checkpoint directory")
+        p.add_argument("--index", help="also publish a search index here")
+        p.add_argument("--engine", choices=ENGINES, default="memory")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--chunk-size", type=int, default=1024)
+        p.add_argument("--limit", type=int)
+        p.add_argument("--shard-id", type=int, default=0, help="this process's slice (0-based)")
+        p.add_argument("--num-shards", type=int, default=1, help="slices of the source in all")
+        p.add_argument("--no-thumbnails", action="store_true")
+        p.add_argument("--skip-duplicate-content", action="store_true")
+        p.add_argument("--no-progress", action="store_true")
+    m = sub.add_parser("merge", help="merge part stores (sharded builds) into one, no encoding")
+    m.add_argument("--out", required=True, help="merged store (created, or resumed)")
+    m.add_argument("parts", nargs="+", help="part stores, in order")
+    m.add_argument("--index", help="also publish a search index of the merged store here")
+    m.add_argument("--engine", choices=ENGINES, default="memory")
     r = sub.add_parser("reindex", help="build a new index version from a store (no encoding)")
     r.add_argument("--store", required=True)
     r.add_argument("--index", required=True)
@@ -59,14 +73,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "build":
+    if args.command in ("build", "add"):
         job = IndexJob(
             source=args.source, store=args.store, checkpoint=args.checkpoint, index=args.index,
             engine=args.engine, device=args.device, batch_size=args.batch_size,
             chunk_size=args.chunk_size, limit=args.limit, thumbnails=not args.no_thumbnails,
             skip_duplicate_content=args.skip_duplicate_content, progress=not args.no_progress,
+            shard_id=args.shard_id, num_shards=args.num_shards,
+            require_store=args.command == "add",
         )  # fmt: skip
         print(json.dumps(asdict(run_index_job(job)), indent=1))
+    elif args.command == "merge":
+        try:
+            report = merge_stores(args.out, args.parts)
+        except MergeError as exc:
+            print(f"merge refused: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(asdict(report), indent=1))
+        if args.index:
+            with CorpusStore.open(args.out) as store:
+                print(f"published {build_index(store, args.index, args.engine)}")
     elif args.command == "reindex":
         with CorpusStore.open(args.store) as store:
             print(f"published {build_index(store, args.index, args.engine)}")

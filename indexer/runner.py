@@ -10,6 +10,17 @@ that has grown indexes only the new images (incremental indexing), whatever the 
 
 Within a chunk, images are decoded (threads; Pillow releases the GIL) and encoded
 ``batch_size`` at a time, so memory holds one batch of decoded images, not a chunk.
+
+Sharded builds (one process per GPU or machine). ``shard_id=i, num_shards=n`` keeps the source
+items whose id hashes to ``i`` (``sha256(id) mod n``, after ``limit``), so the ``n`` slices are
+disjoint, cover the source, and do not move when the source grows or the job restarts (a
+position-based split would shift every later item when one file is inserted). Each shard writes
+its **own store** (pass a different ``--store`` per shard, e.g. ``corpus/parts/shard-0``); its
+done keys name the shard, so resuming works per shard exactly as for an unsharded job. The parts
+are then combined without re-encoding by :func:`indexer.merge.merge_stores`
+(``lexvla index merge``). ``require_store`` is ``lexvla index add``: incremental indexing into
+a store that must already exist. ``draft_decode=False`` turns off JPEG draft-mode decoding
+(decode at full size, then resize), for benchmarks.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from indexer.decode import (
     DEFAULT_MAX_PIXELS,
@@ -65,6 +76,18 @@ class IndexJob(BaseModel):
     index: str | None = None  # publish a search index here after the store is updated
     engine: str = "memory"
     progress: bool = True
+    shard_id: int = Field(default=0, ge=0)  # this process's slice: sha256(id) mod num_shards
+    num_shards: int = Field(default=1, ge=1)
+    require_store: bool = False  # `index add`: the store must exist already
+    draft_decode: bool = True  # JPEG draft mode (decode at reduced scale) when it is enough
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> IndexJob:
+        if self.shard_id >= self.num_shards:
+            raise ValueError(
+                f"shard_id must be in 0..{self.num_shards - 1} (num_shards), got {self.shard_id}"
+            )
+        return self
 
 
 @dataclass
@@ -84,11 +107,21 @@ def run_index_job(job: IndexJob, model: Any | None = None) -> JobReport:
         from model import LexVLA
 
         model = LexVLA.from_pretrained(job.checkpoint, device=job.device)
+    if job.require_store and not (Path(job.store) / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"no corpus store at {job.store}: `index add` adds to an existing store; "
+            "use `index build` to create one"
+        )
     model.eval()
     store = open_store(job.store, model)
     report = JobReport()
     try:
-        chunks = _chunks(iter_source(job.source, job.source_kind), job.chunk_size, job.limit)
+        items = iter_source(job.source, job.source_kind)
+        if job.limit is not None:
+            items = islice(items, job.limit)
+        if job.num_shards > 1:
+            items = (it for it in items if shard_of(it.id, job.num_shards) == job.shard_id)
+        chunks = _chunks(items, job.chunk_size)
         prefix = _job_prefix(job)
         for number, items in _progress(chunks, job.progress):
             # the key names the chunk's exact ids: a chunk cut differently (a --limit, a source
@@ -161,7 +194,7 @@ def _index_chunk(
     records: list[ImageInfo] = []
     thumbs: list[bytes | None] = []
     skipped: list[Skipped] = []
-    draft = max(model.config.image.image_size, job.thumbnail_size)
+    draft = max(model.config.image.image_size, job.thumbnail_size) if job.draft_decode else None
     with ThreadPoolExecutor(job.decode_workers) as pool:
         for start in range(0, len(fresh), job.batch_size):
             batch = fresh[start : start + job.batch_size]
@@ -201,10 +234,12 @@ def _encode(model: Any, images: list[Any]) -> sp.csr_matrix:
     return sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
 
 
-def _chunks(
-    items: Iterator[SourceItem], size: int, limit: int | None
-) -> Iterator[tuple[int, list[SourceItem]]]:
-    items = islice(items, limit) if limit is not None else items
+def shard_of(image_id: str, num_shards: int) -> int:
+    """The shard an id belongs to: stable across runs, machines and Python hash seeds."""
+    return int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "big") % num_shards
+
+
+def _chunks(items: Iterator[SourceItem], size: int) -> Iterator[tuple[int, list[SourceItem]]]:
     number = 0
     while chunk := list(islice(items, size)):
         yield number, chunk
@@ -215,7 +250,8 @@ def _job_prefix(job: IndexJob) -> str:
     """Done keys name the source and chunking, so another source or chunk size never matches."""
     source = str(Path(job.source).resolve()) if "{" not in job.source else job.source
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return f"{digest}/c{job.chunk_size}"
+    shard = f"/s{job.shard_id}of{job.num_shards}" if job.num_shards > 1 else ""
+    return f"{digest}/c{job.chunk_size}{shard}"
 
 
 def _progress(chunks: Iterator[tuple[int, list[SourceItem]]], enabled: bool) -> Any:
