@@ -159,3 +159,29 @@ def test_add_indexes_only_new_images(tmp_path, model):
         assert s.count == 7 and s.has_id("img050.jpg")
     args = cli._parser().parse_args(["add", *argv])
     assert args.source == str(photos) and args.command == "add"
+
+
+def test_killed_merge_reruns_to_the_same_store(built, tmp_path, monkeypatch):
+    parts = [built / f"part{i}" for i in range(3)]
+    calls = {"n": 0}
+    append = CorpusStore.append_shard
+
+    def crash_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(CorpusStore, "append_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        merge_stores(tmp_path / "out", parts)
+    monkeypatch.setattr(CorpusStore, "append_shard", append)
+    report = merge_stores(tmp_path / "out", parts)
+    assert report.shards_done_before >= 1 and report.images < 12  # resumed, not redone
+    with (
+        CorpusStore.open(tmp_path / "out") as out,
+        CorpusStore.open(built / "merged") as merged,
+    ):
+        assert out.ids() == merged.ids()
+        assert (out.vectors()[1] != merged.vectors()[1]).nnz == 0
+        assert [s.id for s in out.skipped()] == [s.id for s in merged.skipped()]
