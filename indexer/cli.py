@@ -72,8 +72,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command in ("build", "add"):
+        if not 0 <= args.shard_id < args.num_shards:
+            parser.error(f"--shard-id must be in 0..{args.num_shards - 1} (--num-shards - 1)")
+        if args.command == "add" and not (Path(args.store) / "manifest.json").is_file():
+            print(f"no corpus store at {args.store}: `add` adds to an existing store; "
+                  "create it with `build`", file=sys.stderr)  # fmt: skip
+            return 2
         job = IndexJob(
             source=args.source, store=args.store, checkpoint=args.checkpoint, index=args.index,
             engine=args.engine, device=args.device, batch_size=args.batch_size,
