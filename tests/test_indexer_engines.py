@@ -68,6 +68,18 @@ def test_memory_engine_equals_brute_force(data):
     assert index.count() == 3000
 
 
+def test_reading_vectors_after_a_search_copies_nothing(data):
+    """Regression: an empty pending delta once made every vectors_of() re-stack the index."""
+    ids, rows, queries = data
+    index = MemoryIndex.create(V)
+    index.add(ids, rows)
+    index.build()  # as an index opened from disk: everything in the forward index
+    index.search(queries[0], 10)
+    index.vectors_of([ids[0]])
+    assert index._all_rows() is index._forward
+    np.testing.assert_array_equal(index.vectors_of([ids[5]]).toarray(), rows[[5]].toarray())
+
+
 def test_inverted_lists_are_impact_sorted_and_stay_so(data):
     ids, rows, queries = data
     index = MemoryIndex.create(V)

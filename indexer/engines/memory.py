@@ -178,7 +178,9 @@ class MemoryIndex:
             else:
                 parts = [sp.csr_matrix((0, self.manifest.vocabulary_size), dtype=np.float32)]
                 self._delta = sp.vstack(parts + self._delta_parts, format="csr", dtype=np.float32)
-                self._delta_parts = [self._delta]
+                # an empty delta must not count as pending rows: _all_rows would copy the
+                # whole forward index on every call
+                self._delta_parts = [self._delta] if self._delta.shape[0] else []
         return self._delta
 
     def _all_rows(self) -> sp.csr_matrix:
