@@ -14,6 +14,21 @@
   the FLOPs term of each word weighted by its share of the activation mass, so words switched on
   across the batch pay much more than words used by a few samples.
 - Regulariser weights ramp in quadratically over the first steps (SPLADE's practice).
+- Lexical grounding (OUR default for randomly initialised text models; the paper has no such
+  term). The paper's words mean something because a *pretrained* Llama's last hidden state,
+  dotted with its lm_head rows, already predicts the caption's words; a random tiny Llama trained
+  by the contrastive loss alone spreads its weight over arbitrary words. The term reads the text
+  vector, scaled by 100 (CLIP's temperature cap), as logits over the vocabulary and takes the
+  cross-entropy of their softmax against the caption's own words (``model.bag_of_words``, as a
+  distribution), averaged over the captions that have vocabulary words: a word-prediction loss
+  like the LLM's own, on ``s_txt``. It asks for a *ranking* (caption words highest), not for a
+  concentrated vector: a frozen random codebook of a 64-d model cannot concentrate the vector
+  (about half the words score positive for any hidden state), so ``1 - cos(s_txt, bow)`` or a
+  cross-entropy of ``s_txt / sum(s_txt)`` saturate far from their optimum and were measured to
+  ground the top words much less (tests/test_training_learning.py has the numbers). Images
+  follow through the contrastive loss. Off (weight 0) by default; the ``tiny-shapes`` training
+  preset turns it on. The bag of words is gathered like the vectors, so every rank computes the
+  global-batch value.
 
 Only ``torch.distributed`` collectives are used here; process-group setup lives in ``training``.
 """
@@ -80,6 +95,21 @@ def overuse_penalty(s: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return p.pow(3).sum() / p.sum().clamp_min(eps)
 
 
+def grounding_loss(
+    text: torch.Tensor, bow: torch.Tensor, scale: float = 100.0, eps: float = 1e-12
+) -> torch.Tensor:
+    """Cross-entropy of ``softmax(scale * s_txt)`` against the caption's word distribution, mean
+    over rows with a non-empty bag of words (ours, see above)."""
+    if text.shape != bow.shape:
+        raise ValueError(f"text {tuple(text.shape)} and bow {tuple(bow.shape)} do not pair up")
+    bow = bow.to(text.dtype)
+    mass = bow.sum(dim=-1, keepdim=True)
+    target = bow / mass.clamp_min(eps)  # word counts as a distribution
+    has_words = (mass.squeeze(-1) > 0).to(text.dtype)
+    per_row = -(target * F.log_softmax(scale * text, dim=-1)).sum(dim=-1)
+    return (per_row * has_words).sum() / has_words.sum().clamp_min(1.0)
+
+
 PENALTIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "overuse": overuse_penalty,
     "flops": flops_penalty,
@@ -102,7 +132,8 @@ class QuadraticWarmup:
 
 
 class LexVLALoss:
-    """``L = InfoNCE + lam_img(step) * R(S_img) + lam_txt(step) * R(S_txt)`` over the global batch."""
+    """``L = InfoNCE + lam_img(step) * R(S_img) + lam_txt(step) * R(S_txt) [+ g * G(S_txt, BoW)]``
+    over the global batch; the grounding part ``G`` (weight ``g``, not ramped) only if ``g > 0``."""
 
     def __init__(
         self,
@@ -111,17 +142,34 @@ class LexVLALoss:
         text_weight: float = 1e-3,
         warmup_steps: int = 0,
         max_logit_scale: float = 100.0,
+        grounding_weight: float = 0.0,
     ):
+        if grounding_weight < 0:
+            raise ValueError("grounding_weight must be non-negative")
         if penalty not in (*PENALTIES, "none"):
             raise ValueError(f"unknown penalty {penalty!r}; choose overuse, flops or none")
         self.penalty = penalty
         self.image_weight = QuadraticWarmup(image_weight, warmup_steps)
         self.text_weight = QuadraticWarmup(text_weight, warmup_steps)
         self.max_logit_scale = max_logit_scale
+        self.grounding_weight = grounding_weight
+
+    @property
+    def needs_bow(self) -> bool:
+        """Whether a call needs the captions' bag-of-words vectors (``bow``)."""
+        return self.grounding_weight > 0
 
     def __call__(
-        self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, step: int = 0
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        logit_scale: torch.Tensor,
+        step: int = 0,
+        bow: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Named parts and their sum ``loss``; ``bow`` (local rows, like ``text``) if grounding."""
+        if self.needs_bow and bow is None:
+            raise ValueError("grounding_weight > 0 needs the captions' bag of words (bow=...)")
         image_all = gather_with_local_grad(image)
         text_all = gather_with_local_grad(text)
         scale = replicated(logit_scale)
@@ -132,5 +180,9 @@ class LexVLALoss:
             reg = PENALTIES[self.penalty]
             parts[f"image_{self.penalty}_loss"] = self.image_weight(step) * reg(image_all)
             parts[f"text_{self.penalty}_loss"] = self.text_weight(step) * reg(text_all)
+        if self.needs_bow:
+            assert bow is not None
+            bow_all = gather_with_local_grad(bow.to(text.device))
+            parts["text_grounding_loss"] = self.grounding_weight * grounding_loss(text_all, bow_all)
         total = torch.stack(list(parts.values())).sum()
         return {"loss": total, **parts}

@@ -1,4 +1,5 @@
-"""Losses: InfoNCE with cross-rank gather (checked over 2 gloo processes), FLOPs, overuse."""
+"""Losses: InfoNCE with cross-rank gather (checked over 2 gloo processes), FLOPs, overuse,
+lexical grounding."""
 
 import os
 import socket
@@ -14,6 +15,7 @@ from model.losses import (
     QuadraticWarmup,
     contrastive_loss,
     flops_penalty,
+    grounding_loss,
     overuse_penalty,
 )
 
@@ -27,10 +29,22 @@ def _batch():
     return image, text
 
 
-def _loss_and_grads(image, text, scale):
+def _bow():
+    """Unit bag-of-words rows with 1-3 words (one word twice in row 0) and an empty last row."""
+    g = torch.Generator().manual_seed(1)
+    counts = torch.zeros(N, V, dtype=torch.float64)
+    for row in range(N - 1):
+        words = torch.randperm(V, generator=g)[: 1 + row % 3]
+        counts[row, words] = 1.0
+    counts[0, 5] = 2.0
+    return F.normalize(counts, dim=-1)
+
+
+def _loss_and_grads(image, text, scale, bow):
     image, text = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale = scale.clone().requires_grad_()
-    out = LexVLALoss(image_weight=0.1, text_weight=0.2)(image, text, scale)
+    loss = LexVLALoss(image_weight=0.1, text_weight=0.2, grounding_weight=0.3)
+    out = loss(image, text, scale, bow=bow)
     out["loss"].backward()
     return {k: v.detach() for k, v in out.items()}, image.grad, text.grad, scale.grad
 
@@ -42,7 +56,7 @@ def _worker(rank, world, port, path):
         image, text = _batch()
         part = slice(rank * N // world, (rank + 1) * N // world)
         out, gi, gt, gs = _loss_and_grads(
-            image[part], text[part], torch.tensor(2.0, dtype=torch.float64)
+            image[part], text[part], torch.tensor(2.0, dtype=torch.float64), _bow()[part]
         )
         torch.save({"out": out, "gi": gi, "gt": gt, "gs": gs}, f"{path}/rank{rank}.pt")
     finally:
@@ -58,7 +72,8 @@ def _free_port():
 def test_gathered_loss_over_two_processes_equals_single_process(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     image, text = _batch()
-    ref, gi, gt, gs = _loss_and_grads(image, text, torch.tensor(2.0, dtype=torch.float64))
+    ref, gi, gt, gs = _loss_and_grads(image, text, torch.tensor(2.0, dtype=torch.float64), _bow())
+    assert "text_grounding_loss" in ref
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r, res in enumerate(ranks):
         for name, value in ref.items():  # every named part equals the global-batch value
@@ -132,3 +147,53 @@ def test_quadratic_warmup():
     torch.testing.assert_close(
         loss(image, text, scale, step=5)["image_overuse_loss"], 0.25 * overuse_penalty(image)
     )
+
+
+def test_grounding_loss_matches_a_direct_computation():
+    _, text = _batch()
+    bow = _bow()
+    expected = []
+    for row in range(N):
+        counts = bow[row] / bow[row].sum()  # unit rows back to word shares (row 0: 2/3, 1/3)
+        if bow[row].sum() == 0:
+            continue  # a caption with no vocabulary word is left out of the mean
+        log_p = torch.log(torch.exp(100 * text[row]) / torch.exp(100 * text[row]).sum())
+        expected.append(-(counts * log_p).sum())
+    torch.testing.assert_close(grounding_loss(text, bow), torch.stack(expected).mean())
+    torch.testing.assert_close(
+        grounding_loss(text, bow, scale=3.0),
+        torch.stack(
+            [
+                -(bow[r] / bow[r].sum() * torch.log_softmax(3.0 * text[r], -1)).sum()
+                for r in range(N - 1)
+            ]
+        ).mean(),
+    )
+    # lowest when the caption's words score highest; no words at all: zero, gradient intact
+    grounded = F.normalize(text + 5 * bow, dim=-1)
+    assert grounding_loss(grounded, bow) < grounding_loss(text, bow)
+    empty = text.clone().requires_grad_()
+    value = grounding_loss(empty, torch.zeros_like(text))
+    value.backward()
+    assert value == 0 and empty.grad is not None and not empty.grad.any()
+    with pytest.raises(ValueError, match="pair up"):
+        grounding_loss(text, bow[:3])
+
+
+def test_grounding_part_and_zero_weight():
+    image, text = _batch()
+    bow = _bow()
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    plain = LexVLALoss("overuse", 0.1, 0.2)(image, text, scale)
+    off = LexVLALoss("overuse", 0.1, 0.2, grounding_weight=0.0)(image, text, scale, bow=bow)
+    assert set(off) == set(plain)  # weight 0: no part, the loss unchanged
+    for name, value in plain.items():
+        torch.testing.assert_close(off[name], value)
+    on = LexVLALoss("overuse", 0.1, 0.2, grounding_weight=0.5)(image, text, scale, step=3, bow=bow)
+    assert set(on) == {*plain, "text_grounding_loss"}
+    torch.testing.assert_close(on["text_grounding_loss"], 0.5 * grounding_loss(text, bow))
+    torch.testing.assert_close(on["loss"], plain["loss"] + on["text_grounding_loss"])
+    with pytest.raises(ValueError, match="bag of words"):
+        LexVLALoss(grounding_weight=0.5)(image, text, scale)
+    with pytest.raises(ValueError, match="non-negative"):
+        LexVLALoss(grounding_weight=-1.0)

@@ -109,3 +109,33 @@ def test_bag_of_words_ablation_freezes_the_text_side(tiny_checkpoint) -> None:
     assert int((out["image"] > 0).sum(dim=1).max()) <= 8
     with pytest.raises(ValueError, match="text_side"):
         TrainModule(model, text_side="clip")
+
+
+def test_grounding_setting_reaches_the_loss(tiny_checkpoint) -> None:
+    from model import LexVLA
+    from model.losses import LexVLALoss
+    from training.loop import grounding_weight
+    from training.step import forward_loss
+
+    assert load_config().loss.grounding == 0.0  # off unless asked for
+    preset = load_config("tiny-shapes")
+    assert grounding_weight(preset) == preset.loss.grounding > 0
+    # the BoW ablation's text vector is the bag of words itself: nothing to ground
+    assert grounding_weight(load_config("tiny-shapes", {"data.text_side": "bow"})) == 0.0
+    with pytest.raises(ValidationError):
+        load_config(None, {"loss.grounding": -1.0})
+    model = LexVLA.from_pretrained(tiny_checkpoint, trainable=True)
+    captions = ["a red circle", "a large blue square"]
+    pixels = torch.zeros(2, 3, model.config.image.image_size, model.config.image.image_size)
+    assert "bow" not in TrainModule(model)(pixels, captions)
+    module = TrainModule(model, bow=True).train()
+    out = module(pixels, captions)
+    torch.testing.assert_close(
+        out["bow"], bag_of_words(captions, model.text.tokenizer, model.vocabulary)
+    )
+    assert not out["bow"].requires_grad
+    loss_fn = LexVLALoss(grounding_weight=0.5)
+    parts = forward_loss(module, loss_fn, pixels, captions, 0, model.device, "fp32")
+    assert parts["text_grounding_loss"] > 0
+    parts["text_grounding_loss"].backward()  # the grounding trains the text side
+    assert any(p.grad is not None and p.grad.any() for p in model.text.backbone.parameters())

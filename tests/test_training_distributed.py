@@ -1,8 +1,9 @@
 """DDP: two gloo processes give the loss, gradients and updates of one process (same global batch).
 
 Both go through the real training step (``training.step.train_step``) on a tiny LoRA model with
-gradient checkpointing, DDP-wrapped in the two-process case, with the overuse penalty weighted up
-so that its cross-rank gradient matters too.
+gradient checkpointing, DDP-wrapped in the two-process case, with the overuse penalty and the
+lexical grounding loss (its bag-of-words rows built per rank, then gathered) weighted up so that
+their cross-rank gradients matter too.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def run_steps(checkpoint: str, rank: int, world: int) -> dict:
     torch.manual_seed(0)
     model = LexVLA.from_pretrained(checkpoint, trainable=True)
     assert enable_gradient_checkpointing(model)
-    module = TrainModule(model).train()
+    module = TrainModule(model, bow=True).train()
     wrapped = wrap_ddp(module, torch.device("cpu")) if world > 1 else module
     optimizer = build_optimizer(model, OptimSettings(lr_adapter=1e-2, lr_visual_codebook=1e-2))
-    loss_fn = LexVLALoss("overuse", image_weight=0.5, text_weight=0.5)
+    loss_fn = LexVLALoss("overuse", image_weight=0.5, text_weight=0.5, grounding_weight=0.5)
     pixels, captions = _global_batch()
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     records = []
@@ -101,7 +102,10 @@ def test_two_gloo_processes_match_one_process(lora_checkpoint: Path, tmp_path: P
         ref = single["records"][step]
         for res in ranks:
             got = res["records"][step]
-            for part in ("loss", "contrastive_loss", "image_overuse_loss", "text_overuse_loss"):
+            for part in (
+                "loss", "contrastive_loss", "image_overuse_loss", "text_overuse_loss",
+                "text_grounding_loss",
+            ):  # fmt: skip
                 assert got["result"][part] == pytest.approx(ref["result"][part], rel=1e-5)
             assert got["grads"].keys() == ref["grads"].keys()
             for name, grad in ref["grads"].items():

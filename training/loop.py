@@ -60,6 +60,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def grounding_weight(config: TrainConfig) -> float:
+    """``loss.grounding``, or 0 in the BoW ablation, whose text vector is the bag of words."""
+    if config.data.text_side == "bow":
+        if config.loss.grounding > 0:
+            logger.info("data.text_side = bow: the text is its bag of words, no grounding loss")
+        return 0.0
+    return config.loss.grounding
+
+
 class Trainer:
     """Everything a run holds; ``run()`` trains to ``config.steps``."""
 
@@ -72,18 +81,21 @@ class Trainer:
         distributed.barrier()
         resume_from = resume_checkpoint(config)
         self.model = build_model(config, info, resume_from)
-        self.module = TrainModule(self.model, config.data.text_side, config.loss.top_k).train()
-        self.ddp = wrap_ddp(self.module, info.device) if info.distributed else self.module
-        self.optimizer = build_optimizer(self.model, config.optim)
-        self.scheduler = build_scheduler(
-            self.optimizer, config.warmup_steps, config.steps, config.optim.min_lr_ratio
-        )
         self.loss_fn = LexVLALoss(
             config.loss.penalty,
             config.loss.lambda_image,
             config.loss.lambda_text,
             warmup_steps=config.reg_warmup_steps,
             max_logit_scale=self.model.config.max_logit_scale,
+            grounding_weight=grounding_weight(config),
+        )
+        self.module = TrainModule(
+            self.model, config.data.text_side, config.loss.top_k, bow=self.loss_fn.needs_bow
+        ).train()
+        self.ddp = wrap_ddp(self.module, info.device) if info.distributed else self.module
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.scheduler = build_scheduler(
+            self.optimizer, config.warmup_steps, config.steps, config.optim.min_lr_ratio
         )
         self.stream, self.skips = self._build_stream()
         self.step = 0

@@ -7,6 +7,9 @@ choices the model itself knows nothing about:
   ``model.bag_of_words`` of the caption and freezes the whole text side;
 - the top-k ablation (``loss.top_k``) keeps each vector's k largest entries (others zero, the
   kept ones keep their gradient), as the index will when ``sparsity.top_k`` is set.
+- with ``bow=True`` (the grounding loss, ``loss.grounding``) the output also holds the captions'
+  bag-of-words vectors (``model.bag_of_words``, no gradient) on the model's device. In the BoW
+  ablation the text vector already *is* that bag of words, so there is nothing to ground.
 
 Under DDP the gradients are *averaged* over ranks, but ``model.losses`` computes the loss of the
 whole gathered batch on every rank so that per-rank gradients *sum* to the single-process one;
@@ -36,13 +39,16 @@ def keep_top_k(x: torch.Tensor, k: int | None) -> torch.Tensor:
 
 
 class TrainModule(nn.Module):
-    def __init__(self, model: LexVLA, text_side: str = "llm", top_k: int | None = None):
+    def __init__(
+        self, model: LexVLA, text_side: str = "llm", top_k: int | None = None, bow: bool = False
+    ):
         super().__init__()
         if text_side not in ("llm", "bow"):
             raise ValueError(f"text_side must be 'llm' or 'bow', got {text_side!r}")
         self.model = model
         self.text_side = text_side
         self.top_k = top_k
+        self.bow = bow
         if self.text_frozen:
             model.text.requires_grad_(False)
 
@@ -56,12 +62,15 @@ class TrainModule(nn.Module):
             self.model.text.eval()
         return self
 
+    def bag_of_words(self, captions: Sequence[str]) -> torch.Tensor:
+        """(B, V) unit bag-of-words vectors of the captions, on the model's device."""
+        model = self.model
+        return bag_of_words(captions, model.text.tokenizer, model.vocabulary).to(model.device)
+
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         text = self.model.text
         if self.text_side == "bow":
-            return bag_of_words(captions, text.tokenizer, self.model.vocabulary).to(
-                self.model.device
-            )
+            return self.bag_of_words(captions)
         if self.text_frozen:
             with torch.no_grad():
                 return text(captions)
@@ -74,13 +83,16 @@ class TrainModule(nn.Module):
         text = self.encode_text(captions)
         if image.shape[0] != text.shape[0]:
             raise ValueError(f"{image.shape[0]} images but {text.shape[0]} captions")
-        return {
+        out = {
             "image": keep_top_k(image.float(), self.top_k),
             "text": keep_top_k(text.float(), self.top_k),
             # A copy, not the parameter itself: DDP with find_unused_parameters walks the graph
             # from the outputs and would take a bare leaf for an unused parameter.
             "logit_scale": self.model.logit_scale.clone(),
         }
+        if self.bow:
+            out["bow"] = self.bag_of_words(captions)
+        return out
 
 
 def frozen_state_names(module: nn.Module) -> list[str]:

@@ -39,7 +39,7 @@ def forward_loss(
     """Named loss parts of a local batch (the loss itself is over the gathered global batch)."""
     with autocast(device, precision):
         out = module(pixel_values.to(device, non_blocking=True), list(captions))
-    return loss_fn(out["image"], out["text"], out["logit_scale"], step)
+    return loss_fn(out["image"], out["text"], out["logit_scale"], step, bow=out.get("bow"))
 
 
 def train_step(
