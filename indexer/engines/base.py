@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -152,3 +152,19 @@ def top_k(
         scores, rows = scores[keep], rows[keep]
     order = np.lexsort((rows, -scores))[offset:need]
     return scores[order], rows[order]
+
+
+CSR_PARTS = ("data", "indices", "indptr")
+
+
+def save_csr(directory: Path, name: str, matrix: sp.csr_matrix) -> None:
+    """Write ``matrix`` as ``{name}_{data,indices,indptr}.npy`` (memory-mappable on open)."""
+    for part in CSR_PARTS:
+        np.save(directory / f"{name}_{part}.npy", getattr(matrix, part))
+
+
+def load_csr(directory: Path, name: str, shape: tuple[int, int], mmap: bool) -> sp.csr_matrix:
+    """Read what :func:`save_csr` wrote; with ``mmap`` the arrays stay in the page cache."""
+    mode: Literal["r"] | None = "r" if mmap else None
+    parts = tuple(np.load(directory / f"{name}_{p}.npy", mmap_mode=mode) for p in CSR_PARTS)
+    return sp.csr_matrix(parts, shape=shape, copy=False)

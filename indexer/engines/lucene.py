@@ -29,13 +29,20 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
 
 from indexer.atomic import atomic_write_json
-from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
+from indexer.engines.base import (
+    Hit,
+    IndexManifest,
+    as_query_row,
+    check_rows,
+    load_csr,
+    save_csr,
+)
 from indexer.engines.jvm import java_class
 
 ENGINE = "lucene"
@@ -188,8 +195,7 @@ class LuceneIndex:
         _link_tree(self._lucene_dir, path / "lucene")
         live = np.flatnonzero(self._live)
         rows = self._rows[live] if len(live) < len(self._ids) else self._rows
-        for part in ("data", "indices", "indptr"):
-            np.save(path / f"rows_{part}.npy", getattr(rows, part))
+        save_csr(path, "rows", rows)
         atomic_write_json(path / "ids.json", [self._ids[r] for r in live])
         self.manifest.count, self.manifest.deleted = len(live), 0
         self.manifest.save(path)
@@ -201,11 +207,7 @@ class LuceneIndex:
         if manifest.engine != ENGINE:
             raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
         ids = json.loads((path / "ids.json").read_text())
-        mode: Literal["r"] | None = "r" if mmap else None
-        parts = [
-            np.load(path / f"rows_{p}.npy", mmap_mode=mode) for p in ("data", "indices", "indptr")
-        ]
-        rows = sp.csr_matrix(tuple(parts), shape=(len(ids), manifest.vocabulary_size), copy=False)
+        rows = load_csr(path, "rows", (len(ids), manifest.vocabulary_size), mmap)
         return cls(manifest, path / "lucene", rows, ids)
 
     # --- internals ----------------------------------------------------------------------------

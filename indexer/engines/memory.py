@@ -38,7 +38,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,6 +49,8 @@ from indexer.engines.base import (
     IndexManifest,
     as_query_row,
     check_rows,
+    load_csr,
+    save_csr,
     top_k,
 )
 
@@ -228,9 +230,8 @@ class MemoryIndex:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.compact()
-        for name, matrix in (("forward", self._forward), ("inverted", self._inverted)):
-            for part in ("data", "indices", "indptr"):
-                np.save(path / f"{name}_{part}.npy", getattr(matrix, part))
+        save_csr(path, "forward", self._forward)
+        save_csr(path, "inverted", self._inverted)
         atomic_write_json(path / "ids.json", self._ids)
         self.manifest.count, self.manifest.deleted = self.count(), 0
         self.manifest.params = {"pruning": asdict(self.pruning) if self.pruning else None}
@@ -244,15 +245,9 @@ class MemoryIndex:
             raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
         saved = manifest.params.get("pruning")
         index = cls(manifest, Pruning(**saved) if saved else None)
-        mode: Literal["r"] | None = "r" if mmap else None
         v, ids = manifest.vocabulary_size, json.loads((path / "ids.json").read_text())
-        arrays = {
-            f"{name}_{part}": np.load(path / f"{name}_{part}.npy", mmap_mode=mode)
-            for name in ("forward", "inverted")
-            for part in ("data", "indices", "indptr")
-        }
-        forward = _csr(arrays, "forward", (len(ids), v))
-        index._forward, index._inverted = forward, _csr(arrays, "inverted", (v, len(ids)))
+        index._forward = load_csr(path, "forward", (len(ids), v), mmap)
+        index._inverted = load_csr(path, "inverted", (v, len(ids)), mmap)
         index._ids, index._row_of = ids, {i: n for n, i in enumerate(ids)}
         index._live = np.ones(len(ids), dtype=bool)
         return index
@@ -326,11 +321,6 @@ def _brute_force(q: sp.csr_matrix, rows: sp.csr_matrix) -> tuple[np.ndarray, np.
     scores = np.asarray((rows @ q.T).todense()).ravel().astype(np.float32)
     hit = np.flatnonzero(scores)
     return hit.astype(np.int64), scores[hit]
-
-
-def _csr(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int]) -> sp.csr_matrix:
-    parts = (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"])
-    return sp.csr_matrix(parts, shape=shape, copy=False)
 
 
 def impact_sorted_inverted(forward: sp.csr_matrix) -> sp.csr_matrix:
