@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.decode import ImageInfo, Skipped
+from indexer.decode import ImageInfo
+from model.data import Skipped
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -31,6 +32,7 @@ CREATE INDEX IF NOT EXISTS images_by_sha256 ON images (sha256);
 CREATE TABLE IF NOT EXISTS shards (
     shard INTEGER PRIMARY KEY, rows INTEGER NOT NULL, nnz INTEGER NOT NULL, added TEXT NOT NULL
 );
+-- skipped.reason is "<code>: <detail>" (model.data.skips.Skipped.message)
 CREATE TABLE IF NOT EXISTS skipped (
     id TEXT NOT NULL, path TEXT, reason TEXT NOT NULL, job_key TEXT, added TEXT NOT NULL
 );
@@ -103,7 +105,7 @@ class Catalog:
                 )
             db.executemany(
                 "INSERT INTO skipped VALUES (?,?,?,?,?)",
-                [(s.id, s.path, s.reason, done_key, now) for s in skipped],
+                [(s.id, s.source, s.message, done_key, now) for s in skipped],
             )
             if done_key is not None:
                 db.execute(
@@ -176,7 +178,7 @@ class Catalog:
     def skipped(self) -> list[Skipped]:
         with self._lock:
             rows = self._db.execute("SELECT id, path, reason FROM skipped ORDER BY rowid")
-            return [Skipped(*r) for r in rows]
+            return [Skipped.from_message(reason, path or "", i) for i, path, reason in rows]
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

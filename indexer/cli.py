@@ -8,6 +8,11 @@ lexvla index reindex --store corpus/ --index index-lucene/ --engine lucene
 lexvla index delete --store corpus/ --index index/ ID [ID ...]
 lexvla index export-jsonl --store corpus/ --out vectors.jsonl [--keys index --scale 100]
 lexvla index info corpus/   (or an index directory)
+
+The flags of ``build`` and ``add`` are generated from :class:`indexer.runner.IndexJob` (its
+field descriptions are the help, its defaults the defaults). Bad input (a missing folder, a
+manifest without an image column, an unknown engine, a checkpoint that is not one) ends the
+command with one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from indexer.engines import ENGINES, open_index, publish
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
 from indexer.merge import MergeError, merge_stores
 from indexer.runner import IndexJob, build_index, run_index_job
 from indexer.store import CorpusStore
+from model.backbones import BackboneLoadError
+from model.flags import add_model_flags, explain_validation_error, model_values
+
+# IndexJob fields without a flag, and why: the sub-command sets them.
+JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
+# What bad input raises before or while a job runs; each becomes one line on stderr.
+INPUT_ERRORS = (OSError, ValueError, KeyError, ValidationError, BackboneLoadError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,21 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="encode new images of a source into a store (resumable)")
     a = sub.add_parser("add", help="index only the new images of a source into an existing store")
     for p in (b, a):
-        p.add_argument("--source", "--images", dest="source", required=True,
-                       help="folder, .csv/.jsonl manifest or .tar shards")  # fmt: skip
-        p.add_argument("--store", required=True, help="corpus store directory")
-        p.add_argument("--checkpoint", required=True, help="LexVLA checkpoint directory")
-        p.add_argument("--index", help="also publish a search index here")
-        p.add_argument("--engine", choices=ENGINES, default="memory")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--chunk-size", type=int, default=1024)
-        p.add_argument("--limit", type=int)
-        p.add_argument("--shard-id", type=int, default=0, help="this process's slice (0-based)")
-        p.add_argument("--num-shards", type=int, default=1, help="slices of the source in all")
-        p.add_argument("--no-thumbnails", action="store_true")
-        p.add_argument("--skip-duplicate-content", action="store_true")
-        p.add_argument("--no-progress", action="store_true")
+        add_model_flags(
+            p,
+            IndexJob,
+            exclude=JOB_FLAGS_EXCLUDED,
+            aliases={"source": ["--images"]},
+            choices={"engine": ENGINES},
+        )
     m = sub.add_parser("merge", help="merge part stores (sharded builds) into one, no encoding")
     m.add_argument("--out", required=True, help="merged store (created, or resumed)")
     m.add_argument("parts", nargs="+", help="part stores, in order")
@@ -74,28 +80,36 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except INPUT_ERRORS as exc:
+        print(f"lexvla index {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return explain_validation_error(exc)
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in ("build", "add"):
-        if not 0 <= args.shard_id < args.num_shards:
-            parser.error(f"--shard-id must be in 0..{args.num_shards - 1} (--num-shards - 1)")
-        if args.command == "add" and not (Path(args.store) / "manifest.json").is_file():
-            print(f"no corpus store at {args.store}: `add` adds to an existing store; "
-                  "create it with `build`", file=sys.stderr)  # fmt: skip
-            return 2
-        job = IndexJob(
-            source=args.source, store=args.store, checkpoint=args.checkpoint, index=args.index,
-            engine=args.engine, device=args.device, batch_size=args.batch_size,
-            chunk_size=args.chunk_size, limit=args.limit, thumbnails=not args.no_thumbnails,
-            skip_duplicate_content=args.skip_duplicate_content, progress=not args.no_progress,
-            shard_id=args.shard_id, num_shards=args.num_shards,
-            require_store=args.command == "add",
-        )  # fmt: skip
+        values = model_values(args, IndexJob)
+        if args.command == "add" and not (Path(values["store"]) / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"no corpus store at {values['store']}: `add` adds to an existing store; "
+                "create it with `build`"
+            )
+        job = IndexJob(**values, require_store=args.command == "add")
         print(json.dumps(asdict(run_index_job(job)), indent=1))
     elif args.command == "merge":
         try:
             report = merge_stores(args.out, args.parts)
         except MergeError as exc:
-            print(f"merge refused: {exc}", file=sys.stderr)
-            return 2
+            raise MergeError(f"merge refused: {exc}") from exc
         print(json.dumps(asdict(report), indent=1))
         if args.index:
             with CorpusStore.open(args.out) as store:
@@ -119,7 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = path / "manifest.json"
         target = manifest if manifest.is_file() else resolve(path) / "index.json"
         if not target.is_file():
-            print(f"{path} is neither a corpus store nor an index", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"{path} is neither a corpus store nor an index")
         print(target.read_text())
     return 0

@@ -36,50 +36,70 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from indexer.decode import (
-    DEFAULT_MAX_PIXELS,
-    THUMBNAIL_SIZE,
-    Decoded,
-    ImageInfo,
-    Skipped,
-    decode_item,
-    thumbnail_jpeg,
-)
-from indexer.engines import engine_class, publish
-from indexer.sources import SourceItem, SourceKind, iter_source
+from indexer.decode import THUMBNAIL_SIZE, Decoded, ImageInfo, decode_item, thumbnail_jpeg
+from indexer.engines import ENGINES, engine_class, publish
 from indexer.store import CorpusStore
+from model.data import DEFAULT_MAX_PIXELS, SkipCounter, Skipped, SourceItem, SourceKind, iter_source
+from model.protocols import LexicalModel
 from model.sparsify import default_threshold
 
 log = logging.getLogger(__name__)
 
 
 class IndexJob(BaseModel):
-    """Settings of one indexing run (the CLI is a thin layer over this)."""
+    """Settings of one indexing run; ``lexvla index build|add`` flags are generated from it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str  # folder, .csv/.jsonl manifest, .tar shard(s) or a brace pattern of shards
-    store: str  # corpus store directory (created if missing)
-    checkpoint: str  # LexVLA checkpoint directory
-    source_kind: SourceKind = "auto"
-    device: str = "cpu"
-    batch_size: int = Field(default=32, ge=1)
-    chunk_size: int = Field(default=1024, ge=1)  # images per store shard and per resume unit
-    decode_workers: int = Field(default=2, ge=1)
-    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    thumbnails: bool = True
-    thumbnail_size: int = Field(default=THUMBNAIL_SIZE, ge=16)
-    skip_duplicate_content: bool = False  # skip an image whose bytes (sha256) are already stored
-    limit: int | None = Field(default=None, ge=1)  # at most this many source items
-    index: str | None = None  # publish a search index here after the store is updated
-    engine: str = "memory"
-    progress: bool = True
-    shard_id: int = Field(default=0, ge=0)  # this process's slice: sha256(id) mod num_shards
-    num_shards: int = Field(default=1, ge=1)
-    require_store: bool = False  # `index add`: the store must exist already
-    draft_decode: bool = True  # JPEG draft mode (decode at reduced scale) when it is enough
+    source: str = Field(
+        description="folder, .csv/.jsonl manifest, .tar shard(s), or a brace pattern of shards"
+    )
+    store: str = Field(description="corpus store directory (created if missing)")
+    checkpoint: str = Field(description="LexVLA checkpoint: a directory or a Hugging Face hub id")
+    source_kind: SourceKind = Field(default="auto", description="how to read --source")
+    image_root: str | None = Field(
+        default=None, description="folder a manifest's relative image paths start from"
+    )
+    device: str = Field(default="cpu", description="torch device for the image encoder")
+    batch_size: int = Field(default=32, ge=1, description="images per encoder call")
+    chunk_size: int = Field(
+        default=1024, ge=1, description="images per store shard and per resume unit"
+    )
+    decode_workers: int = Field(default=2, ge=1, description="threads decoding images")
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS, ge=1, description="larger images are skipped"
+    )
+    thumbnails: bool = Field(default=True, description="store a JPEG thumbnail per image")
+    thumbnail_size: int = Field(default=THUMBNAIL_SIZE, ge=16, description="longest side, px")
+    skip_duplicate_content: bool = Field(
+        default=False, description="skip an image whose bytes (sha256) are already stored"
+    )
+    limit: int | None = Field(default=None, ge=1, description="at most this many source items")
+    index: str | None = Field(
+        default=None, description="publish a search index here after the store is updated"
+    )
+    engine: str = Field(default="memory", description="index engine")
+    progress: bool = Field(default=True, description="show a progress bar")
+    shard_id: int = Field(
+        default=0, ge=0, description="this process's slice: sha256(id) mod --num-shards"
+    )
+    num_shards: int = Field(default=1, ge=1, description="slices of the source in all")
+    require_store: bool = Field(
+        default=False, description="the store must exist already (what `index add` sets)"
+    )
+    draft_decode: bool = Field(
+        default=True, description="decode JPEGs at reduced scale (DCT) when that is enough"
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown index engine {value!r}; known: {', '.join(ENGINES)}")
+        return value
 
     @model_validator(mode="after")
     def _check_shard(self) -> IndexJob:
@@ -98,25 +118,29 @@ class JobReport:
     chunks_done_before: int = 0
     chunks_written: int = 0
     index_version: str | None = None
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # skips by reason code
 
 
-def run_index_job(job: IndexJob, model: Any | None = None) -> JobReport:
-    """Encode the source's new images into the store (resumably), then publish an index."""
-    if model is None:
-        from model import LexVLA
+def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport:
+    """Encode the source's new images into the store (resumably), then publish an index.
 
-        model = LexVLA.from_pretrained(job.checkpoint, device=job.device)
+    The source and the store are checked before the model is loaded, so a bad path or manifest
+    fails at once.
+    """
     if job.require_store and not (Path(job.store) / "manifest.json").is_file():
         raise FileNotFoundError(
             f"no corpus store at {job.store}: `index add` adds to an existing store; "
             "use `index build` to create one"
         )
+    items = iter_source(job.source, job.source_kind, job.image_root)
+    if model is None:
+        from model import LexVLA
+
+        model = LexVLA.from_pretrained(job.checkpoint, device=job.device)
     model.eval()
     store = open_store(job.store, model)
     report = JobReport()
     try:
-        items = iter_source(job.source, job.source_kind)
         if job.limit is not None:
             items = islice(items, job.limit)
         if job.num_shards > 1:
@@ -140,7 +164,7 @@ def run_index_job(job: IndexJob, model: Any | None = None) -> JobReport:
     return report
 
 
-def open_store(path: str | Path, model: Any) -> CorpusStore:
+def open_store(path: str | Path, model: LexicalModel) -> CorpusStore:
     """Open the store made with this checkpoint, or create it; refuse another checkpoint's."""
     vocabulary = model.vocabulary
     if (Path(path) / "manifest.json").exists():
@@ -181,7 +205,7 @@ def build_index(
 # --- steps ------------------------------------------------------------------------------------
 def _index_chunk(
     job: IndexJob,
-    model: Any,
+    model: LexicalModel,
     store: CorpusStore,
     items: list[SourceItem],
     key: str,
@@ -215,10 +239,11 @@ def _index_chunk(
                 thumbnail_jpeg(d.image, job.thumbnail_size) if job.thumbnails else None
                 for d in decoded
             )
+    counts = SkipCounter(report.reasons)
     for s in skipped:
-        log.warning("skipped %s: %s", s.path, s.reason)
-        reason = s.reason.split(":")[0]
-        report.reasons[reason] = report.reasons.get(reason, 0) + 1
+        log.warning("skipped %s: %s", s.source, s.message)
+        counts.add(s.reason)
+    report.reasons = counts.as_dict()
     vocab_size = len(store.vocabulary)
     matrix = sp.vstack([sp.csr_matrix((0, vocab_size), dtype=np.float32), *rows], format="csr")
     store.append_shard(ids, matrix, records, thumbs, skipped=skipped, done_key=key)
@@ -226,7 +251,7 @@ def _index_chunk(
     report.skipped += len(skipped)
 
 
-def _encode(model: Any, images: list[Any]) -> sp.csr_matrix:
+def _encode(model: LexicalModel, images: list[Image.Image]) -> sp.csr_matrix:
     import torch
 
     with torch.inference_mode():

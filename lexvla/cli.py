@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "train": ("training.cli", ["train"], "train LexVLA (single process or under torchrun)"),
     "eval": ("training.cli", ["eval"], "retrieval recall, PatchDis and vocabulary usage"),
     "index": ("indexer.cli", [], "build, update, merge and inspect search indexes"),
+    "search": ("indexer.search", [], "search an index and explain the hits, no server"),
     "serve": ("service.cli", [], "run the search service"),
     "demo": ("lexvla.demo", [], "the main job: train tiny, index, serve"),
 }

@@ -7,6 +7,7 @@ from .bag_of_words import bag_of_words
 from .checkpoint import CheckpointError
 from .config import LexVLAConfig, load_preset, preset_names
 from .lexvla import LexVLA
+from .protocols import LexicalModel
 from .sparsify import default_threshold, sparsify
 from .vocabulary import Vocabulary, VocabularyMismatchError
 
@@ -14,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "LexVLA",
     "LexVLAConfig",
+    "LexicalModel",
     "Vocabulary",
     "VocabularyMismatchError",
     "bag_of_words",

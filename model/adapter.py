@@ -1,4 +1,4 @@
-"""The trainable adapter between DINOv2 and the visual codebook (LEXVLA.md section 4).
+"""The trainable adapter between DINOv2 and the visual codebook (the paper's 17M "projector").
 
 One pre-LN transformer block (self-attention, then a 2-layer MLP) over the patch tokens, then a
 projection to the LLM width. With DINOv2 ViT-L/14 (width 1024), 16 heads and MLP ratio 4 this is

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbones import resolve
 from .config import LexVLAConfig
+from .data.atomic import replace_directory, temp_path
 from .vocabulary import Vocabulary, VocabularyMismatchError
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _embed(location: str | None, dest: Path, embed: bool | None) -> str | None:
 
 def save_checkpoint(model: LexVLA, path: str | Path, embed_bases: bool | None = None) -> Path:
     final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cfg = model.config
@@ -123,13 +123,7 @@ def save_checkpoint(model: LexVLA, path: str | Path, embed_bases: bool | None = 
         "vocabulary_hash": model.vocabulary.hash,
     }
     (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2))
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_directory(tmp, final)
     model.checkpoint_id = checkpoint_id
     return final
 

@@ -2,6 +2,7 @@
 
 lexvla model params --preset lexvla-7b           parameter counts (meta device, no weights)
 lexvla model init --preset tiny --out ckpt/      a random tiny checkpoint (tests, demos)
+lexvla model push ckpt/ org/name [--dry-run]     upload to the Hugging Face Hub with a model card
 lexvla encode text "a dog" --checkpoint ckpt/    top words of a query
 lexvla encode image a.jpg b.png --checkpoint ckpt/
 """
@@ -52,6 +53,34 @@ def _init(args: argparse.Namespace) -> int:
         )
     path = create_tiny_checkpoint(args.out, seed=args.seed)
     print(f"wrote a random tiny checkpoint to {path}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .hub import plan_push, push_to_hub
+
+    try:
+        if args.dry_run:
+            files = plan_push(args.checkpoint, args.repo_id, args.include_training_state)
+            for name, data in files.items():
+                size = len(data) if isinstance(data, bytes) else data.stat().st_size
+                print(f"{size:>12,d}  {name}")
+            print(
+                f"\n{files['README.md'].decode() if isinstance(files['README.md'], bytes) else ''}"
+            )
+            return 0
+        url = push_to_hub(
+            args.checkpoint,
+            args.repo_id,
+            revision=args.revision,
+            private=args.private,
+            commit_message=args.message,
+            include_training_state=args.include_training_state,
+        )
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise SystemExit(f"lexvla model push: {exc}") from exc
+    print(f"pushed {args.checkpoint} to {url}")
     return 0
 
 
@@ -115,10 +144,23 @@ def build_parser(prog: str = "lexvla") -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_init)
+    p = sub.add_parser("push", help="upload a checkpoint to the Hugging Face Hub")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder")
+    p.add_argument("repo_id", help="hub repository, org/name (created if missing)")
+    p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--message", default="Upload LexVLA checkpoint", help="commit message")
+    p.add_argument(
+        "--include-training-state", action="store_true", help="also upload training_state.pt"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the files and card, upload nothing"
+    )
+    p.set_defaults(func=_push)
     p = sub.add_parser("encode", help="top words of texts or images")
     p.add_argument("kind", choices=["text", "image"])
     p.add_argument("inputs", nargs="+", help="texts, or image paths")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder or hub id org/name")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--top", type=int, default=20, help="words to print per input")
     p.add_argument("--json", action="store_true")

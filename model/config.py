@@ -24,7 +24,7 @@ class _Strict(BaseModel):
 
 
 class TextConfig(_Strict):
-    """Llama 2 + LoRA text encoder (LEXVLA.md section 3)."""
+    """Llama 2 + LoRA text encoder: the caption in a prompt, the last token's hidden state."""
 
     base: str | None = None  # hub id or local path of a Llama causal LM (with its tokenizer)
     tokenizer: str | None = None  # defaults to ``base``
@@ -40,7 +40,7 @@ class TextConfig(_Strict):
 
 
 class ImageConfig(_Strict):
-    """Frozen DINOv2 + adapter + visual codebook (LEXVLA.md section 4)."""
+    """Frozen DINOv2 + trainable adapter + trainable visual codebook, max-pooled over patches."""
 
     base: str | None = None  # hub id or local path of a DINOv2 model
     arch: dict[str, Any] | None = None  # Dinov2Config kwargs
@@ -52,7 +52,7 @@ class ImageConfig(_Strict):
 
 
 class SparsityConfig(_Strict):
-    """Sparsification at indexing and query time (LEXVLA.md section 5)."""
+    """Sparsification at indexing and query time (the paper keeps entries above 1/sqrt(V))."""
 
     threshold: float | None = None  # None: 1/sqrt(V), the paper's
     top_k: int | None = Field(None, ge=1)

@@ -1,4 +1,4 @@
-"""Image encoder: frozen DINOv2 -> adapter -> visual codebook (LEXVLA.md section 4).
+"""Image encoder: frozen DINOv2 -> adapter -> visual codebook (the paper's image side).
 
 DINOv2's last-layer patch tokens (after its final norm; CLS and register tokens dropped) pass the
 trainable adapter; their dot products with the trainable visual codebook (initialised from the

@@ -1,4 +1,4 @@
-"""The lexical mapper (LEXVLA.md sections 3-4): scores over the vocabulary -> lexical vectors.
+"""The lexical mapper of both encoders: scores over the vocabulary -> lexical vectors.
 
 ``s = l2norm(elu1p(x @ Z.T))``; for images the per-patch scores are max-pooled over patches.
 Because ``elu1p`` is monotonic, ``max_l elu1p(x_l) == elu1p(max_l x_l)``, so we pool the raw scores

@@ -1,6 +1,6 @@
 """LexVLA: both encoders over one vocabulary, plus the learnable contrastive temperature.
 
-Inference API (used by the indexer and the service)::
+Inference API (used by the indexer and the service; ``model.protocols.LexicalModel`` is its type)::
 
     model = LexVLA.from_pretrained("checkpoints/step-1000", device="cuda", dtype=torch.bfloat16)
     dense = model.encode_texts(["a dog on the beach"])         # (B, V) float32, unit norm
@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 from PIL import Image
@@ -85,14 +87,25 @@ class LexVLA(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         *,
+        revision: str | None = None,
         trainable: bool = False,
         backbone_dtype: torch.dtype | None = None,
     ) -> LexVLA:
-        """Load a checkpoint directory written by ``save_pretrained`` (see ``model.checkpoint``)."""
+        """Load a checkpoint written by ``save_pretrained``: a directory or a hub id.
+
+        ``path`` may be ``org/name`` (or ``org/name@revision``) on the Hugging Face Hub, fetched
+        into the hub cache and loaded from there (``model.hub``; ``HF_HUB_OFFLINE=1`` uses only
+        the cache).
+        """
         from .checkpoint import load_checkpoint
+        from .hub import resolve_checkpoint
 
         return load_checkpoint(
-            path, device=device, dtype=dtype, trainable=trainable, backbone_dtype=backbone_dtype
+            resolve_checkpoint(path, revision),
+            device=device,
+            dtype=dtype,
+            trainable=trainable,
+            backbone_dtype=backbone_dtype,
         )
 
     def save_pretrained(self, path: str | Path, embed_bases: bool | None = None) -> Path:
@@ -100,10 +113,29 @@ class LexVLA(nn.Module):
 
         return save_checkpoint(self, path, embed_bases=embed_bases)
 
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Save this model (bases embedded when small) and upload it (``model.hub.push_to_hub``)."""
+        import tempfile
+
+        from .hub import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "checkpoint")
+            return push_to_hub(folder, repo_id, **options)
+
     # --- inference ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.image.codebook.device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.text.tokenizer
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of :meth:`patch_vectors` (16 for 224 px and patch 14)."""
+        return self.image.grid_size
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return batch_eval(images, self.config.image.image_size)
@@ -123,7 +155,7 @@ class LexVLA(nn.Module):
     def patch_vectors(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.image.patch_vectors(pixel_values)
 
-    def sparsify(self, dense: torch.Tensor) -> sp.csr_matrix:
+    def sparsify(self, dense: torch.Tensor | np.ndarray) -> sp.csr_matrix:
         """Threshold (default ``1/sqrt(V)``) and optional top-k from the config -> float32 CSR."""
         s = self.config.sparsity
         return sparsify(dense, s.threshold, s.top_k)

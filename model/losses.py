@@ -1,4 +1,4 @@
-"""Training objectives (LEXVLA.md section 6), each returning named parts.
+"""Training objectives (contrastive loss and sparsity regularisers), each returning named parts.
 
 - Symmetric InfoNCE over image and text lexical vectors with CLIP's learnable temperature, with
   negatives gathered from every rank. The gather copies other ranks' rows without gradient and
@@ -22,11 +22,8 @@
   cross-entropy of their softmax against the caption's own words (``model.bag_of_words``, as a
   distribution), averaged over the captions that have vocabulary words: a word-prediction loss
   like the LLM's own, on ``s_txt``. It asks for a *ranking* (caption words highest), not for a
-  concentrated vector: a frozen random codebook of a 64-d model cannot concentrate the vector
-  (about half the words score positive for any hidden state), so ``1 - cos(s_txt, bow)`` or a
-  cross-entropy of ``s_txt / sum(s_txt)`` saturate far from their optimum and were measured to
-  ground the top words much less (tests/test_training_learning.py has the numbers). Images
-  follow through the contrastive loss. Off (weight 0) by default; the ``tiny-shapes`` training
+  concentrated vector, which a frozen random codebook cannot give (``docs/lab-notes.md`` has
+  the alternatives that were tried). Images follow through the contrastive loss. Off (weight 0) by default; the ``tiny-shapes`` training
   preset turns it on. The bag of words is gathered like the vectors, so every rank computes the
   global-batch value.
 

@@ -1,10 +1,11 @@
-"""Image preprocessing for the image encoder (DINOv2's normalisation, LEXVLA.md section 4).
+"""Image preprocessing for the image encoder: 224 px crops with DINOv2's ImageNet normalisation.
 
 The encoder takes RGB images only and raises a ValueError that says so for anything else, rather
 than silently producing a different vector. Whoever reads files converts them first with
-:func:`to_rgb` (any Pillow mode) or :func:`upright_rgb` (also applies EXIF orientation): the
-indexer, the training data pipelines and the service all use these two.
-Eval: resize the shorter side, centre crop. Train: random resized crop and horizontal flip.
+:func:`to_rgb` (any Pillow mode) or :func:`upright_rgb` (also applies EXIF orientation);
+``model.data.decode`` does both for training, the indexer and the service.
+Eval: :func:`centre_crop` (resize the shorter side, centre crop). Train: random resized crop and
+horizontal flip.
 """
 
 from __future__ import annotations
@@ -79,15 +80,26 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return (t - mean) / std
 
 
-def eval_transform(image: Image.Image, size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` (bicubic), centre crop ``size`` x ``size``."""
-    check_rgb(image)
+def centre_crop(
+    image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
+    """Resize the shorter side to ``size``, then cut the central ``size`` x ``size`` square.
+
+    The one geometry of the encoder's view: the eval transform, the heat maps drawn over it
+    and the evaluation masks (with ``NEAREST`` for label maps) all call this, so a patch of
+    the grid always covers the same pixels everywhere.
+    """
     w, h = image.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    resized = image.resize((nw, nh), resample)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return to_tensor(image.crop((left, top, left + size, top + size)))
+    return resized.crop((left, top, left + size, top + size))
+
+
+def eval_transform(image: Image.Image, size: int) -> torch.Tensor:
+    """:func:`centre_crop` (bicubic) -> normalised tensor."""
+    return to_tensor(centre_crop(check_rgb(image), size))
 
 
 def train_transform(

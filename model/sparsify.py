@@ -1,7 +1,7 @@
 """Sparsification: dense lexical vectors -> sparse rows in vocabulary index space.
 
 The paper keeps the entries above ``1/sqrt(V)``, the value every entry of a uniform unit vector
-would have (LEXVLA.md section 5); a top-k cut (k=512 in the paper's ablation) can be applied on
+would have; a top-k cut (k=512 in the paper's ablation) can be applied on
 top. Weights are kept as they are (not re-normalised), so a sparse dot product is the dense dot
 product restricted to the kept words, and every score is a sum of per-word contributions.
 """

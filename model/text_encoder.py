@@ -1,4 +1,4 @@
-"""Text encoder: Llama + LoRA on a lexical prediction prompt (LEXVLA.md section 3).
+"""Text encoder: Llama + LoRA on a lexical prediction prompt (the paper's text side).
 
 The caption goes inside the prompt (default ``This sentence : "{caption}" means in one word : "``);
 Llama runs on the whole prompt and only the last token's final hidden state is used:

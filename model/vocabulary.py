@@ -1,7 +1,7 @@
 """The lexical vocabulary: which tokenizer pieces are words, and how they are shown.
 
-LexVLA's vectors have one entry per *word* of a vocabulary cut out of the Llama 2 tokenizer
-(LEXVLA.md section 1). The paper removes "meaningless" tokens and keeps 17,149 of 32,000 but does
+LexVLA's vectors have one entry per *word* of a vocabulary cut out of the Llama 2 tokenizer.
+The paper removes "meaningless" tokens and keeps 17,149 of 32,000 but does
 not say how; our rule (``lower-alpha``, a documented default) keeps every piece whose text, with
 SentencePiece's leading "▁" stripped, is ASCII lower-case letters. On the real Llama 2 tokenizer
 that keeps 17,234 pieces.

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from indexer.engines.base import SearchIndex
 from indexer.store import CorpusStore
+from model.protocols import LexicalModel
 from service.api.routes import admin, encode, explain, health, images, search, ui
 from service.core.config import Settings
 from service.core.errors import install_error_handlers
@@ -41,7 +42,7 @@ UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around an up
 def create_app(
     settings: Settings | None = None,
     *,
-    model: Any = None,
+    model: LexicalModel | None = None,
     index: SearchIndex | IndexHandle | None = None,
     store: CorpusStore | None = None,
 ) -> FastAPI:
@@ -66,7 +67,9 @@ def create_app(
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
 
-    # outermost first: metrics see everything, shedding happens before any body is read
+    # Each add_middleware wraps what was added before it, so the last one added is the
+    # outermost: a request passes Metrics (sees everything, 429s included), then the
+    # concurrency limit (sheds before any body is read), then the body limit, then the routes.
     upload_limit = settings.max_upload_bytes + UPLOAD_OVERHEAD
     app.add_middleware(
         BodyLimitMiddleware,

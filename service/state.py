@@ -12,12 +12,12 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import torch
 
 from indexer.engines.base import SearchIndex
 from indexer.store import CorpusStore
+from model.protocols import LexicalModel
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.search.indexes import IndexHandle, IndexHolder, open_handle, open_store, wrap_index
@@ -32,7 +32,7 @@ class ServiceState:
         self,
         settings: Settings,
         metrics: Metrics,
-        model: Any = None,
+        model: LexicalModel | None = None,
         index: SearchIndex | IndexHandle | None = None,
         store: CorpusStore | None = None,
     ):
@@ -129,7 +129,7 @@ class ServiceState:
         return previous, current
 
 
-def load_model(settings: Settings) -> Any:
+def load_model(settings: Settings) -> LexicalModel:
     from model import LexVLA
 
     if settings.checkpoint is None:

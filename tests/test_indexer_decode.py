@@ -1,4 +1,4 @@
-"""indexer.sources and indexer.decode: every odd image becomes RGB or a Skipped with a reason."""
+"""indexer.decode over model.data sources: every odd image becomes RGB or a Skipped with a reason."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.decode import (
-    Decoded,
-    Skipped,
-    decode_bytes,
-    decode_item,
-    iter_decoded,
-    thumbnail_jpeg,
-    to_rgb,
-)
-from indexer.sources import SourceItem, detect_kind, expand_shards, iter_source
+from indexer.decode import Decoded, decode_item, iter_decoded, thumbnail_jpeg
+from model.data import Skipped, SourceItem, decode_bytes, detect_kind, iter_source, resolve_shards
+from model.preprocessing import to_rgb
 
 
 def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -50,7 +43,7 @@ def _ok(data: bytes, **kwargs) -> Decoded:
 def _skipped(data: bytes, **kwargs) -> str:
     result = _decode(data, **kwargs)
     assert isinstance(result, Skipped), result
-    return result.reason
+    return result.message
 
 
 def test_cmyk_jpeg_becomes_rgb():
@@ -176,8 +169,7 @@ def test_folder_source_is_recursive_sorted_and_case_insensitive(tmp_path):
         "sub/c.webp",
     ]
     skipped = {r.id: r.reason for r in results if isinstance(r, Skipped)}
-    assert set(skipped) == {"bad.jpg", "empty.tif"}
-    assert "not an image" in skipped["bad.jpg"] and "empty" in skipped["empty.tif"]
+    assert skipped == {"bad.jpg": "not_an_image", "empty.tif": "empty_file"}
     info = next(r.info for r in results if isinstance(r, Decoded) and r.info.id == "sub/B.PNG")
     assert info.format == "PNG" and (info.width, info.height) == (64, 48)
     data = (tmp_path / "sub" / "B.PNG").read_bytes()
@@ -188,14 +180,19 @@ def test_csv_manifest_ids_paths_and_metadata(tmp_path):
     _make_folder(tmp_path / "imgs")
     (tmp_path / "m.csv").write_text(
         "path,id,caption\nimgs/a.jpg,first,a red thing\nimgs/sub/B.PNG,,no id\n"
-        "imgs/missing.jpg,gone,\nimgs/a.jpg,first,duplicate\n"
+        "imgs/missing.jpg,gone,\nimgs/a.jpg,first,second caption\nimgs/sub/c.webp,first,other\n"
     )
     results = list(iter_decoded(iter_source(tmp_path / "m.csv")))
+    assert len(results) == 4  # the repeated (id, image) row is a second caption, not an item
     assert isinstance(results[0], Decoded) and results[0].info.id == "first"
-    assert results[0].info.extra == {"caption": "a red thing"}
+    assert results[0].info.extra == {
+        "caption": "a red thing",
+        "captions": ["a red thing", "second caption"],
+    }
     assert isinstance(results[1], Decoded) and results[1].info.id == "imgs/sub/B.PNG"
-    assert isinstance(results[2], Skipped) and "cannot read file" in results[2].reason
-    assert isinstance(results[3], Skipped) and "duplicate id" in results[3].reason
+    assert isinstance(results[2], Skipped) and results[2].reason == "missing_file"
+    assert isinstance(results[3], Skipped) and results[3].reason == "duplicate_id"
+    assert results[3].id == "first" and "c.webp" in results[3].detail
 
 
 def test_jsonl_manifest_and_missing_path_column(tmp_path):
@@ -206,8 +203,8 @@ def test_jsonl_manifest_and_missing_path_column(tmp_path):
     assert isinstance(results[0], Decoded) and results[0].info.id == "7"
     assert results[0].info.extra == {"source": "web"}
     assert [type(r) for r in results[1:]] == [Skipped, Skipped, Skipped]
-    (tmp_path / "bad.csv").write_text("file,id\na.jpg,1\n")
-    with pytest.raises(ValueError, match="'path' column"):
+    (tmp_path / "bad.csv").write_text("url,id\nhttp://a.jpg,1\n")
+    with pytest.raises(ValueError, match="image column"):
         list(iter_source(tmp_path / "bad.csv"))
 
 
@@ -230,7 +227,7 @@ def test_webdataset_shards(tmp_path):
             with tarfile.open(tmp_path / f"{shard:05d}.tar", "a") as tar:
                 _add(tar, "000000000.png", _save(_gradient(), "PNG"))
     assert detect_kind(tmp_path) == "webdataset"
-    assert expand_shards(str(tmp_path / "{00000..00001}.tar"))[1].endswith("00001.tar")
+    assert str(resolve_shards(str(tmp_path / "{00000..00001}.tar"))[1]).endswith("00001.tar")
     results = list(iter_decoded(iter_source(str(tmp_path / "{00000..00001}.tar"))))
     decoded = [r for r in results if isinstance(r, Decoded)]
     assert [d.info.id for d in decoded][:3] == ["000000000", "000000001", "000000002"]
@@ -238,8 +235,8 @@ def test_webdataset_shards(tmp_path):
     assert decoded[0].info.path.endswith("00000.tar#000000000.jpg")
     skipped = [r for r in results if isinstance(r, Skipped)]
     assert len(decoded) == 6 and len(skipped) == 3
-    assert "no image member" in skipped[0].reason and "found .txt" in skipped[0].reason
-    assert skipped[2].id == "000000000" and "duplicate id" in skipped[2].reason
+    assert skipped[0].reason == "missing_image" and "found .txt" in skipped[0].detail
+    assert skipped[2].id == "000000000" and skipped[2].reason == "duplicate_id"
 
 
 def test_corrupt_shard_yields_a_skipped_record(tmp_path):

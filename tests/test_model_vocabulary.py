@@ -57,7 +57,7 @@ def test_real_llama2_tokenizer_gives_17234_words(llama2_tokenizer_dir):
     tok = LlamaTokenizer.from_pretrained(str(llama2_tokenizer_dir))
     v = Vocabulary.from_tokenizer(tok)
     assert len(tok) == 32000
-    assert len(v) == 17234  # LEXVLA.md section 1 (the paper's filter, unknown, gave 17,149)
+    assert len(v) == 17234  # our lower-alpha rule (the paper's own filter, unknown, gave 17,149)
     initial = {p[1:] for p in v.pieces if p.startswith("▁")}
     continuation = {p for p in v.pieces if not p.startswith("▁")}
     assert len(initial & continuation) == 3124  # words present twice, shown distinctly

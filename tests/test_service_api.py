@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["test_service_support"]
-
 
 def _search(client, **body):
     r = client.post("/search", json={"query": "a red circle", **body})

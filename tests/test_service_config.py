@@ -11,8 +11,6 @@ from pydantic import ValidationError
 from model.vocabulary import VocabularyMismatchError
 from service.core.config import Settings
 
-pytest_plugins = ["test_service_support"]
-
 
 def test_settings_come_from_lexvla_environment_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("LEXVLA_INDEX", str(tmp_path))

@@ -8,11 +8,9 @@ import httpx
 import pytest
 from PIL import Image
 
-pytest_plugins = ["test_service_support"]
-
 
 def test_index_serve_search_explain_reload_stop(live_server, tiny_model):
-    from test_service_support import index_folder, stop, write_images
+    from service_fixtures import index_folder, stop, write_images
 
     url, corpus = live_server.url, live_server.corpus
     with httpx.Client(base_url=url, timeout=30) as http:

@@ -18,8 +18,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-pytest_plugins = ["test_service_support"]
-
 
 def _error(r, status: int, *fragments: str) -> dict:
     assert r.status_code == status, r.text

@@ -17,8 +17,6 @@ from service.core.metrics import Metrics
 from service.core.middleware import ConcurrencyLimitMiddleware
 from service.search.batcher import MicroBatcher
 
-pytest_plugins = ["test_service_support"]
-
 
 # --- the micro-batcher on its own -----------------------------------------------------------------
 class FakeEncoder:
@@ -191,7 +189,7 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
     tiny_model, service_corpus, service_settings, tmp_path
 ):
     from fastapi.testclient import TestClient
-    from test_service_support import index_folder, write_images
+    from service_fixtures import index_folder, write_images
 
     from service.main import create_app
 

@@ -14,8 +14,6 @@ from service.search import heatmap, scoring
 from service.search.indexes import IndexHandle
 from service.search.query import apply_edits, resolve_edits, row_from_weights, split_exclusions
 
-pytest_plugins = ["test_service_support"]
-
 PIECES = ["<unk>", "▁dog", "▁cat", "▁red", "▁blue", "▁car", "dog", "▁tree"]
 
 

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["test_service_support"]
-
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless UI test needs Chromium (apt-get install chromium)"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model.data import Skipped
 from model.preprocessing import eval_transform
 from training.data import (
     COLOURS,
@@ -18,7 +19,6 @@ from training.data import (
     ManifestDataset,
     ShapesDataset,
     ShardDataset,
-    Skipped,
     build_dataset,
     collate,
     write_shards,

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from training.data import Collate, ManifestDataset, SkipCounter, Skipped, read_manifest
+from model.data import SkipCounter, Skipped, read_manifest
+from training.data import Collate, ManifestDataset
 
 FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-sample"
 
@@ -65,7 +66,7 @@ def test_jsonl_with_other_column_names_and_image_root(tmp_path: Path) -> None:
     manifest = tmp_path / "meta" / "m.jsonl"
     manifest.parent.mkdir()
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
-    rows = read_manifest(manifest, image_root=tmp_path / "root")
+    rows = read_manifest(manifest, image_root=tmp_path / "root").rows
     assert [r.caption for r in rows] == ["one", "two"]
     assert rows[0].image == tmp_path / "root" / "x.jpg"
 

@@ -16,19 +16,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import training.data.shards as shards_module
+from model.data import SkipCounter, Skipped
+from model.data.shards import count_samples, expand_braces, resolve_shards
 from training.data import (
     Collate,
     ShapesDataset,
     ShardDataset,
-    SkipCounter,
-    Skipped,
     StreamIndex,
     StreamPosition,
-    count_samples,
-    resolve_shards,
     write_shards,
 )
-from training.data.shards import expand_braces
 
 GOOD = 48  # samples in the good shards
 PER_SHARD = 6

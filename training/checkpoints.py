@@ -17,7 +17,6 @@ removed at the next start. Only the last ``keep_last`` checkpoints are kept.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from model import LexVLA
+from model.data.atomic import replace_directory
 
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"
@@ -96,21 +96,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(path: Path) -> None:
-    """Flush a folder's files and the folder entries themselves to disk (best effort)."""
-    for item in [*path.rglob("*"), path]:
-        try:
-            fd = os.open(item, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
 def save(
     output_dir: str | Path,
     step: int,
@@ -126,10 +111,7 @@ def save(
     model.save_pretrained(partial)
     (partial / CONFIG_FILE).write_text(config_json)
     torch.save(state, partial / STATE_FILE)
-    _fsync_tree(partial)
-    if final.exists():  # the same step saved again (a resumed run): replace it
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    replace_directory(partial, final)  # the same step saved again (a resumed run) is replaced
     prune(output_dir, keep_last)
     return final
 

@@ -6,10 +6,11 @@
 Every run writes the resolved configuration (defaults filled in) as ``train_config.json`` into
 its output folder and beside every checkpoint, so a run is always reproducible from its files.
 
-Defaults follow LEXVLA.md sections 6-7: AdamW at 1e-4 for the adapter and the visual codebook and
-2e-4 for LoRA, cosine decay after a linear warm-up, gradient clipping, the overuse penalty with
-lambda 1e-3 per modality ramped in quadratically over the first 10% of steps. Choices that are
-ours (the paper is silent) are marked *default* in the field comments.
+The paper gives no optimiser settings, so the defaults are ours: AdamW at 1e-4 for the adapter
+and the visual codebook and 2e-4 for LoRA, cosine decay after a linear warm-up, gradient
+clipping, the overuse penalty with lambda 1e-3 per modality ramped in quadratically over the
+first 10% of steps (SPLADE's practice). Choices that are ours (the paper is silent) are marked
+*default* in the field comments.
 """
 
 from __future__ import annotations
@@ -140,16 +141,11 @@ class TrainConfig(_Strict):
 
 # Built-in configurations, usable as ``--config NAME``.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The tiny preset on synthetic shapes, tuned to learn on a 2-core CPU in a few minutes
-    # (tests/test_training_learning.py has the numbers). DINOv2 is random and frozen, so the
-    # adapter and codebook learn from random features at 20x the paper's rates; a fast
-    # temperature rate lets the logit scale reach CLIP's cap of 100 early (3e-2 instead of 1e-2
-    # doubled R@1 at 400 steps); 112 px images (8x8 patches) for speed; no flips (they would
-    # falsify "left of"). The random Llama's words are grounded in the captions' words
-    # (loss.grounding, ours): without it the explanations show arbitrary words. Llama's weights
-    # start at std 0.1 instead of 0.02, so the frozen text codebook (its lm_head rows, norm 0.16
-    # at 0.02) can give words clearly different scores, and the text side trains at 4e-3; both
-    # raise held-out R@1 with or without grounding.
+    # The tiny preset on synthetic shapes, made to learn on a CPU in a few minutes. DINOv2 is
+    # random and frozen, so the adapter and codebook learn from random features at 20x the
+    # paper's rates; 112 px images (8x8 patches) for speed; no flips (they would falsify "left
+    # of"); the random Llama's words are grounded in the captions' words (loss.grounding, ours).
+    # How each value was chosen: docs/lab-notes.md.
     "tiny-shapes": {
         "output_dir": "runs/tiny-shapes",
         "model": {

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.data import SkipCounter
 from model.losses import LexVLALoss
 from training import checkpoints, distributed
 from training.config import TrainConfig
-from training.data import SkipCounter, build_dataset
+from training.data import build_dataset
 from training.distributed import DistInfo
 from training.metrics import RunLogger
 from training.module import TrainModule, wrap_ddp

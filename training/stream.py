@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from model.data import Skipped
 from model.preprocessing import eval_transform, train_transform
-from training.data import ShardDataset, Skipped, StreamPosition, sample_rng
+from training.data import ShardDataset, StreamPosition, sample_rng
 
 
 class PrepareSample:

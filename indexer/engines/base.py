@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.atomic import atomic_write_json, now_iso
+from model.data.atomic import atomic_write_json, now_iso
 from model.vocabulary import VocabularyMismatchError
 
 MANIFEST = "index.json"

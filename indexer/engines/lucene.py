@@ -34,7 +34,6 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.atomic import atomic_write_json
 from indexer.engines.base import (
     Hit,
     IndexManifest,
@@ -44,6 +43,7 @@ from indexer.engines.base import (
     save_csr,
 )
 from indexer.engines.jvm import java_class
+from model.data.atomic import atomic_write_json
 
 ENGINE = "lucene"
 DEFAULT_SCALE = 100.0

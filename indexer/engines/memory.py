@@ -43,7 +43,6 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.atomic import atomic_write_json
 from indexer.engines.base import (
     Hit,
     IndexManifest,
@@ -53,6 +52,7 @@ from indexer.engines.base import (
     save_csr,
     top_k,
 )
+from model.data.atomic import atomic_write_json
 
 ENGINE = "memory"
 _MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is rebuilt

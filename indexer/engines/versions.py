@@ -19,8 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
-from indexer.atomic import atomic_write_bytes, fsync_dir
 from indexer.engines.base import MANIFEST, SearchIndex
+from model.data.atomic import atomic_write_bytes, fsync_dir
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"

@@ -1,7 +1,9 @@
 """Service settings: pydantic-settings, read from ``LEXVLA_*`` environment variables.
 
 Every field is an environment variable with the ``LEXVLA_`` prefix (``LEXVLA_CHECKPOINT``,
-``LEXVLA_INDEX``, ``LEXVLA_MAX_TOP_K``, ...); ``lexvla serve`` flags override them. Request limits
+``LEXVLA_INDEX``, ``LEXVLA_MAX_TOP_K``, ...) and a ``lexvla serve`` flag generated from the
+field (``--max-top-k``; ``model.flags``), which overrides it. The descriptions are the flags'
+help. Request limits
 that appear in request schemas (``max_top_k``, ``max_offset``, ``max_query_chars``) are also
 written into the app's OpenAPI document, so clients and the docs see the limits actually enforced.
 """
@@ -24,7 +26,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEXVLA_", extra="ignore", frozen=True)
 
     # --- what to serve ------------------------------------------------------------------------
-    checkpoint: Path | None = Field(default=None, description="LexVLA checkpoint directory")
+    checkpoint: Path | None = Field(
+        default=None, description="LexVLA checkpoint: a directory or a Hugging Face hub id"
+    )
     index: Path | None = Field(
         default=None,
         description="index directory (with CURRENT and versions/) or one version directory",
@@ -33,30 +37,40 @@ class Settings(BaseSettings):
         default=None,
         description="corpus store directory (image files, thumbnails, exact re-scoring)",
     )
-    device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    device: str = Field(default="cpu", description="torch device for the model")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="model weights dtype (default: as saved, float32)"
+    )
     mmap: bool = Field(default=False, description="memory-map the memory engine's arrays")
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 
     # --- network ------------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port (0: any free port)")
     api_key: SecretStr | None = Field(
         default=None, description="required by /admin/* (unset: disabled)"
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="log level of the service and uvicorn"
+    )
 
     # --- request limits -----------------------------------------------------------------------
-    max_top_k: int = Field(default=100, ge=1, le=HARD_MAX_TOP_K)
-    max_offset: int = Field(default=10_000, ge=0, le=HARD_MAX_OFFSET)
-    max_query_chars: int = Field(default=500, ge=1, le=HARD_MAX_QUERY_CHARS)
+    max_top_k: int = Field(
+        default=100, ge=1, le=HARD_MAX_TOP_K, description="largest top_k a request may ask"
+    )
+    max_offset: int = Field(
+        default=10_000, ge=0, le=HARD_MAX_OFFSET, description="deepest page offset allowed"
+    )
+    max_query_chars: int = Field(
+        default=500, ge=1, le=HARD_MAX_QUERY_CHARS, description="longest query text"
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="JSON request bodies")
     max_upload_bytes: int = Field(default=10 << 20, ge=1024, description="uploaded query images")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="decoded size of an upload")
 
     # --- load -----------------------------------------------------------------------------------
     max_concurrency: int = Field(default=64, ge=1, description="requests in flight before 429")
-    retry_after_s: int = Field(default=1, ge=0)
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After of a 429, seconds")
     batch_size: int = Field(default=16, ge=1, description="text queries per model call")
     batch_wait_ms: float = Field(default=3.0, ge=0, description="how long a batch waits to fill")
     query_cache_size: int = Field(default=4096, ge=0, description="query vectors kept (LRU)")

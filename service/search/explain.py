@@ -53,7 +53,7 @@ async def explain(
         matched=[matched_word(c) for c in hit.matched],
         image_words=word_weights(top_words(image_row, vocabulary, req.top_words)),
         query_words=word_weights(top_words(q.row, vocabulary, req.top_words)),
-        grid_size=int(pipeline.model.image.grid_size),
+        grid_size=int(pipeline.model.grid_size),
         heatmaps=maps,
         patches_from=source,
         image_url=image_url(req.image_id),

@@ -5,9 +5,12 @@ the 224x224 centre crop, a 16x16 grid) give every word a score per patch. A word
 grid, min-max normalised for display. It covers the region the model saw: the image resized to
 224 on its shorter side and centre-cropped, which is also what the PNG shows.
 
-The colour map is our own: a perceptually ordered ramp from deep blue through violet, red and
-orange to pale yellow (dark = little evidence, bright = strong evidence); the overlay is more
-opaque where the word is stronger, so weak regions still show the photograph.
+The colours follow matplotlib's ``inferno`` colour map (Nathaniel Smith and Stéfan van der
+Walt's perceptually uniform maps), interpolated linearly between five anchors: the upper three
+are inferno's colours at 1/2, 3/4 and 1 (red, orange, pale yellow); the lower two are a deep
+blue and a violet, lighter and bluer than inferno's near-black start, so that weak regions tint
+the photograph instead of blacking it out (dark = little evidence, bright = strong evidence).
+The overlay is more opaque where the word is stronger, so weak regions still show the photograph.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import io
 import numpy as np
 from PIL import Image
 
-# (position, RGB) anchors of the ramp, interpolated linearly into a 256-entry table.
+from model.preprocessing import centre_crop
+
+# (position, RGB) anchors (the upper three are inferno's), interpolated into a 256-entry table.
 _ANCHORS = [
     (0.00, (13, 8, 64)),
     (0.25, (84, 23, 140)),
@@ -48,13 +53,8 @@ def normalise(grid: np.ndarray) -> np.ndarray:
 
 
 def model_view(image: Image.Image, image_size: int) -> Image.Image:
-    """The centre crop the image encoder sees (same geometry as ``model.preprocessing``)."""
-    w, h = image.size
-    scale = image_size / min(w, h)
-    nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-    resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - image_size) // 2, (nh - image_size) // 2
-    return resized.crop((left, top, left + image_size, top + image_size))
+    """The centre crop the image encoder sees (``model.preprocessing.centre_crop`` itself)."""
+    return centre_crop(image, image_size)
 
 
 def overlay(image: Image.Image, grid: np.ndarray, image_size: int, size: int = 448) -> Image.Image:

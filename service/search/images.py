@@ -2,8 +2,9 @@
 
 An original is read from the path the corpus store recorded: a file, or ``<shard.tar>#<member>``
 for a webdataset sample. When the original is gone (moved, or on another machine), explanations
-fall back to the stored thumbnail and say so. Uploads are decoded by ``indexer.decode`` (the same
-robust decoding as indexing: any Pillow format, EXIF orientation, alpha flattened, pixel limit).
+fall back to the stored thumbnail and say so. Uploads are decoded by ``model.data.decode`` (the
+same robust decoding as indexing: any Pillow format, EXIF orientation, alpha flattened, pixel
+limit).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Literal
 
 from PIL import Image
 
-from indexer.decode import DecodeError, decode_bytes
 from indexer.store import CorpusStore
+from model.data import DecodeError, decode_bytes
 from service.core.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 
 MEDIA_TYPES = {
@@ -87,12 +88,12 @@ def load_rgb(
     original = read_original(store, image_id)
     if original is not None:
         try:
-            return decode_bytes(original.data, max_pixels, draft_size)[0], "original"
+            return decode_bytes(original.data, max_pixels, draft_size).image, "original"
         except DecodeError:
             pass
     thumb = read_thumbnail(store, image_id)
     try:
-        return decode_bytes(thumb, max_pixels)[0], "thumbnail"
+        return decode_bytes(thumb, max_pixels).image, "thumbnail"
     except DecodeError as exc:
         raise NotFound(
             f"image {image_id!r}: neither the original nor its thumbnail decode: {exc}"
@@ -102,10 +103,10 @@ def load_rgb(
 def decode_upload(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     """An uploaded query image -> RGB; 415 (or 413 for too many pixels) with the reason otherwise."""
     try:
-        return decode_bytes(data, max_pixels, draft_size)[0]
+        return decode_bytes(data, max_pixels, draft_size).image
     except DecodeError as exc:
         reason = str(exc)
-        if reason.startswith("too many pixels"):
+        if exc.reason == "image_too_large":
             raise PayloadTooLarge(f"the uploaded image is too large: {reason}", loc=LOC) from None
         raise UnsupportedMediaType(
             f"the uploaded file is not a usable image: {reason}", loc=LOC

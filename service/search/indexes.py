@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.atomic import now_iso
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
 from indexer.engines.versions import VERSIONS, resolve
+from indexer.scoring import is_exact
 from indexer.store import CorpusStore
+from model.data.atomic import now_iso
 
 VERSION_NAME = re.compile(r"v\d{4,}")
 
@@ -38,8 +39,8 @@ class IndexHandle:
 
     @property
     def exact(self) -> bool:
-        """True when the engine's top-k is exact (the memory engine without pruning)."""
-        return self.engine == "memory" and getattr(self.index, "pruning", None) is None
+        """True when the engine's top-k is exact (``indexer.scoring.is_exact``)."""
+        return is_exact(self.index)
 
     def count(self) -> int:
         return self.index.count()

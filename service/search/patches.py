@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from indexer.store import CorpusStore
+from model.protocols import LexicalModel
 from service.core.errors import NotFound
 from service.core.lru import LRUCache
 from service.core.metrics import Metrics
@@ -44,7 +45,7 @@ class PatchGrid:
 class PatchMaps:
     def __init__(
         self,
-        model: Any,
+        model: LexicalModel,
         store: CorpusStore | None,
         model_executor: Executor,
         metrics: Metrics,
@@ -90,7 +91,7 @@ class PatchMaps:
             loop = asyncio.get_running_loop()
             vectors = await loop.run_in_executor(self.executor, self._patch_vectors, image)
         ms = (time.perf_counter() - start) * 1e3
-        return PatchGrid(vectors, int(self.model.image.grid_size), source, image, ms)
+        return PatchGrid(vectors, int(self.model.grid_size), source, image, ms)
 
     def _patch_vectors(self, image: Any) -> np.ndarray:
         pixels = self.model.preprocess([image])

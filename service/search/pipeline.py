@@ -11,11 +11,11 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
 import scipy.sparse as sp
 
 from indexer.store import CorpusStore
+from model.protocols import LexicalModel
 from service.api.schemas import (
     EncodeRequest,
     EncodeResponse,
@@ -65,7 +65,7 @@ class Page:
     query_words_limit: int | None = 100
 
 
-def encode_texts_sparse(model: Any, texts: list[str]) -> list[sp.csr_matrix]:
+def encode_texts_sparse(model: LexicalModel, texts: list[str]) -> list[sp.csr_matrix]:
     """Model thread: a micro-batch of texts -> one sparse row each."""
     rows = model.sparsify(model.encode_texts(texts))
     return [rows[i] for i in range(rows.shape[0])]
@@ -74,7 +74,7 @@ def encode_texts_sparse(model: Any, texts: list[str]) -> list[sp.csr_matrix]:
 class SearchPipeline:
     def __init__(
         self,
-        model: Any,
+        model: LexicalModel,
         store: CorpusStore | None,
         settings: Settings,
         metrics: Metrics,
@@ -129,7 +129,7 @@ class SearchPipeline:
         cached = self.words_cache.get(text)
         self.metrics.cache_lookup("words", cached is not None)
         if cached is None:
-            cached = words_vector(text, self.model.text.tokenizer, self.vocabulary)
+            cached = words_vector(text, self.model.tokenizer, self.vocabulary)
             self.words_cache.put(text, cached)
         return cached
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from indexer.scoring import top_words as top_words  # the routes import it from here
 from model import bag_of_words
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
@@ -110,13 +111,3 @@ def words_vector(text: str, tokenizer: Any, vocabulary: Vocabulary) -> sp.csr_ma
     dense = bag_of_words([text], tokenizer, vocabulary)[0].numpy()
     nz = np.flatnonzero(dense > 0)
     return row_from_weights(dict(zip(nz.tolist(), dense[nz].tolist(), strict=True)), dense.size)
-
-
-def top_words(
-    row: sp.csr_matrix, vocabulary: Vocabulary, limit: int | None = None
-) -> list[tuple[str, float]]:
-    """(word, weight) of a 1 x V row, heaviest first (ties by index)."""
-    order = np.lexsort((row.indices, -row.data))
-    if limit is not None:
-        order = order[:limit]
-    return [(vocabulary.words[int(row.indices[i])], float(row.data[i])) for i in order]

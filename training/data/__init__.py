@@ -13,21 +13,20 @@ Typical use in a training loop::
         ...
 
 Modules: ``shapes`` / ``shape_language`` (synthetic set and its caption grammar), ``manifest``
-(CSV/JSONL), ``shards`` / ``shard_writer`` / ``position`` (webdataset streaming, writing,
-resuming), ``decode`` / ``skips`` (RGB conversion and skipped-sample accounting), ``collate``
-(transforms and batching) and ``build`` (data source from a spec string).
+(CSV/JSONL datasets), ``shards`` / ``shard_writer`` / ``position`` (webdataset streaming,
+writing, resuming), ``collate`` (transforms and batching) and ``build`` (data source from a spec
+string). The formats themselves, decoding and skip accounting (``Skipped``, ``SkipCounter``) are
+``model.data``, shared with the indexer.
 """
 
 from training.data.build import build_dataset
 from training.data.collate import Collate, collate, sample_rng
-from training.data.decode import clean_caption, decode_image, load_image, to_rgb
-from training.data.manifest import ManifestDataset, ManifestRow, read_manifest
+from training.data.manifest import ManifestDataset
 from training.data.position import StreamIndex, StreamPosition
 from training.data.shape_language import COLOURS, SHAPE_KINDS, SIZES, WORDS, Shape
 from training.data.shapes import COLOUR_RGB, MASK_CLASSES, ShapesDataset, render_sample
 from training.data.shard_writer import write_shards
-from training.data.shards import ShardDataset, count_samples, resolve_shards
-from training.data.skips import SKIP_REASONS, SkipCounter, Skipped
+from training.data.shards import ShardDataset
 
 __all__ = [
     "COLOURS",
@@ -35,28 +34,17 @@ __all__ = [
     "MASK_CLASSES",
     "SHAPE_KINDS",
     "SIZES",
-    "SKIP_REASONS",
     "WORDS",
     "Collate",
     "ManifestDataset",
-    "ManifestRow",
     "Shape",
     "ShapesDataset",
     "ShardDataset",
-    "SkipCounter",
-    "Skipped",
     "StreamIndex",
     "StreamPosition",
     "build_dataset",
-    "clean_caption",
     "collate",
-    "count_samples",
-    "decode_image",
-    "load_image",
-    "read_manifest",
     "render_sample",
-    "resolve_shards",
     "sample_rng",
-    "to_rgb",
     "write_shards",
 ]

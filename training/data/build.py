@@ -3,10 +3,11 @@
 Spec forms (the training config and the CLI take the same strings):
 - ``shapes:N`` - N synthetic shapes samples (``training.data.shapes``); the split is mixed into
   their seed, so ``shapes:N`` for "train" and for "val" are different samples;
-- a path ending in ``.csv`` or ``.jsonl`` - a manifest (``training.data.manifest``); evaluation
-  splits get one item per image with all its captions;
-- anything else - webdataset shards: a folder of ``.tar`` files, a glob, or a brace range such
-  as ``data/{00000..00099}.tar`` (``training.data.shards``); only the training split shuffles.
+- a path ending in ``.csv``, ``.jsonl`` or ``.ndjson`` - a manifest (``model.data.manifest``,
+  the same format ``lexvla index build`` reads); evaluation splits get one item per image with
+  all its captions;
+- anything else - webdataset shards: a folder of ``.tar`` files, a glob, or a brace pattern such
+  as ``data/{00000..00099}.tar`` (``model.data.shards``); only the training split shuffles.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from training.data.manifest import MANIFEST_SUFFIXES, ManifestDataset
+from model.data.manifest import is_manifest
+from training.data.manifest import ManifestDataset
 from training.data.shapes import ShapesDataset
 from training.data.shards import ShardDataset
 
@@ -45,7 +47,7 @@ def build_dataset(
         if not count.isdigit():
             raise ValueError(f"{spec!r}: expected shapes:N with N a whole number of samples")
         return ShapesDataset(int(count), seed=seed, image_size=image_size, split=split)
-    if spec.lower().endswith(MANIFEST_SUFFIXES):
+    if is_manifest(spec):
         return ManifestDataset(spec, image_root=image_root, group_by_image=not train)
     try:
         return ShardDataset(
@@ -59,5 +61,5 @@ def build_dataset(
     except ValueError as err:
         raise ValueError(
             f"cannot read data spec {spec!r} ({err}); expected shapes:N, a .csv/.jsonl manifest, "
-            "or a folder, glob or brace range of .tar shards"
+            "or a folder, glob or brace pattern of .tar shards"
         ) from err

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.preprocessing import eval_transform, train_transform
-from training.data.skips import Skipped
+from model.data import Skipped
+from model.preprocessing import centre_crop, eval_transform, train_transform
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
@@ -42,13 +42,8 @@ def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
 
 
 def _eval_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Resize (nearest) and centre-crop a label map with ``eval_transform``'s geometry."""
-    h, w = mask.shape
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = Image.fromarray(mask).resize((nw, nh), Image.Resampling.NEAREST)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    cropped = resized.crop((left, top, left + size, top + size))
+    """A label map cut exactly as ``eval_transform`` cuts the image (nearest resampling)."""
+    cropped = centre_crop(Image.fromarray(mask), size, Image.Resampling.NEAREST)
     return torch.from_numpy(np.array(cropped, dtype=np.uint8))
 
 

@@ -1,7 +1,7 @@
 """Synthetic shapes: a built-in image-caption set with ground-truth masks, generated from a seed.
 
 Why it exists: the project has no pretrained LexVLA weights and tests may not download data,
-yet training, retrieval evaluation and PatchDis (LEXVLA.md section 8) all need image-caption
+yet training, retrieval evaluation and PatchDis (the paper's patch-level metric) all need image-caption
 pairs whose answer is known. Each image holds one to three coloured shapes on a background;
 the captions (``training.data.shape_language``) are generated from what was drawn, and every
 pixel is labelled, so PatchDis can be computed with single-word class names from the vocabulary.

@@ -6,7 +6,7 @@ for the demo, the indexer and tests. Layout, as img2dataset writes it: ``00000.t
 ``<key>.json``, where ``key`` is the shard number (5 digits) followed by the sample's number in
 the shard (4 digits, more for larger shards). Member times are fixed so that the same samples
 give byte-identical shards, and each shard is written under a temporary name and renamed, so a
-killed writer never leaves a shard that looks complete.
+killed writer never leaves a shard that looks complete (``model.data.atomic``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from model.data.atomic import fsync_file, temp_path
 
 _FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
@@ -63,7 +65,7 @@ def write_shards(
         if first is None:
             break
         path = out / f"{shard:05d}.tar"
-        temporary = path.with_name(path.name + ".tmp")
+        temporary = temp_path(path)
         with tarfile.open(temporary, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             chunk = chain([first], islice(iterator, samples_per_shard - 1))
             for within, sample in enumerate(chunk):
@@ -73,6 +75,7 @@ def write_shards(
                 _add(tar, f"{key}.{image_format}", image)
                 _add(tar, f"{key}.txt", str(sample["caption"]).encode("utf-8"))
                 _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+        fsync_file(temporary)
         temporary.replace(path)
         paths.append(path)
     return paths

@@ -1,4 +1,4 @@
-"""Evaluation of a LexVLA checkpoint (LEXVLA.md section 8), used by ``lexvla eval`` and training.
+"""Evaluation of a LexVLA checkpoint as the paper evaluates it: zero-shot retrieval and PatchDis.
 
 Modules: ``datasets`` (shapes, manifests, Karpathy JSON, COCO masks), ``encode`` (one pass over
 the images), ``retrieval`` (R@1/5/10 both ways over a sparsity sweep), ``patchdis`` (patch-level

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from training.data import Skipped, load_image
+from model.data import Skipped, load_image
 
 
 def rle_counts_from_string(text: str) -> list[int]:

@@ -19,7 +19,8 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from training.data import MASK_CLASSES, Skipped, build_dataset, load_image
+from model.data import Skipped, load_image
+from training.data import MASK_CLASSES, build_dataset
 from training.evaluation.coco_masks import CocoMasks
 
 

@@ -1,4 +1,4 @@
-"""PatchDis (LEXVLA.md section 8): do patch-level lexical vectors name what is in each patch?
+"""PatchDis (the paper's interpretability metric): do patch-level lexical vectors name what is in each patch?
 
 For each class, the text lexical vector of its name; every image patch is assigned to the class
 whose vector has the largest dot product with the patch's lexical vector (``patch_vectors``);

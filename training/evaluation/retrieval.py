@@ -1,4 +1,4 @@
-"""Zero-shot retrieval recall (LEXVLA.md section 8) and its dependence on sparsity.
+"""Zero-shot retrieval recall (Flickr30k / MSCOCO style) and its dependence on sparsity.
 
 Image -> text: an image counts as found at k when *any* of its captions is among the top k of
 all texts; text -> image: a caption's own image among the top k of all images. Ties count

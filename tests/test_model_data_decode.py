@@ -1,4 +1,4 @@
-"""Decoding to RGB and skip accounting: every odd image becomes RGB, every bad one a reason."""
+"""model.data.decode and model.data.skips: every odd image becomes RGB, every bad one a reason."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import (
-    SKIP_REASONS,
-    SkipCounter,
-    Skipped,
-    clean_caption,
-    decode_image,
-    load_image,
-    to_rgb,
-)
+from model.data import SKIP_REASONS, SkipCounter, Skipped, clean_caption, decode_image, load_image
+from model.preprocessing import upright_rgb as to_rgb
 
 
 def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -1,15 +1,12 @@
-"""Skipped samples: the marker a dataset returns instead of a sample, and the counter of them.
+"""Skipped inputs: the marker a reader returns instead of an unusable sample, and their counts.
 
-A web-scale image-caption set always holds some samples that cannot be used (a file that was
-never downloaded, a truncated JPEG, an empty caption). One of them must never stop a run, and
-silently dropping them hides a broken pipeline. So every dataset in ``training.data`` returns a
-:class:`Skipped` marker in the sample's place; :func:`training.data.collate.collate` drops the
-markers and reports ``batch["skipped"]`` (counts by reason). Because the counts travel inside the
-batches, the training loop's :class:`SkipCounter` is exact across DataLoader worker processes,
-which a counter living inside the dataset could not be (each worker holds its own copy).
-
-Problems found while *reading an index* (a malformed manifest row) happen once, in the process
-that builds the dataset; those are counted in the dataset's ``skips`` attribute instead.
+A web-scale image collection always holds inputs that cannot be used (a file that was never
+downloaded, a truncated JPEG, an empty caption, a repeated id). One of them must never stop a
+training run or an indexing job, and silently dropping them hides a broken pipeline. So every
+reader in :mod:`model.data` returns a :class:`Skipped` marker in the sample's place, with a
+*reason code* from :data:`SKIP_REASONS` (one spelling for logs, job reports and tests) and a free
+``detail`` saying exactly what was wrong. Reports count by code: a thousand duplicate ids are one
+``duplicate_id`` entry, not a thousand keys.
 """
 
 from __future__ import annotations
@@ -20,24 +17,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from training.data.position import StreamIndex
-
 logger = logging.getLogger(__name__)
 
-# Every reason a sample or a row can be skipped for, so that logs and tests share one spelling.
+# Every reason an input can be skipped for.
 SKIP_REASONS = (
     "missing_file",  # the image path does not exist
     "unreadable_file",  # the path exists but reading it failed (permissions, I/O error)
-    "not_an_image",  # the bytes are no image format Pillow knows
+    "empty_file",  # the file has 0 bytes
+    "not_an_image",  # the bytes are no image format Pillow knows (HTML saved as .jpg, text)
     "corrupt_image",  # a known format that fails to decode (truncated or damaged data)
-    "image_too_large",  # Pillow's decompression-bomb guard refused it
+    "image_too_large",  # more pixels than the limit (decompression-bomb guard)
     "empty_caption",  # the caption is empty or whitespace only
     "bad_caption",  # the caption bytes are not UTF-8
     "missing_image",  # a shard sample with no image member
     "missing_caption",  # a shard sample with no caption member
     "truncated_record",  # a shard member whose data runs past the end of the file
     "unreadable_shard",  # a shard file that cannot be opened or whose tar structure is broken
-    "bad_row",  # a manifest row that cannot be parsed or lacks the image/caption field
+    "bad_row",  # a manifest row that cannot be parsed or lacks the image (or caption) field
+    "duplicate_id",  # an id already given to an earlier, different image of the same source
+    "other",  # a record written before reasons had codes (read back from an old store)
 )
 
 # How many skips of each reason a process logs at WARNING before it goes quiet (DEBUG after).
@@ -47,16 +45,34 @@ _warned: Counter[str] = Counter()
 
 @dataclass(frozen=True)
 class Skipped:
-    """Stands in for a sample that could not be used, with why and where."""
+    """An input that could not be used: the reason code, where it was, and what was wrong.
+
+    ``id`` is the input's id when the source gave it one (the indexer records skipped ids);
+    ``position`` is set by streaming readers that resume (``training.data.position``).
+    """
 
     reason: str
     source: str
     detail: str = ""
-    position: StreamIndex | None = None
+    id: str = ""
+    position: Any = None
 
     def __post_init__(self) -> None:
         if self.reason not in SKIP_REASONS:
             raise ValueError(f"unknown skip reason {self.reason!r}; expected one of {SKIP_REASONS}")
+
+    @property
+    def message(self) -> str:
+        """``reason: detail`` (or the reason alone): one line for logs and stores."""
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+    @classmethod
+    def from_message(cls, message: str, source: str, id: str = "") -> Skipped:
+        """Inverse of :attr:`message`; text without a known code becomes reason ``other``."""
+        code, sep, detail = message.partition(": ")
+        if code in SKIP_REASONS:
+            return cls(code, source, detail if sep else "", id)
+        return cls("other", source, message, id)
 
 
 def log_skip(skipped: Skipped) -> Skipped:
@@ -69,7 +85,7 @@ def log_skip(skipped: Skipped) -> Skipped:
 
 
 class SkipCounter:
-    """Counts of skipped samples by reason; ``update`` accepts a batch's ``skipped`` mapping."""
+    """Counts of skipped inputs by reason; ``update`` accepts a batch's ``skipped`` mapping."""
 
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:
         self.counts: Counter[str] = Counter()

@@ -1,14 +1,12 @@
-"""Fixtures shared by the service tests: a tiny corpus of generated images, indexed.
+"""Fixtures of the service tests (a pytest plugin registered in ``conftest.py``; no tests here).
 
-The corpus is built with the indexer's public APIs (decode, store, memory engine, versions), the
-way an indexing job would: generated PNGs in a folder -> the tiny model's sparse rows -> a corpus
-store (metadata + thumbnails) and a published memory index. Importing this module into a test
-module makes its fixtures available there.
+A tiny corpus of generated images, indexed the way a user would index it: generated PNGs in a
+folder -> ``indexer.runner.run_index_job`` with the tiny model -> a corpus store (metadata and
+thumbnails) and a published memory index. Plus the app, a client and a live uvicorn server.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import socket
@@ -76,53 +74,14 @@ def write_images(folder: Path, n_extra: int = 0, start: int = 0) -> list[str]:
 
 
 def index_folder(model, folder: Path, store: Path, index: Path) -> None:
-    """Index a folder with the indexer's job runner (or, without one, its store/engine APIs)."""
-    try:
-        from indexer.runner import IndexJob, run_index_job
-    except ImportError:
-        _index_directly(model, folder, store, index)
-        return
+    """Index a folder into a store and a published memory index with the indexer's job runner."""
+    from indexer.runner import IndexJob, run_index_job
+
     job = IndexJob(
         source=str(folder), store=str(store), checkpoint="unused", index=str(index),
         progress=False, batch_size=8,
     )  # fmt: skip
     run_index_job(job, model=model)
-
-
-def _index_directly(model, folder: Path, store_dir: Path, index_dir: Path) -> None:
-    from indexer.decode import ImageInfo, decode_bytes, thumbnail_jpeg
-    from indexer.engines.memory import MemoryIndex
-    from indexer.engines.versions import publish
-    from indexer.store import CorpusStore
-
-    exists = (store_dir / "manifest.json").exists()
-    threshold = 1.0 / len(model.vocabulary) ** 0.5
-    store = (
-        CorpusStore.open(store_dir)
-        if exists
-        else CorpusStore.create(store_dir, model.vocabulary, model.checkpoint_id, threshold)
-    )
-    ids, infos, thumbs, pil = [], [], [], []
-    for path in sorted(folder.rglob("*.png")):
-        image_id = path.relative_to(folder).as_posix()
-        if store.has_id(image_id):
-            continue
-        data = path.read_bytes()
-        rgb, fmt, w, h = decode_bytes(data)
-        sha = hashlib.sha256(data).hexdigest()
-        ids.append(image_id)
-        infos.append(ImageInfo(image_id, str(path), len(data), fmt, w, h, sha))
-        thumbs.append(thumbnail_jpeg(rgb))
-        pil.append(rgb)
-    if ids:
-        store.append_shard(ids, model.sparsify(model.encode_pil(pil)), infos, thumbs)
-    index = MemoryIndex.create(
-        len(model.vocabulary), model.vocabulary.hash, model.checkpoint_id, threshold
-    )
-    for shard_ids, rows in store.iter_shards():
-        index.add(shard_ids, rows)
-    store.close()
-    publish(index, index_dir)
 
 
 def build_corpus(model, root: Path, n_extra: int = 0) -> Corpus:

@@ -1,0 +1,166 @@
+"""Search with exact scores and per-word contributions (used by the service and `lexvla search`).
+
+A LexVLA score is a sparse dot product, ``s = sum_j q_j d_j``, so every hit is explained by its
+matched words' contributions ``q_j d_j``. The engine proposes hits; this module fetches their
+rows and computes the contributions in float64, and a hit's reported score *is* their sum (so the
+two always agree, whatever the engine's own arithmetic).
+
+Engines whose top-k is not exact (the Lucene impact index with quantised weights, or pruned
+memory search) are asked for ``rescore_factor`` times as many candidates as the page needs; the
+candidates are re-scored exactly from the corpus store's float rows and re-sorted, and the page is
+cut from that order. An exact engine is paged directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexer.engines.base import SearchIndex
+from indexer.store import CorpusStore
+from model.vocabulary import Vocabulary
+
+MAX_CANDIDATES = 20_000
+
+
+@dataclass(frozen=True)
+class Contribution:
+    index: int  # vocabulary index
+    word: str
+    query_weight: float
+    image_weight: float
+    contribution: float
+
+
+@dataclass
+class ScoredHit:
+    id: str
+    score: float
+    matched: list[Contribution]
+    other_words: int = 0  # matched words left out of ``matched`` (matched_limit)
+    other_contribution: float = 0.0  # their summed contribution
+
+
+@dataclass
+class SearchOutcome:
+    hits: list[ScoredHit]
+    search_ms: float
+    rescore_ms: float
+    candidates: int
+    notes: list[str] = field(default_factory=list)
+
+
+def is_exact(index: SearchIndex) -> bool:
+    """True when the engine's top-k is exact (the memory engine without pruning)."""
+    return index.manifest.engine == "memory" and getattr(index, "pruning", None) is None
+
+
+def top_words(
+    row: sp.csr_matrix, vocabulary: Vocabulary, limit: int | None = None
+) -> list[tuple[str, float]]:
+    """(word, weight) of a 1 x V row, heaviest first (ties by index)."""
+    order = np.lexsort((row.indices, -row.data))
+    if limit is not None:
+        order = order[:limit]
+    return [(vocabulary.words[int(row.indices[i])], float(row.data[i])) for i in order]
+
+
+def dense_query(query: sp.csr_matrix) -> np.ndarray:
+    q = np.zeros(query.shape[1], dtype=np.float64)
+    q[query.indices] = query.data
+    return q
+
+
+def contributions(
+    q: np.ndarray, indices: np.ndarray, data: np.ndarray, vocabulary: Vocabulary
+) -> list[Contribution]:
+    """Matched words of one image row (``indices``/``data``), largest contribution first."""
+    qw = q[indices]
+    hit = qw > 0
+    idx, qv, dv = indices[hit], qw[hit], data[hit].astype(np.float64)
+    values = qv * dv
+    order = np.lexsort((idx, -values))
+    return [
+        Contribution(
+            int(idx[i]), vocabulary.words[int(idx[i])], float(qv[i]), float(dv[i]), float(values[i])
+        )
+        for i in order
+    ]
+
+
+def explain_row(
+    query: sp.csr_matrix, row: sp.csr_matrix, vocabulary: Vocabulary, limit: int | None = None
+) -> ScoredHit:
+    """Score and contributions of one image row (the ``id`` is filled in by the caller)."""
+    all_matched = contributions(dense_query(query), row.indices, row.data, vocabulary)
+    return _hit("", all_matched, limit)
+
+
+def _hit(image_id: str, matched: list[Contribution], limit: int | None) -> ScoredHit:
+    # summed smallest first, so the total does not depend on where the list is cut
+    score = float(sum(c.contribution for c in reversed(matched)))
+    if limit is None or limit >= len(matched):
+        return ScoredHit(image_id, score, matched)
+    rest = matched[limit:]
+    other = float(sum(c.contribution for c in reversed(rest)))
+    return ScoredHit(image_id, score, matched[:limit], len(rest), other)
+
+
+def row_vectors(index: SearchIndex, store: CorpusStore | None, ids: list[str]) -> sp.csr_matrix:
+    """Float rows of ``ids``: the memory engine's own, else the corpus store's (exact floats)."""
+    if index.manifest.engine != "memory" and store is not None:
+        try:
+            return store.vectors_of(ids)
+        except KeyError:
+            pass  # the index knows images the store does not (yet): the engine's rows are exact too
+    return index.vectors_of(ids)
+
+
+def search(
+    index: SearchIndex,
+    store: CorpusStore | None,
+    vocabulary: Vocabulary,
+    query: sp.csr_matrix,
+    *,
+    exact: bool,
+    top_k: int,
+    offset: int = 0,
+    min_score: float = 0.0,
+    matched_limit: int | None = None,
+    rescore_factor: int = 4,
+) -> SearchOutcome:
+    """Top ``top_k`` hits after ``offset`` with exact scores >= ``min_score``.
+
+    ``exact`` says whether the engine's own top-k can be trusted (:func:`is_exact`); otherwise
+    ``rescore_factor`` times the page is fetched and re-scored exactly.
+    """
+    if query.nnz == 0:
+        note = "the query has no active vocabulary words, so nothing can match"
+        return SearchOutcome([], 0.0, 0.0, 0, [note])
+    start = time.perf_counter()
+    if exact:
+        found = index.search(query, top_k, offset)
+    else:
+        want = min(MAX_CANDIDATES, (offset + top_k) * rescore_factor)
+        found = index.search(query, want, 0)
+    searched = time.perf_counter()
+    ids = [i for i, _ in found]
+    hits: list[ScoredHit] = []
+    if ids:
+        rows = row_vectors(index, store, ids)
+        q = dense_query(query)
+        if not exact:  # exact re-scoring of every candidate, then the page
+            scores = np.asarray(rows.astype(np.float64) @ q).ravel()
+            order = np.lexsort((np.arange(len(ids)), -scores))[offset : offset + top_k]
+            rows, ids = rows[order], [ids[i] for i in order]
+        for n, image_id in enumerate(ids):
+            a, b = rows.indptr[n], rows.indptr[n + 1]
+            matched = contributions(q, rows.indices[a:b], rows.data[a:b], vocabulary)
+            hits.append(_hit(image_id, matched, matched_limit))
+        hits.sort(key=lambda h: -h.score)  # stable: engine order breaks float-level ties
+        hits = [h for h in hits if h.score >= min_score]
+    done = time.perf_counter()
+    return SearchOutcome(hits, (searched - start) * 1e3, (done - searched) * 1e3, len(found))

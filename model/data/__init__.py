@@ -1,0 +1,61 @@
+"""The data formats training and the indexer share: one reader per format, one set of rules.
+
+- ``sources``: folder / manifest / webdataset -> :class:`SourceItem` records with stable ids
+  (the indexer's input);
+- ``manifest``: CSV/JSONL manifests, their column names and image-root rule (training's
+  manifest datasets and the indexer's manifest source);
+- ``shards``: webdataset tar shards (sample keys, header-only record index, brace patterns);
+- ``decode``: bytes -> upright RGB image or a reason; caption cleaning;
+- ``skips``: :class:`Skipped` markers with reason codes, and :class:`SkipCounter`;
+- ``atomic``: crash-safe file and directory writes.
+
+It sits beside ``model.preprocessing`` (which turns the decoded images into pixel tensors), so
+``training`` and ``indexer`` both depend on it and on nothing of each other. It imports no web,
+index or training library (``braceexpand``, webdataset's own brace expander, is the one
+dependency beyond Pillow).
+"""
+
+from model.data.atomic import atomic_write_bytes, atomic_write_json, now_iso, replace_directory
+from model.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    DecodeError,
+    clean_caption,
+    decode_bytes,
+    decode_image,
+    load_image,
+)
+from model.data.manifest import Manifest, ManifestImage, ManifestRow, read_manifest
+from model.data.shards import ShardRecord, expand_braces, resolve_shards, shard_records
+from model.data.skips import SKIP_REASONS, SkipCounter, Skipped, log_skip
+from model.data.sources import SourceItem, SourceKind, detect_kind, iter_source
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SKIP_REASONS",
+    "DecodeError",
+    "DecodedImage",
+    "Manifest",
+    "ManifestImage",
+    "ManifestRow",
+    "ShardRecord",
+    "SkipCounter",
+    "Skipped",
+    "SourceItem",
+    "SourceKind",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "clean_caption",
+    "decode_bytes",
+    "decode_image",
+    "detect_kind",
+    "expand_braces",
+    "iter_source",
+    "load_image",
+    "log_skip",
+    "now_iso",
+    "read_manifest",
+    "replace_directory",
+    "resolve_shards",
+    "shard_records",
+]
