@@ -57,6 +57,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
     from .checkpoint import CheckpointError
     from .hub import plan_push, push_to_hub
 
@@ -66,9 +68,8 @@ def _push(args: argparse.Namespace) -> int:
             for name, data in files.items():
                 size = len(data) if isinstance(data, bytes) else data.stat().st_size
                 print(f"{size:>12,d}  {name}")
-            print(
-                f"\n{files['README.md'].decode() if isinstance(files['README.md'], bytes) else ''}"
-            )
+            card = files["README.md"]
+            print("\n" + (card.decode() if isinstance(card, bytes) else card.read_text()))
             return 0
         url = push_to_hub(
             args.checkpoint,
@@ -78,8 +79,8 @@ def _push(args: argparse.Namespace) -> int:
             commit_message=args.message,
             include_training_state=args.include_training_state,
         )
-    except (CheckpointError, ValueError, OSError) as exc:
-        raise SystemExit(f"lexvla model push: {exc}") from exc
+    except (CheckpointError, ValueError, OSError, HfHubHTTPError) as exc:
+        raise SystemExit(f"lexvla model push: {' '.join(str(exc).split())}") from exc
     print(f"pushed {args.checkpoint} to {url}")
     return 0
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from indexer.decode import ImageInfo, Skipped
+from indexer.decode import ImageInfo
 from indexer.store import CorpusStore
+from model.data import Skipped
 from model.vocabulary import Vocabulary, VocabularyMismatchError
 
 PIECES = ["<unk>", "▁dog", "▁cat", "dog", "▁red", "▁blue", "▁car", "▁tree", "▁sky", "▁sea"]
@@ -46,7 +47,7 @@ def _append(store: CorpusStore, ids: list[str], seed: int, **kwargs) -> sp.csr_m
 def test_round_trip(tmp_path, vocab):
     store = CorpusStore.create(tmp_path / "s", vocab, "ckpt-1", threshold=0.1, top_k=None)
     a = _append(store, ["a", "b", "c"], 0, done_key="job/0")
-    b = _append(store, ["d", "e"], 1, skipped=[Skipped("bad", "/img/bad", "empty file (0 bytes)")])
+    b = _append(store, ["d", "e"], 1, skipped=[Skipped("empty_file", "/img/bad", "0 bytes", "bad")])
     store.close()
 
     store = CorpusStore.open(tmp_path / "s", expected_vocabulary=vocab)
@@ -63,7 +64,7 @@ def test_round_trip(tmp_path, vocab):
     assert store.has_id("a") and not store.has_id("zzz")
     assert store.has_sha256(rec.sha256)
     assert store.is_done("job/0") and store.done_keys() == {"job/0"}
-    assert store.skipped() == [Skipped("bad", "/img/bad", "empty file (0 bytes)")]
+    assert store.skipped() == [Skipped("empty_file", "/img/bad", "0 bytes", "bad")]
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["counts"] == {"images": 5, "deleted": 0, "skipped": 1, "shards": 2, "done": 1}
     assert manifest["checkpoint_id"] == "ckpt-1" and manifest["vocabulary_hash"] == vocab.hash
@@ -142,6 +143,6 @@ def test_crash_before_commit_leaves_nothing_visible(tmp_path, vocab, monkeypatch
 
 def test_skipped_only_batch_marks_the_job_unit_done(tmp_path, vocab):
     store = CorpusStore.create(tmp_path, vocab, "c", threshold=0.0)
-    store.record_skipped([Skipped("x", "/x", "not an image")], done_key="chunk-9")
+    store.record_skipped([Skipped("not_an_image", "/x", "", "x")], done_key="chunk-9")
     assert store.is_done("chunk-9") and store.count == 0 and len(store.skipped()) == 1
     assert store.vectors()[1].shape == (0, len(vocab))

@@ -166,13 +166,13 @@ def test_explain_contributions_words_and_heat_maps(client, tiny_model):
 
 
 def test_explain_heat_maps_match_the_models_patch_vectors(client, tiny_model, service_corpus):
-    from indexer.decode import decode_bytes
+    from model.data import decode_bytes
 
     ex = client.post(
         "/explain",
         json={"query": "red circle", "mode": "words", "image_id": "red-circle.png", "heatmaps": 2},
     ).json()
-    image = decode_bytes((service_corpus.images / "red-circle.png").read_bytes())[0]
+    image = decode_bytes((service_corpus.images / "red-circle.png").read_bytes()).image
     patches = tiny_model.patch_vectors(tiny_model.preprocess([image]))[0].numpy()
     for heat in ex["heatmaps"]:
         column = patches[:, tiny_model.vocabulary.index(heat["word"])].reshape(16, 16)

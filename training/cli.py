@@ -57,9 +57,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or a run's output folder (its latest checkpoint)."""
+    """A checkpoint folder, a hub id (``org/name``), or a run's output folder (its latest)."""
+    from model.hub import is_hub_id, resolve_checkpoint
     from training.checkpoints import latest_checkpoint
 
+    if is_hub_id(path):
+        return resolve_checkpoint(path)
     if (path / "config.json").is_file():
         return path
     latest = latest_checkpoint(path)

@@ -4,7 +4,8 @@
   ``tiny`` preset's random tokenizer and backbones are written once under
   ``<output_dir>/bases`` by rank 0 (so checkpoints can embed them); other presets load their
   base weights from the hub ids or paths the config names.
-- ``model.start`` a checkpoint folder: its weights, a fresh optimiser (fine-tuning).
+- ``model.start`` a checkpoint folder or hub id (``org/name``): its weights, a fresh optimiser
+  (fine-tuning).
 - resuming: the latest (or the named) checkpoint of the run, whatever ``model.start`` says.
 
 Frozen backbones are loaded in bf16 on CUDA (``model.backbone_dtype = auto``); everything that
@@ -23,6 +24,7 @@ import torch
 
 from model import LexVLA, LexVLAConfig, load_preset, preset_names
 from model.config import SparsityConfig
+from model.hub import is_hub_id, resolve_checkpoint
 from training import distributed
 from training.config import TrainConfig
 from training.distributed import DistInfo
@@ -64,6 +66,8 @@ def build_model(config: TrainConfig, info: DistInfo, resume_from: Path | None) -
     """The model on ``info.device``, trainable, with the run's training-time settings applied."""
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     start = str(resume_from) if resume_from is not None else config.model.start
+    if is_hub_id(start) and start not in preset_names():  # a checkpoint on the Hugging Face Hub
+        start = str(resolve_checkpoint(start))
     if _is_checkpoint(start):
         if config.model.overrides and resume_from is None:
             raise ValueError(

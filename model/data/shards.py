@@ -126,7 +126,7 @@ def resolve_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
     Brace patterns may name shards that do not exist (img2dataset leaves failed shards out);
     those are reported as ``unreadable_shard`` when read, so a pattern works for a partial
-    download. Raises ValueError when nothing matches.
+    download. Raises ValueError when nothing matches, or when not one named shard exists.
     """
     if not isinstance(spec, str | Path):
         paths = [Path(p) for p in spec]
@@ -136,7 +136,7 @@ def resolve_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         paths = []
         for name in expand_braces(str(spec)):
             paths += [Path(p) for p in glob.glob(name)] if glob.has_magic(name) else [Path(name)]
-    if not paths:
+    if not any(p.exists() for p in paths):
         raise ValueError(f"no .tar shards found for {str(spec)!r}")
     return sorted(set(paths), key=str)
 
