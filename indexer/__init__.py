@@ -1,7 +1,9 @@
 """Batch indexing: image corpus -> sparse vectors -> corpus store -> search index.
 
-``sources`` (folder, manifest, webdataset) -> ``decode`` (robust RGB decoding, skip reasons) ->
-the model's image encoder -> ``store`` (the record: CSR shards, SQLite ``catalog``, thumbnails)
--> ``engines`` (memory and Lucene search indexes, versioned directories). ``runner`` drives a
-resumable job, ``cli`` is ``lexvla index``, ``export`` writes JSONL for other tools.
+``model.data`` sources (folder, manifest, webdataset; shared with training) -> ``decode``
+(RGB image, what the store records, thumbnails) -> the model's image encoder -> ``store`` (the
+record: CSR shards, SQLite ``catalog``, thumbnails) -> ``engines`` (memory and Lucene search
+indexes, versioned directories). ``runner`` drives a resumable job, ``cli`` is ``lexvla index``,
+``scoring`` scores hits with per-word contributions (for ``search``, which is ``lexvla search``,
+and for the service), ``export`` writes JSONL for other tools.
 """

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from model.cli import quiet_libraries
+
+    quiet_libraries()
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -111,6 +111,9 @@ def _print_text(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from model.cli import quiet_libraries
+
+    quiet_libraries()
     args = parser().parse_args(argv)
     try:
         results = run(args)

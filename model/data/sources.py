@@ -165,6 +165,11 @@ def detect_kind(spec: str | Path) -> Literal["folder", "manifest", "webdataset"]
         if any(n.endswith(".tar") for n in names) and not any(map(is_image_name, names)):
             return "webdataset"
         return "folder"
+    if path.exists():
+        raise ValueError(
+            f"image source {s} is a single file; give a folder of images, a .csv/.jsonl "
+            "manifest or .tar shards"
+        )
     raise FileNotFoundError(f"image source {s} does not exist")
 
 
