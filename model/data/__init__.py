@@ -15,20 +15,39 @@ index or training library (``braceexpand``, webdataset's own brace expander, is 
 dependency beyond Pillow).
 """
 
-from model.data.atomic import atomic_write_bytes, atomic_write_json, now_iso, replace_directory
-from model.data.decode import (
-    DEFAULT_MAX_PIXELS,
-    DecodedImage,
-    DecodeError,
-    clean_caption,
-    decode_bytes,
-    decode_image,
-    load_image,
-)
-from model.data.manifest import Manifest, ManifestImage, ManifestRow, read_manifest
-from model.data.shards import ShardRecord, expand_braces, resolve_shards, shard_records
-from model.data.skips import SKIP_REASONS, SkipCounter, Skipped, log_skip
-from model.data.sources import SourceItem, SourceKind, detect_kind, iter_source
+from typing import TYPE_CHECKING
+
+from model.lazy import lazy_exports
+
+_EXPORTS = {
+    "DEFAULT_MAX_PIXELS": ".decode",
+    "DecodeError": ".decode",
+    "DecodedImage": ".decode",
+    "Manifest": ".manifest",
+    "ManifestImage": ".manifest",
+    "ManifestRow": ".manifest",
+    "SKIP_REASONS": ".skips",
+    "ShardRecord": ".shards",
+    "SkipCounter": ".skips",
+    "Skipped": ".skips",
+    "SourceItem": ".sources",
+    "SourceKind": ".sources",
+    "atomic_write_bytes": ".atomic",
+    "atomic_write_json": ".atomic",
+    "clean_caption": ".decode",
+    "decode_bytes": ".decode",
+    "decode_image": ".decode",
+    "detect_kind": ".sources",
+    "expand_braces": ".shards",
+    "iter_source": ".sources",
+    "load_image": ".decode",
+    "log_skip": ".skips",
+    "now_iso": ".atomic",
+    "read_manifest": ".manifest",
+    "replace_directory": ".atomic",
+    "resolve_shards": ".shards",
+    "shard_records": ".shards",
+}
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -59,3 +78,21 @@ __all__ = [
     "resolve_shards",
     "shard_records",
 ]
+
+if TYPE_CHECKING:
+    from model.data.atomic import atomic_write_bytes, atomic_write_json, now_iso, replace_directory
+    from model.data.decode import (
+        DEFAULT_MAX_PIXELS,
+        DecodedImage,
+        DecodeError,
+        clean_caption,
+        decode_bytes,
+        decode_image,
+        load_image,
+    )
+    from model.data.manifest import Manifest, ManifestImage, ManifestRow, read_manifest
+    from model.data.shards import ShardRecord, expand_braces, resolve_shards, shard_records
+    from model.data.skips import SKIP_REASONS, SkipCounter, Skipped, log_skip
+    from model.data.sources import SourceItem, SourceKind, detect_kind, iter_source
+
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,26 @@
+"""Lazy package exports (PEP 562): a package names what it offers without importing it all.
+
+``model`` and ``model.data`` export names whose modules pull in torch and transformers. The
+indexer and the service also import light parts of them on their own (``model.data.atomic``,
+``model.vocabulary``); with lazy exports those cost no torch import, so an index-only process
+starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any]) -> Callable:
+    """A module ``__getattr__`` that imports ``exports[name]`` (a relative module) on first use."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(exports[name], package), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
