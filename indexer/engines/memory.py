@@ -26,6 +26,13 @@ Images added after the inverted index was built live in a small *delta* that is 
 force; it is folded into the inverted index once it exceeds an eighth of the corpus (or on save).
 Deleted rows are masked at query time and dropped when the index is saved.
 
+Locking rule: ``_lock`` guards all of the index's state (ids, row map, live mask, forward,
+inverted and delta arrays). Every method that writes (``add``, ``delete``, ``build``,
+``compact``, ``save``) holds it for the whole change; every method that reads takes it too,
+``search`` only long enough to take a consistent snapshot, so that scoring runs unlocked while a
+writer builds the next arrays. Writers replace arrays rather than edit them in place when a
+snapshot may still be in use (the live mask is copied before a delete changes it).
+
 On disk (one version directory): ``index.json``, ``ids.json`` (row order), and
 ``{forward,inverted}_{data,indices,indptr}.npy``. :meth:`MemoryIndex.open` can memory-map them
 (``mmap=True``) so that a large index costs page cache rather than private memory.
@@ -121,17 +128,19 @@ class MemoryIndex:
         self._delta = None
 
     def delete(self, ids: Iterable[str]) -> int:
-        changed = 0
-        for i in ids:
-            row = self._row_of.get(str(i))
-            if row is not None and self._live[row]:
-                self._live[row] = False
-                changed += 1
-        return changed
+        with self._lock:
+            rows = [self._row_of.get(str(i)) for i in ids]
+            rows = sorted({r for r in rows if r is not None and self._live[r]})
+            if rows:
+                live = self._live.copy()  # a search may hold the old mask in its snapshot
+                live[rows] = False
+                self._live = live
+            return len(rows)
 
     # --- reading ------------------------------------------------------------------------------
     def count(self) -> int:
-        return int(self._live.sum())
+        with self._lock:
+            return int(self._live.sum())
 
     def search(
         self, query: sp.csr_matrix, k: int = 10, offset: int = 0, pruning: Pruning | None = None
@@ -164,13 +173,14 @@ class MemoryIndex:
         return [self.search(queries[i], k, offset, pruning) for i in range(queries.shape[0])]
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
-        rows = []
-        for i in ids:
-            row = self._row_of.get(str(i))
-            if row is None or not self._live[row]:
-                raise KeyError(f"image {i!r} is not in the index")
-            rows.append(row)
-        return self._all_rows()[np.array(rows, dtype=np.int64)]
+        with self._lock:
+            rows = []
+            for i in ids:
+                row = self._row_of.get(str(i))
+                if row is None or not self._live[row]:
+                    raise KeyError(f"image {i!r} is not in the index")
+                rows.append(row)
+            return self._all_rows()[np.array(rows, dtype=np.int64)]
 
     # --- building -----------------------------------------------------------------------------
     def _delta_matrix(self) -> sp.csr_matrix:
@@ -229,11 +239,15 @@ class MemoryIndex:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.compact()
+        with self._lock:
+            self._save(path)
+
+    def _save(self, path: Path) -> None:
+        self._compact()
         save_csr(path, "forward", self._forward)
         save_csr(path, "inverted", self._inverted)
         atomic_write_json(path / "ids.json", self._ids)
-        self.manifest.count, self.manifest.deleted = self.count(), 0
+        self.manifest.count, self.manifest.deleted = int(self._live.sum()), 0
         self.manifest.params = {"pruning": asdict(self.pruning) if self.pruning else None}
         self.manifest.save(path)
 
