@@ -1,6 +1,7 @@
 """Search engines behind one protocol (``base.SearchIndex``), and opening a published index.
 
-``memory``: exact scipy engine (and the test oracle); ``lucene``: Anserini impact index. An index
+``memory``: exact scipy engine (and the test oracle); ``compact``: quantised impact index,
+memory-mapped, searched by compiled kernels on every core; ``lucene``: Anserini impact index. An index
 directory is versioned (``versions.py``); :func:`open_index` opens its current version with the
 engine its manifest names and refuses one built with another vocabulary.
 """
@@ -13,7 +14,7 @@ from typing import Any
 from indexer.engines.base import IndexManifest, SearchIndex
 from indexer.engines.versions import publish, resolve
 
-ENGINES = ("memory", "lucene")
+ENGINES = ("memory", "compact", "lucene")
 
 __all__ = ["ENGINES", "IndexManifest", "SearchIndex", "engine_class", "open_index", "publish"]
 
@@ -24,6 +25,10 @@ def engine_class(name: str) -> Any:
         from indexer.engines.memory import MemoryIndex
 
         return MemoryIndex
+    if name == "compact":
+        from indexer.engines.compact import CompactIndex
+
+        return CompactIndex
     if name == "lucene":
         from indexer.engines.lucene import LuceneIndex
 

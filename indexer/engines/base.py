@@ -13,6 +13,8 @@ with another vocabulary.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,3 +170,19 @@ def load_csr(directory: Path, name: str, shape: tuple[int, int], mmap: bool) -> 
     mode: Literal["r"] | None = "r" if mmap else None
     parts = tuple(np.load(directory / f"{name}_{p}.npy", mmap_mode=mode) for p in CSR_PARTS)
     return sp.csr_matrix(parts, shape=shape, copy=False)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Copy a folder of immutable index files by hard links where possible (else copies).
+
+    Engines whose files are never rewritten once written (Lucene segments, compact blocks) share
+    them between index versions this way: a new version costs only the files that changed.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.name == "write.lock":
+            continue
+        try:
+            os.link(file, target / file.name)
+        except OSError:
+            shutil.copy2(file, target / file.name)

@@ -24,8 +24,6 @@ On disk (one version directory): ``index.json``, ``lucene/`` (the Lucene index),
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +37,7 @@ from indexer.engines.base import (
     IndexManifest,
     as_query_row,
     check_rows,
+    link_tree,
     load_csr,
     save_csr,
 )
@@ -192,7 +191,7 @@ class LuceneIndex:
             writer.forceMergeDeletes()
             writer.commit()
             writer.close()
-        _link_tree(self._lucene_dir, path / "lucene")
+        link_tree(self._lucene_dir, path / "lucene")
         live = np.flatnonzero(self._live)
         rows = self._rows[live] if len(live) < len(self._ids) else self._rows
         save_csr(path, "rows", rows)
@@ -281,7 +280,7 @@ class LuceneIndex:
         self._owned = tempfile.TemporaryDirectory(prefix="lexvla-lucene-")
         target = Path(self._owned.name) / "lucene"
         if source is not None:
-            _link_tree(source, target)
+            link_tree(source, target)
         self._lucene_dir = target
         if source is None:
             target.mkdir()
@@ -289,15 +288,3 @@ class LuceneIndex:
         self._searcher = None
         if isinstance(self._rows.data, np.memmap):
             self._parts = [sp.csr_matrix(self._rows, copy=True)]
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    """Copy a Lucene directory by hard links where possible: Lucene never rewrites a file."""
-    target.mkdir(parents=True, exist_ok=True)
-    for file in source.iterdir():
-        if file.name == "write.lock":
-            continue
-        try:
-            os.link(file, target / file.name)
-        except OSError:
-            shutil.copy2(file, target / file.name)

@@ -1,0 +1,278 @@
+"""indexer.engines.compact: the quantised impact index against the exact memory engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from indexer.engines import impact_kernels as kernels
+from indexer.engines import open_index, publish
+from indexer.engines.compact import CompactIndex, ImpactPruning, balanced_block_rows
+from indexer.engines.compact_block import Block, encode_ids
+from indexer.engines.memory import MemoryIndex
+
+V = 2000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+P = 1.0 / (np.arange(V) + 5.0)
+P /= P.sum()  # Zipf word popularity
+
+
+def topical_rows(n: int, seed: int, active: int = 150) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Unit rows: Zipf background words plus a few strong words of one of 50 topics each, so
+    that top-10s are decided by real score gaps (as for LexVLA images), not by noise."""
+    rng = np.random.default_rng(seed)
+    p = P
+    topic_words = rng.choice(V, size=(50, 8), replace=False)
+    topics = rng.integers(0, 50, size=n)
+    dense = np.zeros((n, V), dtype=np.float32)
+    for r in range(n):
+        words = rng.choice(V, size=active, replace=False, p=p)
+        dense[r, words] = rng.lognormal(-3.5, 0.8, size=active)
+        strong = topic_words[topics[r]][rng.random(8) < 0.7]
+        dense[r, strong] = rng.lognormal(-1.5, 0.4, size=len(strong))
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    return sp.csr_matrix(dense), topic_words
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    rows, topic_words = topical_rows(6000, seed=0)
+    rng = np.random.default_rng(1)
+    queries = np.zeros((60, V), dtype=np.float32)
+    for i in range(60):
+        queries[i, topic_words[i % 50][:5]] = rng.uniform(0.3, 1.0, 5)
+        queries[i, rng.choice(V, 40, replace=False, p=P)] += rng.exponential(0.05, 40)
+    ids = [f"img-{i:05d}" for i in range(rows.shape[0])]
+    return ids, rows, sp.csr_matrix(queries)
+
+
+@pytest.fixture(scope="module")
+def pair(corpus):
+    ids, rows, _ = corpus
+    compact = CompactIndex.create(V, pruning=None, threads=2)
+    compact.block_rows = 2500  # several blocks, one of them partial
+    for start in range(0, len(ids), 1000):
+        compact.add(ids[start : start + 1000], rows[start : start + 1000])
+    memory = MemoryIndex.create(V)
+    memory.add(ids, rows)
+    return compact, memory
+
+
+def test_block_layout_matches_its_rows():
+    rng = np.random.default_rng(3)
+    rows = sp.random(300, V, density=0.05, random_state=4, format="csr", dtype=np.float32)
+    rows.data = rng.integers(1, 256, rows.nnz).astype(np.float32)
+    rows.sort_indices()
+    codes = rows.data.astype(np.uint8)
+    block = Block.build(encode_ids([str(i) for i in range(300)]), rows.indptr, rows.indices,
+                        codes, V)  # fmt: skip
+    dense = rows.toarray()
+    start = 0
+    for w in range(V):
+        last_code = 256
+        for s in range(block.word_seg[w], block.word_seg[w + 1]):
+            end = int(block.seg_end[s])
+            docs, code = block.post[start:end], int(block.seg_code[s])
+            assert code < last_code and np.all(np.diff(docs.astype(int)) > 0)
+            assert np.all(dense[docs, w] == code)
+            last_code, start = code, end
+        assert sorted(np.flatnonzero(dense[:, w])) == sorted(
+            block.post[block.seg_end[block.word_seg[w] - 1] if block.word_seg[w] else 0 : start]
+        )
+    indptr, words, back = block.decode(np.array([5, 0, 299]))
+    for n, r in enumerate([5, 0, 299]):
+        a, b = indptr[n], indptr[n + 1]
+        np.testing.assert_array_equal(words[a:b], rows[r].indices)
+        np.testing.assert_array_equal(back[a:b], codes[rows.indptr[r] : rows.indptr[r + 1]])
+
+
+def test_forward_gaps_escape_large_jumps():
+    indptr = np.array([0, 4, 5], dtype=np.int64)
+    words = np.array([0, 254, 255, 1999, 700], dtype=np.int32)  # gaps 0, 253, 0, 1743 | 700
+    gaps, ptr = kernels.encode_gaps(indptr, words)
+    assert len(gaps) == 1 + 1 + 1 + 3 + 3
+    _out_ptr, out_words, _ = kernels.decode_rows(
+        np.array([1, 0]), ptr, gaps, indptr, np.arange(5, dtype=np.uint8)
+    )
+    np.testing.assert_array_equal(out_words, [700, 0, 254, 255, 1999])
+
+
+def test_exact_search_is_within_the_quantisation_bound_of_float32(corpus, pair):
+    ids, rows, queries = corpus
+    compact, memory = pair
+    exact_all = rows.toarray().astype(np.float64)
+    overlap = []
+    for n in range(queries.shape[0]):
+        q = queries[n]
+        found = compact.search(q, 10)
+        truth = memory.search(q, 10)
+        bound = compact.error_bound(q)
+        assert 0 < bound < 0.05
+        scores = exact_all @ q.toarray().ravel()
+        for image_id, score in found:
+            assert abs(score - scores[ids.index(image_id)]) <= bound
+        # a float-exact hit can only be missed if it is within twice the bound of the 10th
+        tenth = sorted(scores, reverse=True)[9]
+        for image_id, score in truth:
+            if score > tenth + 2 * bound:
+                assert image_id in {i for i, _ in found}
+        overlap.append(len({i for i, _ in found} & {i for i, _ in truth}) / 10)
+    assert np.mean(overlap) >= 0.99
+
+
+def test_pruned_search_recall_and_exact_rescoring(corpus, pair):
+    ids, _, queries = corpus
+    compact, _ = pair
+    pruning = ImpactPruning(budget=0.05, min_postings=0, candidates=100, per_word=0)
+    recall = []
+    for n in range(queries.shape[0]):
+        q = queries[n]
+        exact = compact.search(q, 10, pruning=None)
+        threshold, capacity = compact._plan(compact._snapshot(), q.indices, q.data, pruning, 10)
+        assert threshold > 0 and capacity == 100  # really pruned: 5% of the postings
+        pruned = compact.search(q, 10, pruning=pruning)
+        exact_scores = dict(compact.search(q, len(ids), pruning=None))
+        for image_id, score in pruned:  # pruned hits carry their complete quantised scores
+            assert score == pytest.approx(exact_scores[image_id], rel=1e-5)
+        recall.append(len({i for i, _ in pruned} & {i for i, _ in exact}) / 10)
+    assert np.mean(recall) >= 0.99
+
+
+def test_pruning_is_never_planned_when_exact_costs_no_more(pair, corpus):
+    compact, _ = pair
+    q = corpus[2][0]
+    # the default budget (200k postings) exceeds everything this small corpus holds: exact
+    assert compact._plan(compact._snapshot(), q.indices, q.data, ImpactPruning(), 10) == (0.0, 10)
+    assert compact.search(q, 10) == compact.search(q, 10, pruning=None)
+
+
+def test_paging_threads_and_batches_agree(corpus, pair):
+    _, _, queries = corpus
+    compact, _ = pair
+    q = queries[7]
+    top = compact.search(q, 20)
+    assert compact.search(q, 10, offset=10) == top[10:]
+    single = CompactIndex(compact.manifest, None, compact.block_rows, threads=1)
+    single._snap = compact._snapshot()
+    assert single.search(q, 20) == top
+    assert compact.search_batch(queries[:3], 5) == [compact.search(queries[i], 5) for i in range(3)]
+    with pytest.raises(ValueError, match="k must be positive"):
+        compact.search(q, 0)
+
+
+def test_add_delete_vectors_count(corpus):
+    ids, rows, queries = corpus
+    index = CompactIndex.create(V, pruning=None)
+    index.add(ids[:500], rows[:500])
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add([ids[3]], rows[3])
+    assert index.count() == 500
+    assert index.delete([ids[3], ids[4], "no-such-image"]) == 2
+    assert index.count() == 498
+    with pytest.raises(KeyError, match=ids[3]):
+        index.vectors_of([ids[3]])
+    assert ids[3] not in {i for i, _ in index.search(queries[0], 500)}
+    index.add([ids[3]], rows[3])  # a deleted id can be added again
+    back = index.vectors_of([ids[3], ids[10]]).toarray()
+    scale = index._snap.scales.max()
+    assert np.abs(back - rows[[3, 10]].toarray()).max() <= scale / 2 + 1e-7
+
+
+def test_save_open_mmap_and_versions_share_blocks(tmp_path, corpus, pair):
+    ids, _, queries = corpus
+    compact, _ = pair
+    first = publish(compact, tmp_path / "index")
+    opened = open_index(tmp_path / "index")
+    assert isinstance(opened, CompactIndex) and opened.count() == len(ids)
+    assert isinstance(opened._snap.blocks[0].post, np.memmap)
+    for n in range(5):
+        assert opened.search(queries[n], 10) == compact.search(queries[n], 10)
+    assert opened.delete([ids[0]]) == 1
+    second = publish(opened, tmp_path / "index")
+    block = "blocks/b000000/post.npy"
+    assert os.stat(first / block).st_ino == os.stat(second / block).st_ino  # hard-linked
+    reopened = open_index(tmp_path / "index")
+    assert reopened.count() == len(ids) - 1
+    assert json.loads((second / "index.json").read_text())["deleted"] == 1
+
+
+def test_two_processes_share_one_mapped_index(tmp_path, corpus, pair):
+    _, _, queries = corpus
+    compact, _ = pair
+    path = publish(compact, tmp_path / "index")
+    sp.save_npz(tmp_path / "q.npz", queries[:5])
+    script = (
+        "import json, sys, scipy.sparse as sp\n"
+        "from indexer.engines import open_index\n"
+        f"index = open_index({str(path)!r})\n"
+        f"qs = sp.load_npz({str(tmp_path / 'q.npz')!r})\n"
+        "print(json.dumps([index.search(qs[i], 10) for i in range(qs.shape[0])]))\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    expected = [[list(h) for h in compact.search(queries[i], 10)] for i in range(5)]
+    assert outputs[0] == outputs[1] == expected
+
+
+def test_searches_run_while_images_are_added_and_deleted(corpus):
+    ids, rows, queries = corpus
+    index = CompactIndex.create(V, pruning=None, threads=2)
+    index.block_rows = 1000
+    index.add(ids[:2000], rows[:2000])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                for hit_id, _ in index.search(queries[1], 10):
+                    assert hit_id in ids
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for start in range(2000, 4000, 250):
+        index.add(ids[start : start + 250], rows[start : start + 250])
+        index.delete(ids[start - 2000 : start - 1900])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert index.count() == 4000 - 8 * 100
+
+
+def test_spilled_build_holds_blocks_on_disk(tmp_path, corpus):
+    ids, rows, _queries = corpus
+    index = CompactIndex.create(V, pruning=None, spill_dir=tmp_path / "spill")
+    index.block_rows = 2000
+    index.add(ids, rows)
+    index.build()
+    assert all(isinstance(b.post, np.memmap) for b in index._snap.blocks)
+    saved = tmp_path / "saved"
+    index.save(saved)
+    assert (
+        os.stat(saved / "blocks/b000000/post.npy").st_ino
+        == os.stat(tmp_path / "spill/s000000/post.npy").st_ino
+    )
+
+
+def test_balanced_blocks():
+    assert balanced_block_rows(None) == 65536
+    assert balanced_block_rows(20_000) == 65536  # one block
+    assert balanced_block_rows(100_000) == 50_000  # 2 even blocks, not 65,536 + 34,464
+    assert balanced_block_rows(1_000_000) == 62_500  # 16 blocks
