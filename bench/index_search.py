@@ -1,148 +1,198 @@
-"""Search latency, memory and pruned-search recall of the index engines on synthetic corpora.
+"""Search engines side by side on one synthetic corpus: latency, recall, build time, memory, disk.
 
-    python bench/index_search.py --n 100000                      # memory engine, quick
-    python bench/index_search.py --n 1000000 --engines memory,lucene --out runs/bench-1m.json
+    python bench/index_search.py --n 100000 --kind topics --engines compact,memory,scipy
+    python bench/index_search.py --n 1000000 --kind random \\
+        --engines compact,compact:pruning=none,memory:pruning=default,scipy,qdrant --out runs/1m.json
 
 Corpora and queries come from bench/index_synthetic.py (LexVLA-like statistics: ~1,000 active of
-17,234 words per image, Zipf word frequencies; queries of 30/100/300 words). For each query size
-it reports exact search p50/p99 (one query at a time, one process), then for each pruning setting
-p50/p99 and recall@10 against exact search, then the Lucene engine's (build time, p50/p99,
-recall@10 against exact). Memory is the index's array bytes and the process's peak RSS.
+17,234 words per image, Zipf word frequencies; queries of 30/100/300 words; *topics*: each query
+describes one image, the realistic case; *random*: no structure, the worst case for pruning). The
+corpus is generated once and cached under ``--workdir`` (memory-mapped by every process).
+
+For every engine, one process builds the index from the corpus in store-sized chunks and saves
+it, and a fresh process opens it and runs the queries: one at a time (p50/p99 latency), then from
+``--clients`` threads (queries/s). Each query asks for 40 hits, as the service does for an engine
+whose scores are not exact (top 10 x re-score factor 4). Reported per query size:
+
+- ``recall@10``: overlap of the engine's first 10 with the exact float32 top 10;
+- ``rescored@10``: the same after re-scoring the engine's 40 hits with exact float32 scores,
+  which is what the service returns (it re-scores from the corpus store);
+- build time, peak resident memory while building (all and anonymous), disk, and resident
+  memory while serving (a memory-mapped index counts only the pages its queries touched).
+
+The exact reference (scipy over the float32 inverted matrix) is cached beside the corpus.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.index_synthetic import make_corpus, make_queries
-from indexer.engines.memory import MemoryIndex, Pruning
+from bench.index_synthetic import cached_corpus, make_queries
 
-PRUNINGS = {
-    "m64-d20k-c1000": Pruning(64, 20_000, 1000, posting_budget=None),
-    "m32-d20k-c1000": Pruning(32, 20_000, 1000, posting_budget=None),
-    "m64-d50k-c2000": Pruning(64, 50_000, 2000, posting_budget=None),
-    "m128-d50k-c2000": Pruning(128, 50_000, 2000, posting_budget=None),
-    "m64-all-c1000": Pruning(64, None, 1000, posting_budget=None),
-    "budget500k-c1000": Pruning(None, None, 1000, 500_000),
-    "budget1m-c2000": Pruning(None, None, 2000, 1_000_000),
-    "budget2m-c2000": Pruning(None, None, 2000, 2_000_000),
-}
+K = 40  # hits asked of every engine (service: top 10 x re-score factor 4)
+HERE = Path(__file__).resolve().parent
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kB
+def queries_and_reference(workdir: Path, n: int, kind: str, count: int, sizes: list[int]):
+    """Query files per size and the exact float32 top 10 of each query (cached)."""
+    corpus = cached_corpus(workdir, n, kind)
+    files, reference = {}, {}
+    inverted = None
+    for m in sizes:
+        stem = workdir / f"corpus-{n}-{kind}-0" / f"queries-{m}-{count}"
+        qfile, rfile = stem.with_suffix(".npz"), stem.with_suffix(".ref.npy")
+        if not qfile.is_file():
+            sp.save_npz(qfile, make_queries(corpus, count, m, kind=kind, seed=m))
+        if not rfile.is_file():
+            if inverted is None:
+                print("exact reference: transposing the corpus ...", flush=True)
+                inverted = sp.csr_matrix(corpus.rows.T, dtype=np.float32).tocsr()
+            qs = sp.load_npz(qfile)
+            top = np.zeros((count, 10), dtype=np.int64)
+            for i in range(count):
+                scores = sp.csr_matrix(qs[i] @ inverted)
+                order = np.lexsort((scores.indices, -scores.data))[:10]
+                top[i] = scores.indices[order]
+            np.save(rfile, top)
+        files[m], reference[m] = str(qfile), np.load(rfile)
+    return corpus, files, reference
 
 
-def timed(fn, queries) -> tuple[list, np.ndarray]:
-    results, times = [], []
-    for i in range(queries.shape[0]):
-        q = queries[i]
-        t = time.perf_counter()
-        results.append(fn(q))
-        times.append(time.perf_counter() - t)
-    return results, np.array(times) * 1e3
+def run_step(step: str, spec: dict) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        spec = {**spec, "result": out.name}
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "search_engines.py"), step, json.dumps(spec)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
+        return json.loads(Path(out.name).read_text())
 
 
-def stats(ms: np.ndarray) -> dict[str, float]:
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}  # fmt: skip
-
-
-def recall(found: list, exact: list, k: int = 10) -> float:
-    hits = [len({i for i, _ in f[:k]} & {i for i, _ in e[:k]}) / max(1, min(k, len(e)))
-            for f, e in zip(found, exact, strict=True)]  # fmt: skip
-    return round(float(np.mean(hits)), 4)
+def recalls(
+    corpus, qfile: str, found: list[list[str]], reference: np.ndarray
+) -> tuple[float, float]:
+    """(recall@10 of the engine's order, recall@10 after exact re-scoring of its hits)."""
+    qs = sp.load_npz(qfile)
+    plain, rescored = [], []
+    for i, ids in enumerate(found):
+        truth = set(reference[i].tolist())
+        rows = np.array([int(x) for x in ids], dtype=np.int64)
+        plain.append(len(truth & set(rows[:10].tolist())) / 10)
+        if len(rows):
+            exact = np.asarray(corpus.rows[rows] @ qs[i].T.toarray()).ravel()
+            rows = rows[np.lexsort((rows, -exact))]
+        rescored.append(len(truth & set(rows[:10].tolist())) / 10)
+    return round(float(np.mean(plain)), 4), round(float(np.mean(rescored)), 4)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="images")
+    ap.add_argument("--kind", default="topics", choices=["topics", "random"])
     ap.add_argument("--queries", type=int, default=200, help="queries per query size")
     ap.add_argument("--words", default="30,100,300", help="active words per query")
-    ap.add_argument("--kind", default="topics", choices=["topics", "random"])
-    ap.add_argument("--engines", default="memory", help="memory and/or lucene, comma-separated")
-    ap.add_argument(
-        "--prunings",
-        default="m64-d20k-c1000,budget500k-c1000,budget1m-c2000,budget2m-c2000",
-        help=f"pruning settings to try, of: {', '.join(PRUNINGS)}",
-    )
-    ap.add_argument("--scale", type=float, default=100.0, help="lucene quantisation scale")
-    ap.add_argument("--lucene-dir", default=None, help="keep the lucene index here")
+    ap.add_argument("--engines", default="compact,compact:pruning=none,memory,scipy",
+                    help="engine specs, comma-separated between specs with ';' or ','")  # fmt: skip
+    ap.add_argument("--clients", type=int, default=2, help="client threads for queries/s")
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "lexvla-bench"))
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
-    engines = args.engines.split(",")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     sizes = [int(w) for w in args.words.split(",")]
-    report: dict = {"n": args.n, "kind": args.kind, "queries": args.queries, "sizes": {}}
+    specs = _split_specs(args.engines)
 
     t = time.time()
-    corpus = make_corpus(args.n, kind=args.kind)
-    ids = [str(i) for i in range(args.n)]
-    report["generate_s"] = round(time.time() - t, 1)
-    report["active_per_image"] = round(corpus.rows.nnz / args.n, 1)
-    queries = {m: make_queries(corpus, args.queries, m, kind=args.kind, seed=m) for m in sizes}
-    print(f"corpus {args.n} x {corpus.rows.shape[1]}, {report['active_per_image']} active/image, "
-          f"generated in {report['generate_s']} s", flush=True)  # fmt: skip
-
-    index = MemoryIndex.create(corpus.rows.shape[1])
-    t = time.time()
-    index.add(ids, corpus.rows)
-    index.build()
-    report["memory_build_s"] = round(time.time() - t, 1)
-    arrays = [index._forward, index._inverted]
-    report["memory_index_gb"] = round(
-        sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in arrays) / 1e9, 2
+    corpus, qfiles, reference = queries_and_reference(
+        workdir, args.n, args.kind, args.queries, sizes
     )
-    exact: dict[int, list] = {}
-    for m in sizes:
-        row: dict = {}
-        exact[m], ms = timed(lambda q: index.search(q, 10), queries[m])
-        row["exact"] = stats(ms)
-        for name in args.prunings.split(","):
-            p = PRUNINGS[name]
-            found, ms = timed(lambda q, p=p: index.search(q, 10, pruning=p), queries[m])
-            row[name] = {**stats(ms), "recall@10": recall(found, exact[m])}
-        report["sizes"][m] = row
-        print(f"memory m={m}: {json.dumps(row)}", flush=True)
-    report["memory_peak_rss_gb"] = round(peak_rss_gb(), 2)
-
-    if "lucene" in engines:
-        del index, arrays
-        report["lucene"] = bench_lucene(args, corpus.rows, ids, queries, exact)
-    print(json.dumps(report, indent=1))
+    report: dict = {
+        "n": args.n, "kind": args.kind, "queries": args.queries, "k": K,
+        "active_per_image": round(corpus.rows.nnz / args.n, 1),
+        "prepare_s": round(time.time() - t, 1), "engines": {},
+    }  # fmt: skip
+    print(f"corpus {args.n} x {corpus.rows.shape[1]}, {report['active_per_image']} active/image",
+          flush=True)  # fmt: skip
+    for spec in specs:
+        index_dir = workdir / "indexes" / f"{args.n}-{args.kind}-{_slug(spec)}"
+        common = {"engine": spec, "workdir": str(workdir), "n": args.n, "kind": args.kind,
+                  "index_dir": str(index_dir), "queries": qfiles, "k": K,
+                  "clients": args.clients}  # fmt: skip
+        result = {"build": run_step("build", common)}
+        if "error" not in result["build"]:
+            result["serve"] = run_step("serve", common)
+            for m, row in result["serve"].get("sizes", {}).items():
+                found = row.pop("found")
+                row["recall@10"], row["rescored@10"] = recalls(
+                    corpus, qfiles[int(m)], found, reference[int(m)]
+                )
+        _remove(index_dir)
+        report["engines"][spec] = result
+        print(f"{spec}: {json.dumps(result)}", flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
+    print(markdown(report))
     return report
 
 
-def bench_lucene(args, rows, ids, queries, exact) -> dict:
-    from indexer.engines.lucene import LuceneIndex
+def markdown(report: dict) -> str:
+    """One row per engine: p50 / p99 ms and recall@10 (rescored) per query size, memory, disk."""
+    sizes = sorted({int(m) for e in report["engines"].values()
+                    for m in e.get("serve", {}).get("sizes", {})})  # fmt: skip
+    head = " | ".join(f"{m} words: p50 / p99 ms, recall (rescored)" for m in sizes)
+    lines = [f"| engine | {head} | qps (client threads, 100 words) | build s | build peak GB | "
+             "serving RSS GB | disk GB |", "|---" * (len(sizes) + 6) + "|"]  # fmt: skip
+    for spec, e in report["engines"].items():
+        serve, build = e.get("serve", {}), e.get("build", {})
+        if "error" in build or "error" in serve:
+            lines.append(f"| {spec} | error: {build.get('error') or serve.get('error')} |")
+            continue
+        cells = []
+        for m in sizes:
+            r = serve["sizes"].get(str(m)) or serve["sizes"].get(m)
+            cells.append(f"{r['p50_ms']} / {r['p99_ms']}, {r['recall@10']} ({r['rescored@10']})")
+        r100 = serve["sizes"].get("100") or serve["sizes"].get(100) or {}
+        qps = next((v for k, v in r100.items() if k.startswith("qps")), "")
+        peak = build.get("build_peak_gb", {}).get("rss", "")
+        lines.append(f"| {spec} | {' | '.join(cells)} | {qps} | {build.get('build_s', '')} | "
+                     f"{peak} | {serve['serve_rss_gb']['rss']} | {build.get('disk_gb', '')} |")  # fmt: skip
+    return "\n".join(lines)
 
-    out: dict = {"scale": args.scale}
-    index = LuceneIndex.create(rows.shape[1], scale=args.scale, rescore=True)
-    t = time.time()
-    index.add(ids, rows)
-    out["build_s"] = round(time.time() - t, 1)
-    if args.lucene_dir:
-        index.save(args.lucene_dir)
-    lucene_dir = index._lucene_dir
-    out["index_gb"] = round(sum(f.stat().st_size for f in lucene_dir.iterdir()) / 1e9, 2)
-    for m, qs in queries.items():
-        index.search(qs[0], 10)  # warm-up (JIT, searcher)
-        found, ms = timed(lambda q: index.search(q, 10), qs)
-        out[m] = {**stats(ms), "recall@10": recall(found, exact[m])}
-        print(f"lucene m={m}: {json.dumps(out[m])}", flush=True)
-    out["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    return out
+
+def _split_specs(text: str) -> list[str]:
+    """'compact,compact:pruning=none,qdrant:values=float16,on_disk=True' -> specs (an item
+    with '=' and no ':' continues the previous spec's options)."""
+    specs: list[str] = []
+    for item in text.split(";") if ";" in text else text.split(","):
+        if "=" in item and ":" not in item and specs:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in spec)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

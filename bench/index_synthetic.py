@@ -17,6 +17,7 @@ Everything is seeded and generated in row chunks, so 1M images need no more memo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -112,3 +113,27 @@ def make_queries(
             out[q, generic] = rng.exponential(0.03, n_generic) + 1e-3
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return sp.csr_matrix(out)
+
+
+def cached_corpus(directory: str | Path, n: int, kind: str = "topics", seed: int = 0) -> Corpus:
+    """:func:`make_corpus`, saved under ``directory`` once and memory-mapped on later calls.
+
+    A 1M-image corpus takes minutes to generate and ~8 GB: benchmark processes share one copy
+    through the page cache instead of each generating (and holding) its own.
+    """
+    folder = Path(directory) / f"corpus-{n}-{kind}-{seed}"
+    done = folder / "done"
+    if not done.is_file():
+        corpus = make_corpus(n, kind=kind, seed=seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in ("data", "indices", "indptr"):
+            np.save(folder / f"rows_{part}.npy", getattr(corpus.rows, part))
+        for name in ("topics", "topic_words", "popularity"):
+            np.save(folder / f"{name}.npy", getattr(corpus, name))
+        done.write_text("ok\n")
+    parts = [
+        np.load(folder / f"rows_{p}.npy", mmap_mode="r") for p in ("data", "indices", "indptr")
+    ]
+    rows = sp.csr_matrix(tuple(parts), shape=(n, VOCAB), copy=False)
+    extra = [np.load(folder / f"{name}.npy") for name in ("topics", "topic_words", "popularity")]
+    return Corpus(rows, *extra)

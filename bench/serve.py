@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.index_synthetic import make_corpus  # noqa: E402
+from bench.index_synthetic import VOCAB, cached_corpus, make_corpus  # noqa: E402
+
+LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "llama2-tokenizer"
 
 
 @dataclass
@@ -61,38 +64,63 @@ class Result:
     rejected_p50_ms: float  # how fast a 429 comes back (load shedding must be cheap)
     server_ms: dict[str, float] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
+    workers: int = 1
+    rejected_p99_ms: float = 0.0
 
 
-def build_inputs(work: Path, checkpoint: str | None, images: int, active: int) -> tuple[Path, Path]:
-    """A checkpoint (the tiny preset unless given) and a published synthetic memory index."""
-    from indexer.engines.memory import MemoryIndex
-    from indexer.engines.versions import publish
+def build_inputs(
+    work: Path, checkpoint: str | None, images: int, active: int, engine: str, llama2: bool
+) -> tuple[Path, Path, Path]:
+    """A checkpoint, a corpus store of synthetic vectors and a published index, under ``work``
+    (reused by the next run with the same arguments: a 1M store takes minutes to write).
+
+    The checkpoint is the tiny preset, on the real Llama 2 tokenizer with ``llama2`` (so the
+    vocabulary has LexVLA's 17,234 words and the corpus its density, ~1,000 words per image).
+    """
+    from indexer.decode import ImageInfo
+    from indexer.runner import build_index
+    from indexer.store import CorpusStore
     from model import LexVLA
     from model.tiny import create_tiny_checkpoint
 
-    ckpt = Path(checkpoint) if checkpoint else create_tiny_checkpoint(work / "tiny")
+    ckpt = Path(checkpoint) if checkpoint else work / ("tiny-llama2" if llama2 else "tiny")
+    if not (ckpt / "checkpoint.json").is_file():
+        overrides = {"tiny.tokenizer": str(LLAMA2_TOKENIZER)} if llama2 else None
+        create_tiny_checkpoint(ckpt, overrides=overrides)
     model = LexVLA.from_pretrained(ckpt)
     vocab = len(model.vocabulary)
     start = time.perf_counter()
-    corpus = make_corpus(images, vocab=vocab, active=min(active, vocab // 2), seed=0)
-    index = MemoryIndex.create(vocab, model.vocabulary.hash, model.checkpoint_id)
-    index.add([f"img-{i:07d}" for i in range(images)], corpus.rows)
-    index.build()
-    path = work / "index"
-    publish(index, path)
-    print(
-        f"index: {images:,} synthetic images x {vocab} words, {corpus.rows.nnz / images:.0f} "
-        f"active per image, built in {time.perf_counter() - start:.1f} s",
-        flush=True,
-    )
-    return ckpt, path
+    store_dir = work / f"store-{images}-{vocab}-{active}"
+    if not (store_dir / "complete").is_file():
+        if vocab == VOCAB and active >= 1000:
+            corpus = cached_corpus(work, images)  # LexVLA statistics, memory-mapped
+        else:
+            corpus = make_corpus(images, vocab=vocab, active=min(active, vocab // 2), seed=0)
+        shutil.rmtree(store_dir, ignore_errors=True)
+        store = CorpusStore.create(store_dir, model.vocabulary, model.checkpoint_id, 0.0)
+        for first in range(0, images, 1024):
+            ids = [f"img-{i:07d}" for i in range(first, min(images, first + 1024))]
+            records = [ImageInfo(i, "", 0, "synthetic", 0, 0, "") for i in ids]
+            store.append_shard(ids, corpus.rows[first : first + len(ids)], records)
+        store.close()
+        (store_dir / "complete").write_text("ok\n")
+    index_dir = work / f"index-{images}-{vocab}-{active}-{engine}"
+    if not (index_dir / "CURRENT").is_file():
+        with CorpusStore.open(store_dir) as store:
+            build_index(store, index_dir, engine)
+    print(f"store and {engine} index: {images:,} synthetic images x {vocab} words, ready in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+    return ckpt, store_dir, index_dir
 
 
-def start_server(ckpt: Path, index: Path, port: int, max_concurrency: int, log: Path):
+def start_server(
+    ckpt: Path, store: Path, index: Path, port: int, max_concurrency: int, workers: int, log: Path
+):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LEXVLA_MAX_CONCURRENCY": str(max_concurrency)}
     command = [
         sys.executable, "-m", "service", "--checkpoint", str(ckpt), "--index", str(index),
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--workers", str(workers),
     ]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
@@ -189,6 +217,7 @@ async def run_load(
         p90_ms=round(float(np.percentile(lat, 90)), 1),
         p99_ms=round(float(np.percentile(lat, 99)), 1),
         rejected_p50_ms=round(float(np.median(refusals)), 1) if refusals else 0.0,
+        rejected_p99_ms=round(float(np.percentile(refusals, 99)), 1) if refusals else 0.0,
         server_ms={k: round(float(np.mean(v)), 2) if v else 0.0 for k, v in stages.items()},
         error_kinds=kinds,
     )
@@ -199,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--active", type=int, default=100, help="active words per synthetic image")
     ap.add_argument("--checkpoint", help="checkpoint directory (default: a fresh tiny one)")
+    ap.add_argument(
+        "--llama2",
+        action="store_true",
+        help="tiny model on the real Llama 2 tokenizer (17,234 words; ../shared)",
+    )
+    ap.add_argument("--engine", default="compact", help="index engine (memory, compact, ...)")
+    ap.add_argument("--workers", default="1", help="server processes, e.g. 1,2 for both")
+    ap.add_argument("--scenarios", default="model,words,overload")
+    ap.add_argument("--workdir", help="keep checkpoint, store and index here for the next run")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=400, help="per scenario (upper bound)")
     ap.add_argument("--max-seconds", type=float, default=45.0, help="per scenario (upper bound)")
@@ -207,38 +245,45 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        work = Path(tmp)
-        ckpt, index = build_inputs(work, args.checkpoint, args.images, args.active)
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        ckpt, store, index = build_inputs(
+            work, args.checkpoint, args.images, args.active, args.engine, args.llama2
+        )
         port = args.port or _free_port()
         url = f"http://127.0.0.1:{port}"
-        texts = captions(4 * args.requests, seed=0)
-        plan = [
-            ("model", "model", args.concurrency),
-            ("words", "words", args.concurrency),
-            ("overload", "model", 4 * args.concurrency),
-        ]
+        texts = captions(8 * args.requests, seed=0)
+        modes = {"model": "model", "words": "words", "overload": "model"}
         results = []
-        process = start_server(ckpt, index, port, args.concurrency, work / "server.log")
-        try:
-            for n, (scenario, mode, concurrency) in enumerate(plan):
-                # warm-up (not measured): the first batches pay one-off costs
-                warm = captions(2 * concurrency, seed=1000 + n)
-                asyncio.run(run_load(url, "warm-up", mode, warm, concurrency, 10))
-                batch = texts[n * args.requests : (n + 1) * args.requests]
-                result = asyncio.run(
-                    run_load(url, scenario, mode, batch, concurrency, args.max_seconds)
-                )
-                results.append(result)
-                print(_row(result), flush=True)
-                if result.error_kinds:
-                    print(f"  errors: {result.error_kinds}", flush=True)
-        finally:
-            stop_server(process)
+        n = 0
+        for workers in [int(w) for w in args.workers.split(",")]:
+            process = start_server(
+                ckpt, store, index, port, args.concurrency, workers, work / "server.log"
+            )
+            try:
+                for scenario in args.scenarios.split(","):
+                    concurrency = args.concurrency * (4 if scenario == "overload" else 1)
+                    # warm-up (not measured): the first batches pay one-off costs
+                    warm = captions(4 * concurrency, seed=1000 + n)
+                    asyncio.run(run_load(url, "warm-up", modes[scenario], warm, concurrency, 10))
+                    batch = texts[n * args.requests : (n + 1) * args.requests]
+                    n += 1
+                    result = asyncio.run(run_load(
+                        url, scenario, modes[scenario], batch, concurrency, args.max_seconds
+                    ))  # fmt: skip
+                    result.workers = workers
+                    results.append(result)
+                    print(_row(result), flush=True)
+                    if result.error_kinds:
+                        print(f"  errors: {result.error_kinds}", flush=True)
+            finally:
+                stop_server(process)
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "images": args.images,
+        "engine": args.engine,
         "active_per_image": args.active,
         "results": [asdict(r) for r in results],
     }
@@ -251,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
 def _row(r: Result) -> str:
     s = r.server_ms
     return (
-        f"{r.scenario:9s} c={r.concurrency:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  "
+        f"{r.scenario:9s} w={r.workers} c={r.concurrency:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  "
         f"p90 {r.p90_ms:6.1f}  p99 {r.p99_ms:6.1f}  ok {r.ok}  429 {r.rejected} "
-        f"(p50 {r.rejected_p50_ms:.1f} ms)  err {r.errors}  "
+        f"(p50 {r.rejected_p50_ms:.1f} / p99 {r.rejected_p99_ms:.1f} ms)  err {r.errors}  "
         f"| server: encode {s['encode_ms']:.1f}  search {s['search_ms']:.1f}  "
         f"rescore {s['rescore_ms']:.1f} ms"
     )

@@ -26,7 +26,10 @@ a store that must already exist. ``draft_decode=False`` turns off JPEG draft-mod
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -188,18 +191,32 @@ def open_store(path: str | Path, model: LexicalModel) -> CorpusStore:
 def build_index(
     store: CorpusStore, index_dir: str | Path, engine: str = "memory", **options: Any
 ) -> Path:
-    """Build an index of every live image of the store and publish it as a new version."""
+    """Build an index of every live image of the store and publish it as a new version.
+
+    Engines that take them get two hints: ``expected_rows`` (the store's count, to size their
+    blocks evenly) and ``spill_dir`` (a folder beside the index, on its file system, where they
+    may write finished parts so that the build's memory stays bounded; removed afterwards).
+    """
     manifest = store.manifest
-    index = engine_class(engine).create(
-        len(store.vocabulary),
-        store.vocabulary.hash,
-        manifest["checkpoint_id"],
-        manifest["threshold"],
-        **options,
-    )
-    for ids, rows in store.iter_shards():
-        index.add(ids, rows)
-    return publish(index, index_dir)
+    create = engine_class(engine).create
+    index_dir = Path(index_dir)
+    spill = index_dir / f".build-{os.getpid()}"
+    hints = {"expected_rows": store.count, "spill_dir": spill}
+    accepted = inspect.signature(create).parameters
+    options = {k: v for k, v in hints.items() if k in accepted} | options
+    try:
+        index = create(
+            len(store.vocabulary),
+            store.vocabulary.hash,
+            manifest["checkpoint_id"],
+            manifest["threshold"],
+            **options,
+        )
+        for ids, rows in store.iter_shards():
+            index.add(ids, rows)
+        return publish(index, index_dir)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 # --- steps ------------------------------------------------------------------------------------

@@ -68,15 +68,30 @@ def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1200, seed: int 
     return tokenizer
 
 
+def tiny_tokenizer(config: LexVLAConfig, out_dir: Path) -> Any:
+    """The tiny model's tokenizer, saved in ``out_dir``: trained on the tiny word list, or the
+    SentencePiece tokenizer folder named by ``tiny.tokenizer`` (e.g. the real Llama 2 one, for a
+    tiny model whose vocabulary is the real 17,234 words)."""
+    assert config.tiny is not None
+    source = config.tiny.get("tokenizer")
+    if not source:
+        seed = int(config.tiny.get("seed", 0))
+        return build_tiny_tokenizer(
+            out_dir, int(config.tiny.get("tokenizer_vocab_size", 1200)), seed
+        )
+    tokenizer = LlamaTokenizer.from_pretrained(str(source))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
 def materialize_tiny(config: LexVLAConfig, out_dir: str | Path) -> LexVLAConfig:
     """Write the tiny tokenizer and random backbones under ``out_dir``; return the config naming them."""
     if config.tiny is None or config.text.arch is None or config.image.arch is None:
         raise ValueError("materialize_tiny needs a config with 'tiny' settings and both archs")
     out = Path(out_dir)
     seed = int(config.tiny.get("seed", 0))
-    tokenizer = build_tiny_tokenizer(
-        out / "text", int(config.tiny.get("tokenizer_vocab_size", 1200)), seed
-    )
+    tokenizer = tiny_tokenizer(config, out / "text")
     torch.manual_seed(seed)
     llm = LlamaForCausalLM(
         LlamaConfig(
@@ -101,9 +116,7 @@ def with_tiny_vocabulary(config: LexVLAConfig) -> LexVLAConfig:
 
     assert config.tiny is not None and config.text.arch is not None
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tiny_tokenizer(
-            tmp, int(config.tiny.get("tokenizer_vocab_size", 1200)), int(config.tiny.get("seed", 0))
-        )
+        tokenizer = tiny_tokenizer(config, Path(tmp))
     vocab = Vocabulary.from_tokenizer(tokenizer, config.vocabulary_rule)
     text = config.text.model_copy(
         update={"arch": config.text.arch | {"vocab_size": len(tokenizer)}}

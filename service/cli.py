@@ -9,12 +9,14 @@ message (exit status 2) instead of a traceback from the lifespan.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from model.backbones import BackboneLoadError
 from model.flags import add_model_flags, explain_validation_error, model_values
@@ -66,11 +68,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    if settings.workers > 1:
+        # the parent has checked that everything loads; each worker loads its own copy, from
+        # the same settings passed through the environment (the LEXVLA_* variables)
+        del parts
+        os.environ.update(settings_environment(settings))
+        uvicorn.run(
+            "service.main:create_app", factory=True, workers=settings.workers,
+            host=settings.host, port=settings.port, log_level=settings.log_level,
+        )  # fmt: skip
+        return 0
     from service.main import create_app
 
     app = create_app(settings, **parts)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``LEXVLA_*`` variables that make ``Settings()`` equal ``settings`` in another process."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(getattr(settings, name), SecretStr):
+            value = getattr(settings, name).get_secret_value()
+        text = value if isinstance(value, str) else json.dumps(value)
+        env[f"LEXVLA_{name.upper()}"] = text
+    return env
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     # --- network ------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="port (0: any free port)")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes sharing the port; each loads the model and maps the "
+        "index (one copy in the page cache). More than 1 uses every core for the Python parts "
+        "of a request; keep 1 with a GPU model",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="required by /admin/* (unset: disabled)"
     )

@@ -1,0 +1,192 @@
+"""Engine runners for bench/index_search.py: build an index, then serve queries, in fresh processes.
+
+Each step runs in its own process (``python bench/search_engines.py STEP SPEC_JSON``) so that
+its memory is its own: *build* reads the memory-mapped corpus in store-sized chunks, adds them to
+the engine and saves it; *serve* opens the saved index (memory-mapped where the engine can), runs
+every query one at a time and then from several client threads, and reports latency, the top ids
+and the process's resident memory (anonymous + file-backed pages: a mapped index counts only the
+pages its queries touched). A background thread samples ``/proc/self/status`` for the peaks.
+
+An engine spec is ``name[:key=value,...]``: ``memory``, ``memory:pruning=default``, ``compact``,
+``compact:pruning=none``, ``compact:budget=0.05,candidates=500``, ``scipy`` (a plain CSR product
+over the inverted matrix: the baseline any engine must beat), ``lucene:scale=100``, and
+``qdrant:...`` (options passed to the engine as given).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.index_synthetic import cached_corpus
+from indexer.engines.base import top_k
+
+CHUNK = 8192  # rows per add(): the size of a few corpus-store shards
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return name, options
+
+
+class MemoryProbe:
+    """Peak resident memory of this process, sampled every 20 ms (GB)."""
+
+    def __init__(self) -> None:
+        self.peak = {"rss": 0.0, "anon": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def now() -> dict[str, float]:
+        fields = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) / 1e6  # kB -> GB
+        return {"rss": fields["VmRSS"], "anon": fields["RssAnon"], "file": fields["RssFile"]}
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            now = self.now()
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], now[key])
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 2) for k, v in self.peak.items()}
+
+
+def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: int, spill: Path):
+    from indexer.engines import engine_class
+
+    opts = dict(options)
+    if name == "memory":
+        from indexer.engines.memory import Pruning
+
+        opts = {"pruning": Pruning() if opts.get("pruning") == "default" else None}
+    elif name == "compact":
+        from indexer.engines.compact import ImpactPruning
+
+        pruning = opts.pop("pruning", "default")
+        opts = {
+            "pruning": None if pruning == "none" else ImpactPruning(**opts),
+            "expected_rows": n,
+            "spill_dir": spill,
+        }
+    elif name == "lucene":
+        opts = {"scale": float(opts.get("scale", 100)), "rescore": True}
+    return engine_class(name).create(vocabulary_size, **opts)
+
+
+def open_engine(name: str, path: Path) -> Any:
+    from indexer.engines import engine_class
+
+    cls = engine_class(name)
+    return cls.open(path, mmap=True) if name in ("memory", "compact", "lucene") else cls.open(path)
+
+
+def build(spec: dict[str, Any]) -> dict[str, Any]:
+    name, options = parse_spec(spec["engine"])
+    corpus = cached_corpus(spec["workdir"], spec["n"], spec["kind"])
+    rows, n = corpus.rows, corpus.rows.shape[0]
+    out = Path(spec["index_dir"])
+    if name == "scipy":
+        return {"note": "built in the serving process"}
+    probe = MemoryProbe()
+    t = time.perf_counter()
+    spill = out.parent / f".spill-{out.name}"
+    spill.mkdir(parents=True, exist_ok=True)
+    index = create_engine(name, options, rows.shape[1], n, spill)
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        index.add([str(i) for i in range(start, stop)], rows[start:stop])
+    if hasattr(index, "build"):
+        index.build()
+    index.save(out)
+    seconds = time.perf_counter() - t
+    disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    import shutil
+
+    shutil.rmtree(spill, ignore_errors=True)
+    return {
+        "build_s": round(seconds, 1),
+        "build_peak_gb": probe.stop(),
+        "disk_gb": round(disk / 1e9, 3),
+    }
+
+
+def serve(spec: dict[str, Any]) -> dict[str, Any]:
+    name, _options = parse_spec(spec["engine"])
+    queries = {int(m): sp.load_npz(p) for m, p in spec["queries"].items()}
+    probe = MemoryProbe()
+    t = time.perf_counter()
+    if name == "scipy":
+        corpus = cached_corpus(spec["workdir"], spec["n"], spec["kind"])
+        inverted = sp.csr_matrix(corpus.rows.T, dtype=np.float32).tocsr()
+        del corpus
+
+        def search(q: sp.csr_matrix, k: int) -> list[tuple[str, float]]:
+            scores = sp.csr_matrix(q @ inverted)
+            best, rows = top_k(scores.data, scores.indices, k)
+            return [(str(r), float(s)) for r, s in zip(rows, best, strict=True)]
+
+    else:
+        index = open_engine(name, Path(spec["index_dir"]))
+
+        def search(q: sp.csr_matrix, k: int) -> list[tuple[str, float]]:
+            return index.search(q, k)
+
+    open_s = time.perf_counter() - t
+    k = spec["k"]
+    report: dict[str, Any] = {"open_s": round(open_s, 2), "sizes": {}}
+    for m, qs in queries.items():
+        for i in range(min(3, qs.shape[0])):
+            search(qs[i], k)  # warm-up: compile, touch the first pages
+        times, found = [], []
+        for i in range(qs.shape[0]):
+            start = time.perf_counter()
+            hits = search(qs[i], k)
+            times.append(time.perf_counter() - start)
+            found.append([h[0] for h in hits])
+        ms = np.array(times) * 1e3
+        clients = spec["clients"]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda i, qs=qs: search(qs[i], k), range(qs.shape[0])))
+        qps = qs.shape[0] / (time.perf_counter() - start)
+        report["sizes"][m] = {
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            f"qps_{clients}_clients": round(qps, 1),
+            "found": found,
+        }
+    report["serve_rss_gb"] = {k: round(v, 2) for k, v in MemoryProbe.now().items()}
+    report["serve_peak_gb"] = probe.stop()
+    return report
+
+
+if __name__ == "__main__":
+    step, spec = sys.argv[1], json.loads(sys.argv[2])
+    result = {"build": build, "serve": serve}[step](spec)
+    Path(spec["result"]).write_text(json.dumps(result))
