@@ -123,6 +123,27 @@ class LexVLA(nn.Module):
             folder = self.save_pretrained(Path(tmp) / "checkpoint")
             return push_to_hub(folder, repo_id, **options)
 
+    def place(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LexVLA:
+        """``.to(device, dtype)``, keeping Llama's rotary frequencies in float32.
+
+        ``nn.Module.to(bfloat16)`` would round the ``inv_freq`` buffers too, which shifts the
+        rotary angle of position p by up to ~p * 2**-8 radians; transformers itself keeps them in
+        float32 when it loads a model in bf16, and so does this.
+        """
+        rotary = {
+            name: buffer.detach().clone()
+            for name, buffer in self.named_buffers()
+            if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq")
+        }
+        self.to(device=device, dtype=dtype)
+        for name, value in rotary.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            module.register_buffer(leaf, value.to(self.device), persistent=False)
+        return self
+
     # --- inference ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
