@@ -10,9 +10,10 @@ that has grown indexes only the new images (incremental indexing), whatever the 
 
 Images are decoded, cropped and thumbnailed in DataLoader worker processes (``indexer.loader``:
 uint8 crops, pinned memory on CUDA, JPEG draft mode) and encoded ``batch_size`` at a time. The
-encoder runs one batch ahead of the host: batch i+1 is queued on the GPU before batch i's vectors
-are cut to sparse rows (``model.sparsify``, on the device) and handed to the store, so the GPU
-does not wait for the host's bookkeeping. Memory holds a few batches, never a chunk of images.
+encoder runs one batch ahead of the host: batch i's vectors are copied to pinned host memory
+behind its own kernels, batch i+1 is queued, and only then does the host wait for batch i's copy,
+cut its rows to sparse (``model.sparsify``) and hand them to the store, so the GPU does not wait
+for the host's bookkeeping. Memory holds a few batches, never a chunk of images.
 
 Sharded builds (one process per GPU or machine). ``shard_id=i, num_shards=n`` keeps the source
 items whose id hashes to ``i`` (``sha256(id) mod n``, after ``limit``), so the ``n`` slices are
@@ -300,15 +301,36 @@ def _encode_all(
         job.thumbnail_size if job.thumbnails else None,
     )
     pin = job.device.startswith("cuda") and torch.cuda.is_available()
-    pending: tuple[LoadedBatch, torch.Tensor | None] | None = None
+    pending: tuple[LoadedBatch, _Vectors | None] | None = None
     with torch.inference_mode():
         for batch in image_loader(plan, prepare, job.decode_workers, pin):
-            dense = model.encode_images(batch.pixels) if len(batch) else None  # queued, async
+            vectors = _launch(model, batch)  # queued on the device, not waited for
             if pending is not None:
                 _finish(job, model, store, writer, report, *pending)
-            pending = (batch, dense)
+            pending = (batch, vectors)
         if pending is not None:
             _finish(job, model, store, writer, report, *pending)
+
+
+_Vectors = tuple[torch.Tensor, Any]  # dense vectors on the host (pinned on CUDA), their event
+
+
+def _launch(model: LexicalModel, batch: LoadedBatch) -> _Vectors | None:
+    """Queue a batch's encoding and the copy of its vectors into pinned host memory.
+
+    The copy is queued right behind the batch's own kernels, so waiting for its event (in
+    :func:`_finish`, after the next batch has been queued) never waits for the next batch.
+    """
+    if not len(batch):
+        return None
+    dense = model.encode_images(batch.pixels)
+    if dense.device.type != "cuda":
+        return dense, None
+    host = torch.empty(dense.shape, dtype=dense.dtype, pin_memory=True)
+    host.copy_(dense, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
 
 
 def _finish(
@@ -318,14 +340,19 @@ def _finish(
     writer: _ChunkWriter,
     report: JobReport,
     batch: LoadedBatch,
-    dense: torch.Tensor | None,
+    vectors: _Vectors | None,
 ) -> None:
-    """Sparse rows of a batch to the writer (waits for the device); content duplicates dropped.
+    """Sparse rows of a batch to the writer; content duplicates dropped.
 
     The content check runs here, after every earlier chunk is committed, so an image whose
     bytes an earlier chunk stored is recognised (as when chunks ran one after another).
     """
-    rows = None if dense is None else sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
+    rows = None
+    if vectors is not None:
+        dense, done = vectors
+        if done is not None:
+            done.synchronize()
+        rows = sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
     if rows is not None and job.skip_duplicate_content:
         keep = [not store.has_sha256(info.sha256) for info in batch.infos]
         report.already_stored += keep.count(False)

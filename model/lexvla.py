@@ -5,8 +5,10 @@ Inference API (used by the indexer and the service; ``model.protocols.LexicalMod
     model = LexVLA.from_pretrained("checkpoints/step-1000", device="cuda", dtype=torch.bfloat16)
     dense = model.encode_texts(["a dog on the beach"])         # (B, V) float32, unit norm
     dense = model.encode_pil([rgb_image])                     # (B, V)
+    dense = model.encode_images(uint8_or_float_pixels)        # (B, V), pixels on any device
     rows = model.sparsify(dense)                              # scipy CSR, vocabulary index space
     maps = model.patch_vectors(model.preprocess([rgb_image])) # (B, 256, V)
+    model.text.enable_static_queries((1,)).warm_up()          # batch-1 queries: CUDA graphs
 
 Training calls ``model(pixel_values, captions)`` and the losses in ``model.losses``.
 """

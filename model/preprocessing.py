@@ -76,14 +76,24 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
+_STATISTICS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a host-to-device copy per batch would wait for the GPU's queue.
+    if device not in _STATISTICS:
+        mean = torch.tensor(MEAN, device=device).view(3, 1, 1)
+        _STATISTICS[device] = (mean, torch.tensor(STD, device=device).view(3, 1, 1))
+    return _STATISTICS[device]
+
+
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 RGB (..., 3, H, W) -> float32 with DINOv2's normalisation, on the pixels' device.
 
     The same float32 arithmetic on any device, so normalising on the GPU (what the indexer does
     with the uint8 batches its DataLoader workers produce) gives the CPU's values.
     """
-    mean = torch.tensor(MEAN, device=pixels.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=pixels.device).view(3, 1, 1)
+    mean, std = _statistics(pixels.device)
     return (pixels.float() / 255.0 - mean) / std
 
 

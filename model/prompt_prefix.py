@@ -135,7 +135,8 @@ def prefix_mask(
     if implementation == "sdpa":
         return allowed
     if implementation == "eager":
-        blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=device)
+        # torch.full, not torch.tensor: no host-to-device copy (which CUDA graph capture forbids)
+        blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
         return torch.zeros((), dtype=dtype, device=device).where(allowed, blocked)
     raise ValueError(
         f"the shared prompt prefix needs attention that takes a 4-D mask "

@@ -101,3 +101,27 @@ def test_memory_estimate_terms():
         else:
             assert two["terms_gb"][name] > value  # activations do
     assert two["terms_gb"]["Llama weights (bf16, no lm_head)"] == pytest.approx(13.2, abs=0.05)
+
+
+def test_full_size_model_runs_its_shapes_on_the_meta_device(tmp_path):
+    """The 7B build (random weights, bf16 backbones, LoRA) and both encoders, without memory."""
+    from model import LexVLA, load_preset
+
+    config = load_preset("lexvla-7b").with_overrides(
+        {"text.base": None, "image.base": None, "text.tokenizer": str(write_standin(tmp_path))}
+    )
+    meta = torch.device("meta")
+    with meta:
+        model = LexVLA.from_config(config, backbone_dtype=torch.bfloat16)
+    text = model.text
+    assert len(model.vocabulary) == 17234 and text.codebook.dtype == torch.bfloat16
+    assert model.image.codebook.dtype == torch.float32  # trained: float32 master weights
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 108_356_609
+    tokens = text.tokenize(["a brown dog on the beach", "a cat"], prefix=False, bucketed=True)
+    with meta:
+        prefix = text._compute_prefix()
+        vectors = text.encode_after_prefix({k: v.to(meta) for k, v in tokens.items()}, prefix)
+        pixels = torch.zeros(2, 3, 224, 224, dtype=torch.uint8)
+        images = model.image(pixels)
+    assert prefix.keys[0].shape == (1, 32, 5, 128) and len(prefix.keys) == 32
+    assert vectors.shape == images.shape == (2, 17234) and vectors.dtype == torch.float32
