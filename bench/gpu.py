@@ -56,6 +56,7 @@ SHARED_TOKENIZER = REPO.parent / "shared" / "data" / "llama2-tokenizer"
 SIZES: dict[str, dict[str, int]] = {
     "lexvla-7b": {
         "image_batch": 256,
+        "image_repeats": 10,
         "index_images": 4096,
         "text_batch": 256,
         "query_repeats": 50,
@@ -65,6 +66,7 @@ SIZES: dict[str, dict[str, int]] = {
     },
     "tiny": {
         "image_batch": 8,
+        "image_repeats": 2,
         "index_images": 24,
         "text_batch": 8,
         "query_repeats": 5,
@@ -199,7 +201,10 @@ def inference_sections(run: Run, model: LexVLA, workdir: Path) -> None:
     """Image encoding, indexing and query encoding, all in bf16."""
     args = run.args
     model.place(dtype=torch.bfloat16)
-    run.section("image_encoding", lambda: sections.image_encoding(model, args.image_batch, 10))
+    run.section(
+        "image_encoding",
+        lambda: sections.image_encoding(model, args.image_batch, args.image_repeats),
+    )
     run.section(
         "indexing",
         lambda: sections.indexing(

@@ -23,7 +23,15 @@ from bench.standin_tokenizer import write_standin  # noqa: E402
 SECTIONS = ["bf16_vs_fp32", "image_encoding", "indexing", "query_encoding", "training"]
 
 
-def test_tiny_run_writes_every_section(tmp_path):
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared machine: one thread is faster
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_run_writes_every_section(tmp_path, one_thread):
     out = tmp_path / "out"
     argv = ["--preset", "tiny", "--device", "cpu", "--out", str(out), "--workers", "1"]
     argv += ["--index-images", "8", "--train-steps", "3", "--query-repeats", "3"]

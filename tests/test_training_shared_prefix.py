@@ -22,6 +22,14 @@ CAPTIONS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared machine: one thread is faster
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     """The tiny tokenizer and backbones, written once for every model of this module."""
