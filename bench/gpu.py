@@ -112,6 +112,8 @@ def pick_device(requested: str, preset: str) -> torch.device:
 
 def tokenizer_folder(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
     """(folder, what it is): the named one, the shared Llama 2 one, or a generated stand-in."""
+    if args.preset == "tiny":
+        return "", "the tiny preset's own"
     if args.tokenizer is not None:
         if not (args.tokenizer / "tokenizer.model").is_file():
             raise SystemExit(f"--tokenizer {args.tokenizer}: no tokenizer.model there")

@@ -48,7 +48,11 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if isinstance(value, float):
-        return f"{value:,.3g}" if abs(value) < 1 else f"{value:,.2f}".rstrip("0").rstrip(".")
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        if abs(value) < 10:  # cosines and overlaps: enough digits to see 0.99995 from 1
+            return f"{value:.5f}".rstrip("0").rstrip(".")
+        return f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 

@@ -58,13 +58,14 @@ class PrefixKV:
         return self.keys[0].device
 
 
-class _Record:
-    """The prefix pass: keeps each layer's keys and values, returns them unchanged."""
+class _ReadOnlyCache:
+    """What Llama's attention calls: ``update`` per layer; counts the calls (see above)."""
 
-    def __init__(self, layers: int):
-        self.keys: list[Any] = [None] * layers
-        self.values: list[Any] = [None] * layers
+    def __init__(self) -> None:
         self.calls = 0
+
+    def get_seq_length(self, *_: Any) -> int:
+        return 0
 
     def update(
         self,
@@ -74,34 +75,47 @@ class _Record:
         *_: Any,
         **__: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
         self.calls += 1
-        return key_states, value_states
+        return self.layer(key_states, value_states, layer_idx)
+
+    def layer(
+        self, keys: torch.Tensor, values: torch.Tensor, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
 
-class _Prepend:
+class _Record(_ReadOnlyCache):
+    """The prefix pass: keeps each layer's keys and values, returns them unchanged."""
+
+    def __init__(self, layers: int):
+        super().__init__()
+        self.keys: list[Any] = [None] * layers
+        self.values: list[Any] = [None] * layers
+
+    def layer(
+        self, keys: torch.Tensor, values: torch.Tensor, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[index], self.values[index] = keys, values
+        return keys, values
+
+
+class _Prepend(_ReadOnlyCache):
     """The caption pass: each layer attends to the prefix's keys and values, then its own."""
 
     def __init__(self, prefix: PrefixKV):
+        super().__init__()
         self.prefix = prefix
-        self.calls = 0
 
     def get_seq_length(self, *_: Any) -> int:
         return self.prefix.length
 
-    def update(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        layer_idx: int,
-        *_: Any,
-        **__: Any,
+    def layer(
+        self, keys: torch.Tensor, values: torch.Tensor, index: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.calls += 1
-        batch = key_states.shape[0]
-        keys = self.prefix.keys[layer_idx].to(key_states.dtype).expand(batch, -1, -1, -1)
-        values = self.prefix.values[layer_idx].to(value_states.dtype).expand(batch, -1, -1, -1)
-        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+        batch = keys.shape[0]
+        before_k = self.prefix.keys[index].to(keys.dtype).expand(batch, -1, -1, -1)
+        before_v = self.prefix.values[index].to(values.dtype).expand(batch, -1, -1, -1)
+        return torch.cat([before_k, keys], dim=-2), torch.cat([before_v, values], dim=-2)
 
 
 def _cache_keyword(backbone: nn.Module) -> str:

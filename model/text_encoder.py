@@ -105,11 +105,20 @@ class TextEncoder(nn.Module):
         self.static: StaticQueries | None = None
         self._prefix: PrefixKV | None = None
 
-    def train(self, mode: bool = True) -> TextEncoder:
-        super().train(mode)
-        self._prefix = None  # weights may change from here on: recompute the prefix cache
+    def _forget_prefix(self) -> None:
+        self._prefix = None
         if self.static is not None:
             self.static.clear()
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        self._forget_prefix()  # weights may change from here on: recompute the prefix cache
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TextEncoder:
+        # .to(device / dtype), .half(), ...: the cached prefix was made by the old weights
+        super()._apply(fn, recurse)
+        self._forget_prefix()
         return self
 
     @property

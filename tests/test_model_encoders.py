@@ -158,13 +158,17 @@ def test_bf16_keeps_rotary_frequencies_in_float32_and_the_vectors(tiny_lora_chec
     from model import LexVLA, load_preset
     from model.backbones import load_llama
 
-    half = LexVLA.from_pretrained(tiny_lora_checkpoint, dtype=torch.bfloat16)
+    half = LexVLA.from_pretrained(tiny_lora_checkpoint)
+    half.encode_texts(CAPTIONS)  # a prefix cache made by the float32 weights ...
+    half.place(dtype=torch.bfloat16)
+    assert half.text._prefix is None  # ... is dropped by the cast
     full = LexVLA.from_pretrained(tiny_lora_checkpoint)
     rotary = {n: b.dtype for n, b in half.named_buffers() if "inv_freq" in n}
     assert rotary and set(rotary.values()) == {torch.float32}
     assert half.image.codebook.dtype == torch.bfloat16
     cos = torch.nn.functional.cosine_similarity
     assert cos(half.encode_texts(CAPTIONS), full.encode_texts(CAPTIONS)).min() > 0.999
+    assert half.text._prefix is not None and half.text._prefix.keys[0].dtype == torch.bfloat16
     pixels = full.preprocess(_images(2))
     assert cos(half.encode_images(pixels), full.encode_images(pixels)).min() > 0.99
     text = load_preset("tiny").text  # random weights from ``arch``: built directly in bf16
