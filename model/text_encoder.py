@@ -107,8 +107,9 @@ class TextEncoder(nn.Module):
 
     def _forget_prefix(self) -> None:
         self._prefix = None
-        if self.static is not None:
-            self.static.clear()
+        static = getattr(self, "static", None)  # also when called during __init__
+        if static is not None:
+            static.clear()
 
     def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
