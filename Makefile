@@ -8,10 +8,10 @@ TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= train,index,service,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help venv demo test lint format bench clean
+.PHONY: help venv demo test lint format bench bench-gpu clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 
 bench: $(STAMP)  ## run the CPU benchmarks (results go to docs/benchmarks.md by hand)
 	$(PY) bench/encode.py
+
+# One GPU, <= 8 minutes: every full-size measurement (docs/benchmarks.md says how to read it).
+BENCH_OUT ?= bench-results/gpu-$(shell date +%Y%m%d-%H%M%S)
+bench-gpu: $(STAMP)  ## full-size GPU benchmarks in one go -> BENCH_OUT/results.{json,md}
+	$(PY) bench/gpu.py --out $(BENCH_OUT) $(ARGS)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

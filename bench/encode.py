@@ -36,7 +36,7 @@ def build(args: argparse.Namespace, workdir: str) -> LexVLA:
     )
     with torch.device(args.device):
         model = LexVLA.from_config(cfg, backbone_dtype=torch.bfloat16)
-    return model.to(dtype=torch.bfloat16).eval()
+    return model.place(dtype=torch.bfloat16).eval()
 
 
 def _sync(device: str) -> None:

@@ -6,7 +6,7 @@
 Runs :func:`indexer.runner.run_index_job` on a folder of JPEGs into a fresh temporary store, once
 with JPEG draft-mode decoding (the runner's default: libjpeg decodes at a reduced scale when
 the image is much larger than the encoder needs) and once without (``--modes`` picks). It also
-times decoding alone (same threads) and preprocess + encode + sparsify alone (decoded images
+times decoding alone (as many threads as the job has decode worker processes) and preprocess + encode + sparsify alone (decoded images
 in memory) to show where the time goes. The full-size run
 builds the paper's architectures with random weights in bf16 on the GPU (``bench/encode.py``'s
 ``build``); timings do not depend on the weights. Results go to docs/benchmarks.md with the

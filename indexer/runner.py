@@ -8,8 +8,12 @@ chunks marked done, so it resumes exactly: nothing encoded twice, nothing lost. 
 is already live in the store are never encoded again either, so re-running a job on a folder
 that has grown indexes only the new images (incremental indexing), whatever the chunking.
 
-Within a chunk, images are decoded (threads; Pillow releases the GIL) and encoded
-``batch_size`` at a time, so memory holds one batch of decoded images, not a chunk.
+Images are decoded, cropped and thumbnailed in DataLoader worker processes (``indexer.loader``:
+uint8 crops, pinned memory on CUDA, JPEG draft mode) and encoded ``batch_size`` at a time. The
+encoder runs one batch ahead of the host: batch i's vectors are copied to pinned host memory
+behind its own kernels, batch i+1 is queued, and only then does the host wait for batch i's copy,
+cut its rows to sparse (``model.sparsify``) and hand them to the store, so the GPU does not wait
+for the host's bookkeeping. Memory holds a few batches, never a chunk of images.
 
 Sharded builds (one process per GPU or machine). ``shard_id=i, num_shards=n`` keeps the source
 items whose id hashes to ``i`` (``sha256(id) mod n``, after ``limit``), so the ``n`` slices are
@@ -31,19 +35,19 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from PIL import Image
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from indexer.decode import THUMBNAIL_SIZE, Decoded, ImageInfo, decode_item, thumbnail_jpeg
+from indexer.decode import THUMBNAIL_SIZE, ImageInfo
 from indexer.engines import ENGINES, engine_class, publish
+from indexer.loader import ChunkTag, LoadedBatch, PrepareImages, Task, image_loader
 from indexer.store import CorpusStore
 from model.data import DEFAULT_MAX_PIXELS, SkipCounter, Skipped, SourceItem, SourceKind, iter_source
 from model.protocols import LexicalModel
@@ -67,11 +71,16 @@ class IndexJob(BaseModel):
         default=None, description="folder a manifest's relative image paths start from"
     )
     device: str = Field(default="cpu", description="torch device for the image encoder")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="encoder precision (auto: bfloat16 on CUDA, float32 on CPU)"
+    )
     batch_size: int = Field(default=32, ge=1, description="images per encoder call")
     chunk_size: int = Field(
         default=1024, ge=1, description="images per store shard and per resume unit"
     )
-    decode_workers: int = Field(default=2, ge=1, description="threads decoding images")
+    decode_workers: int = Field(
+        default=2, ge=0, description="processes decoding images (0: the job's own process)"
+    )
     max_pixels: int = Field(
         default=DEFAULT_MAX_PIXELS, ge=1, description="larger images are skipped"
     )
@@ -139,30 +148,24 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
     if model is None:
         from model import LexVLA
 
-        model = LexVLA.from_pretrained(job.checkpoint, device=job.device)
+        model = LexVLA.from_pretrained(job.checkpoint, device=job.device, dtype=_dtype(job))
     model.eval()
     store = open_store(job.store, model)
     report = JobReport()
+    bar = _progress(job.progress)
     try:
         if job.limit is not None:
             items = islice(items, job.limit)
         if job.num_shards > 1:
             items = (it for it in items if shard_of(it.id, job.num_shards) == job.shard_id)
-        chunks = _chunks(items, job.chunk_size)
-        prefix = _job_prefix(job)
-        for number, items in _progress(chunks, job.progress):
-            # the key names the chunk's exact ids: a chunk cut differently (a --limit, a source
-            # that grew) is never taken for done; its stored images are skipped by id instead
-            ids_digest = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()
-            key = f"{prefix}/chunk-{number:06d}-{ids_digest[:12]}"
-            if store.is_done(key):
-                report.chunks_done_before += 1
-                continue
-            _index_chunk(job, model, store, items, key, report)
-            report.chunks_written += 1
+        plan = _plan(job, store, _chunks(items, job.chunk_size), report, bar)
+        writer = _ChunkWriter(store, report, bar)
+        _encode_all(job, model, store, plan, writer, report)
         if job.index:
             report.index_version = build_index(store, job.index, job.engine).name
     finally:
+        if bar is not None:
+            bar.close()
         store.close()
     return report
 
@@ -220,60 +223,159 @@ def build_index(
 
 
 # --- steps ------------------------------------------------------------------------------------
-def _index_chunk(
+def _dtype(job: IndexJob) -> torch.dtype:
+    if job.dtype == "auto":
+        return torch.bfloat16 if job.device.startswith("cuda") else torch.float32
+    return torch.bfloat16 if job.dtype == "bfloat16" else torch.float32
+
+
+def _plan(
+    job: IndexJob,
+    store: CorpusStore,
+    chunks: Iterator[tuple[int, list[SourceItem]]],
+    report: JobReport,
+    bar: Any,
+) -> Iterator[list[Task]]:
+    """The batches to decode, in order (the loader's batch sampler; runs in this process)."""
+    prefix = _job_prefix(job)
+    for number, items in chunks:
+        # the key names the chunk's exact ids: a chunk cut differently (a --limit, a source
+        # that grew) is never taken for done; its stored images are skipped by id instead
+        ids_digest = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()
+        key = f"{prefix}/chunk-{number:06d}-{ids_digest[:12]}"
+        if store.is_done(key):
+            report.chunks_done_before += 1
+            if bar is not None:
+                bar.update(1)
+            continue
+        fresh = [it for it in items if it.error is not None or not store.has_id(it.id)]
+        report.already_stored += len(items) - len(fresh)
+        starts = range(0, len(fresh), job.batch_size) if fresh else [0]
+        for start in starts:
+            tag = ChunkTag(number, key, last=start + job.batch_size >= len(fresh))
+            batch = fresh[start : start + job.batch_size]
+            yield [(tag, it) for it in batch] if batch else [(tag, None)]
+
+
+class _ChunkWriter:
+    """Collects a chunk's rows batch by batch; commits it as one store shard at its last batch."""
+
+    def __init__(self, store: CorpusStore, report: JobReport, bar: Any) -> None:
+        self.store, self.report, self.bar = store, report, bar
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ids: list[str] = []
+        self.rows: list[sp.csr_matrix] = []
+        self.records: list[ImageInfo] = []
+        self.thumbs: list[bytes | None] = []
+        self.skipped: list[Skipped] = []
+
+    def add(self, batch: LoadedBatch, rows: sp.csr_matrix | None) -> None:
+        self.skipped.extend(batch.skipped)
+        if rows is not None:
+            self.rows.append(rows)
+            self.ids.extend(info.id for info in batch.infos)
+            self.records.extend(batch.infos)
+            self.thumbs.extend(batch.thumbnails)
+        if batch.tag.last:
+            self._commit(batch.tag)
+
+    def _commit(self, tag: ChunkTag) -> None:
+        counts = SkipCounter(self.report.reasons)
+        for s in self.skipped:
+            log.warning("skipped %s: %s", s.source, s.message)
+            counts.add(s.reason)
+        self.report.reasons = counts.as_dict()
+        vocab_size = len(self.store.vocabulary)
+        empty = sp.csr_matrix((0, vocab_size), dtype=np.float32)
+        matrix = sp.vstack([empty, *self.rows], format="csr")
+        self.store.append_shard(
+            self.ids, matrix, self.records, self.thumbs, skipped=self.skipped, done_key=tag.key
+        )
+        self.report.indexed += len(self.ids)
+        self.report.skipped += len(self.skipped)
+        self.report.chunks_written += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        self._reset()
+
+
+def _encode_all(
     job: IndexJob,
     model: LexicalModel,
     store: CorpusStore,
-    items: list[SourceItem],
-    key: str,
+    plan: Iterator[list[Task]],
+    writer: _ChunkWriter,
     report: JobReport,
 ) -> None:
-    fresh = [it for it in items if it.error is not None or not store.has_id(it.id)]
-    report.already_stored += len(items) - len(fresh)
-    ids: list[str] = []
-    rows: list[sp.csr_matrix] = []
-    records: list[ImageInfo] = []
-    thumbs: list[bytes | None] = []
-    skipped: list[Skipped] = []
+    """Decode (workers) -> encode (one batch ahead of the host) -> sparse rows -> writer."""
     draft = max(model.config.image.image_size, job.thumbnail_size) if job.draft_decode else None
-    with ThreadPoolExecutor(job.decode_workers) as pool:
-        for start in range(0, len(fresh), job.batch_size):
-            batch = fresh[start : start + job.batch_size]
-            decoded: list[Decoded] = []
-            for result in pool.map(lambda it: decode_item(it, job.max_pixels, draft), batch):
-                if isinstance(result, Skipped):
-                    skipped.append(result)
-                elif job.skip_duplicate_content and store.has_sha256(result.info.sha256):
-                    report.already_stored += 1
-                else:
-                    decoded.append(result)
-            if not decoded:
-                continue
-            rows.append(_encode(model, [d.image for d in decoded]))
-            ids.extend(d.info.id for d in decoded)
-            records.extend(d.info for d in decoded)
-            thumbs.extend(
-                thumbnail_jpeg(d.image, job.thumbnail_size) if job.thumbnails else None
-                for d in decoded
-            )
-    counts = SkipCounter(report.reasons)
-    for s in skipped:
-        log.warning("skipped %s: %s", s.source, s.message)
-        counts.add(s.reason)
-    report.reasons = counts.as_dict()
-    vocab_size = len(store.vocabulary)
-    matrix = sp.vstack([sp.csr_matrix((0, vocab_size), dtype=np.float32), *rows], format="csr")
-    store.append_shard(ids, matrix, records, thumbs, skipped=skipped, done_key=key)
-    report.indexed += len(ids)
-    report.skipped += len(skipped)
-
-
-def _encode(model: LexicalModel, images: list[Image.Image]) -> sp.csr_matrix:
-    import torch
-
+    prepare = PrepareImages(
+        model.config.image.image_size,
+        job.max_pixels,
+        draft,
+        job.thumbnail_size if job.thumbnails else None,
+    )
+    pin = job.device.startswith("cuda") and torch.cuda.is_available()
+    pending: tuple[LoadedBatch, _Vectors | None] | None = None
     with torch.inference_mode():
-        dense = model.encode_pil(images)
-    return sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
+        for batch in image_loader(plan, prepare, job.decode_workers, pin):
+            vectors = _launch(model, batch)  # queued on the device, not waited for
+            if pending is not None:
+                _finish(job, model, store, writer, report, *pending)
+            pending = (batch, vectors)
+        if pending is not None:
+            _finish(job, model, store, writer, report, *pending)
+
+
+_Vectors = tuple[torch.Tensor, Any]  # dense vectors on the host (pinned on CUDA), their event
+
+
+def _launch(model: LexicalModel, batch: LoadedBatch) -> _Vectors | None:
+    """Queue a batch's encoding and the copy of its vectors into pinned host memory.
+
+    The copy is queued right behind the batch's own kernels, so waiting for its event (in
+    :func:`_finish`, after the next batch has been queued) never waits for the next batch.
+    """
+    if not len(batch):
+        return None
+    dense = model.encode_images(batch.pixels)
+    if dense.device.type != "cuda":
+        return dense, None
+    host = torch.empty(dense.shape, dtype=dense.dtype, pin_memory=True)
+    host.copy_(dense, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _finish(
+    job: IndexJob,
+    model: LexicalModel,
+    store: CorpusStore,
+    writer: _ChunkWriter,
+    report: JobReport,
+    batch: LoadedBatch,
+    vectors: _Vectors | None,
+) -> None:
+    """Sparse rows of a batch to the writer; content duplicates dropped.
+
+    The content check runs here, after every earlier chunk is committed, so an image whose
+    bytes an earlier chunk stored is recognised (as when chunks ran one after another).
+    """
+    rows = None
+    if vectors is not None:
+        dense, done = vectors
+        if done is not None:
+            done.synchronize()
+        rows = sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
+    if rows is not None and job.skip_duplicate_content:
+        keep = [not store.has_sha256(info.sha256) for info in batch.infos]
+        report.already_stored += keep.count(False)
+        batch = batch.select(keep)
+        rows = rows[np.flatnonzero(keep)] if len(batch) else None
+    writer.add(batch, rows)
 
 
 def shard_of(image_id: str, num_shards: int) -> int:
@@ -296,9 +398,9 @@ def _job_prefix(job: IndexJob) -> str:
     return f"{digest}/c{job.chunk_size}{shard}"
 
 
-def _progress(chunks: Iterator[tuple[int, list[SourceItem]]], enabled: bool) -> Any:
+def _progress(enabled: bool) -> Any:
     if not enabled:
-        return chunks
+        return None
     from tqdm import tqdm
 
-    return tqdm(chunks, desc="chunks", unit="chunk")
+    return tqdm(desc="chunks", unit="chunk")

@@ -71,8 +71,8 @@ def load_llama(
     if cfg.base is None:
         if cfg.arch is None:
             raise BackboneLoadError("the text config has neither base nor arch")
-        model = LlamaForCausalLM(LlamaConfig(**cfg.arch))
-        return model.to(dtype or torch.float32)  # type: ignore[arg-type]
+        # Built in its dtype (a 7B model built in float32 first would need 1.5x the memory).
+        return LlamaForCausalLM._from_config(LlamaConfig(**cfg.arch), dtype=dtype or torch.float32)
     location = resolve(cfg.base, root)
     try:
         return LlamaForCausalLM.from_pretrained(location, dtype=dtype or torch.float32)
@@ -86,8 +86,7 @@ def load_dinov2(
     if cfg.base is None:
         if cfg.arch is None:
             raise BackboneLoadError("the image config has neither base nor arch")
-        vit = Dinov2Model(Dinov2Config(**cfg.arch))
-        return vit.to(dtype or torch.float32)  # type: ignore[arg-type]
+        return Dinov2Model._from_config(Dinov2Config(**cfg.arch), dtype=dtype or torch.float32)
     location = resolve(cfg.base, root)
     try:
         # AutoModel picks Dinov2Model or Dinov2WithRegistersModel from the saved config.

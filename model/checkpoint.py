@@ -228,7 +228,7 @@ def load_checkpoint(
         state = load_file(str(root / "text_model.safetensors"))
         model.text.backbone.load_state_dict(state)
     model.checkpoint_id = meta["checkpoint_id"]
-    model.to(device=device, dtype=dtype)
+    model.place(device=device, dtype=dtype)
     if not trainable:
         model.eval()
         model.requires_grad_(False)

@@ -18,6 +18,7 @@ from .adapter import Adapter
 from .backbones import num_prefix_tokens
 from .config import ImageConfig
 from .lexical import l2norm, patch_scores, pooled_lexical
+from .preprocessing import normalize
 
 
 class ImageEncoder(nn.Module):
@@ -64,10 +65,17 @@ class ImageEncoder(nn.Module):
             raise ValueError("empty batch: pass at least one image")
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Adapter outputs ``a_l`` for every patch: (B, L, D_llm)."""
+        """Adapter outputs ``a_l`` for every patch: (B, L, D_llm).
+
+        ``pixel_values`` are normalised floats (``model.preprocessing.eval_transform``) or raw
+        uint8 RGB (``eval_uint8``), which are normalised here, on the model's device, in float32.
+        """
         self._check_pixels(pixel_values)
         param = next(self.backbone.parameters())
-        pixels = pixel_values.to(device=param.device, dtype=param.dtype)
+        if pixel_values.dtype == torch.uint8:
+            pixels = normalize(pixel_values.to(param.device, non_blocking=True)).to(param.dtype)
+        else:
+            pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             tokens = self.backbone(pixel_values=pixels).last_hidden_state[:, self.num_prefix :]
         return self.adapter(tokens.to(self.adapter.proj.weight.dtype))

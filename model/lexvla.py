@@ -5,8 +5,10 @@ Inference API (used by the indexer and the service; ``model.protocols.LexicalMod
     model = LexVLA.from_pretrained("checkpoints/step-1000", device="cuda", dtype=torch.bfloat16)
     dense = model.encode_texts(["a dog on the beach"])         # (B, V) float32, unit norm
     dense = model.encode_pil([rgb_image])                     # (B, V)
+    dense = model.encode_images(uint8_or_float_pixels)        # (B, V), pixels on any device
     rows = model.sparsify(dense)                              # scipy CSR, vocabulary index space
     maps = model.patch_vectors(model.preprocess([rgb_image])) # (B, 256, V)
+    model.text.enable_static_queries((1,)).warm_up()          # batch-1 queries: CUDA graphs
 
 Training calls ``model(pixel_values, captions)`` and the losses in ``model.losses``.
 """
@@ -122,6 +124,27 @@ class LexVLA(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "checkpoint")
             return push_to_hub(folder, repo_id, **options)
+
+    def place(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LexVLA:
+        """``.to(device, dtype)``, keeping Llama's rotary frequencies in float32.
+
+        ``nn.Module.to(bfloat16)`` would round the ``inv_freq`` buffers too, which shifts the
+        rotary angle of position p by up to ~p * 2**-8 radians; transformers itself keeps them in
+        float32 when it loads a model in bf16, and so does this.
+        """
+        rotary = {
+            name: buffer.detach().clone()
+            for name, buffer in self.named_buffers()
+            if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq")
+        }
+        self.to(device=device, dtype=dtype)
+        for name, value in rotary.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            module.register_buffer(leaf, value.to(self.device), persistent=False)
+        return self
 
     # --- inference ----------------------------------------------------------------------------
     @property

@@ -71,13 +71,35 @@ def check_rgb(image: object, position: int | None = None) -> Image.Image:
     return image
 
 
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> its bytes as a uint8 tensor (3, H, W), a quarter of the float size."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+_STATISTICS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a host-to-device copy per batch would wait for the GPU's queue.
+    if device not in _STATISTICS:
+        mean = torch.tensor(MEAN, device=device).view(3, 1, 1)
+        _STATISTICS[device] = (mean, torch.tensor(STD, device=device).view(3, 1, 1))
+    return _STATISTICS[device]
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (..., 3, H, W) -> float32 with DINOv2's normalisation, on the pixels' device.
+
+    The same float32 arithmetic on any device, so normalising on the GPU (what the indexer does
+    with the uint8 batches its DataLoader workers produce) gives the CPU's values.
+    """
+    mean, std = _statistics(pixels.device)
+    return (pixels.float() / 255.0 - mean) / std
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> normalised float tensor (3, H, W)."""
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(MEAN).view(3, 1, 1)
-    std = torch.tensor(STD).view(3, 1, 1)
-    return (t - mean) / std
+    return normalize(to_uint8_tensor(image))
 
 
 def centre_crop(
@@ -100,6 +122,11 @@ def centre_crop(
 def eval_transform(image: Image.Image, size: int) -> torch.Tensor:
     """:func:`centre_crop` (bicubic) -> normalised tensor."""
     return to_tensor(centre_crop(check_rgb(image), size))
+
+
+def eval_uint8(image: Image.Image, size: int) -> torch.Tensor:
+    """:func:`centre_crop` as uint8 (3, size, size); ``normalize`` of it is :func:`eval_transform`."""
+    return to_uint8_tensor(centre_crop(check_rgb(image), size))
 
 
 def train_transform(

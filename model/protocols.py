@@ -1,6 +1,6 @@
 """What the indexer and the service need of a model: a small structural type.
 
-:class:`LexicalModel` lists the calls they make (encode texts and images, sparsify, the
+:class:`LexicalModel` lists the calls they make (encode texts, images and pixel batches, sparsify, the
 vocabulary and config, patch vectors for heat maps); ``model.LexVLA`` implements it, and so can a
 stand-in in a test or another encoder with the same vocabulary-space outputs. Annotating with it
 instead of ``Any`` lets mypy check every call site.
@@ -50,6 +50,10 @@ class LexicalModel(Protocol):
 
     def encode_pil(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Dense image vectors (B, V), unit norm."""
+        ...
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Dense image vectors (B, V) of pixel values: normalised floats or raw uint8 RGB."""
         ...
 
     def patch_vectors(self, pixel_values: torch.Tensor) -> torch.Tensor:

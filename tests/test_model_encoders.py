@@ -47,12 +47,12 @@ def test_prefix_cache_gives_the_full_prompt_result(which, request):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     cached = model.encode_texts(CAPTIONS)
-    assert model.text._prefix_kv is not None
+    assert model.text._prefix is not None
     model.text.use_prefix_cache = False
     full = model.encode_texts(CAPTIONS)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
     model.train()
-    assert model.text._prefix_kv is None  # training invalidates the cache
+    assert model.text._prefix is None  # training invalidates the cache
 
 
 def test_pooled_vector_is_max_of_patch_scores(tiny_model):
@@ -151,3 +151,29 @@ def test_real_llama2_vocabulary_in_a_tiny_model(llama2_tokenizer_dir):
     assert len(model.vocabulary) == 17234 and model.config.vocab_size == 17234
     out = model.encode_texts(["a dog runs on the beach"])
     assert out.shape == (1, 17234)
+
+
+def test_bf16_keeps_rotary_frequencies_in_float32_and_the_vectors(tiny_lora_checkpoint):
+    """A bf16 model (``LexVLA.place``, random backbones built in their dtype) stays close to fp32."""
+    from model import LexVLA, load_preset
+    from model.backbones import load_llama
+
+    half = LexVLA.from_pretrained(tiny_lora_checkpoint)
+    half.encode_texts(CAPTIONS)  # a prefix cache made by the float32 weights ...
+    half.place(dtype=torch.bfloat16)
+    assert half.text._prefix is None  # ... is dropped by the cast
+    full = LexVLA.from_pretrained(tiny_lora_checkpoint)
+    rotary = {n: b.dtype for n, b in half.named_buffers() if "inv_freq" in n}
+    assert rotary and set(rotary.values()) == {torch.float32}
+    assert half.image.codebook.dtype == torch.bfloat16
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(half.encode_texts(CAPTIONS), full.encode_texts(CAPTIONS)).min() > 0.999
+    assert half.text._prefix is not None and half.text._prefix.keys[0].dtype == torch.bfloat16
+    pixels = full.preprocess(_images(2))
+    assert cos(half.encode_images(pixels), full.encode_images(pixels)).min() > 0.99
+    text = load_preset("tiny").text  # random weights from ``arch``: built directly in bf16
+    llm = load_llama(
+        text.model_copy(update={"arch": text.arch | {"vocab_size": 300}}), None, torch.bfloat16
+    )
+    assert {p.dtype for p in llm.parameters()} == {torch.bfloat16}
+    assert llm.model.rotary_emb.inv_freq.dtype == torch.float32

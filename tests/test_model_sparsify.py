@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.sparsify import active_counts, default_threshold, sparsify
+from model.sparsify import active_counts, default_threshold, sparsify, sparsify_on_device
 
 
 def test_threshold_keeps_exactly_entries_above_one_over_sqrt_v():
@@ -39,3 +39,17 @@ def test_bad_inputs():
         sparsify(np.ones((1, 4)), top_k=0)
     with pytest.raises(ValueError, match="shape"):
         sparsify(np.ones((1, 2, 3)))
+
+
+@pytest.mark.parametrize(("threshold", "top_k"), [(None, None), (0.0, 17), (None, 5), (0.2, 1000)])
+def test_the_device_path_gives_the_host_rows(threshold, top_k):
+    """GPU vectors are cut on the GPU; on CPU tensors the same code must give the numpy rows."""
+    dense = torch.rand(6, 300, generator=torch.Generator().manual_seed(2)) ** 6
+    dense[3] = 0.0  # a row with nothing kept
+    host = sparsify(dense.numpy(), threshold, top_k)
+    device = sparsify_on_device(dense, threshold, top_k)
+    assert device.shape == host.shape and device.dtype == np.float32
+    assert device.has_sorted_indices and (device != host).nnz == 0
+    np.testing.assert_array_equal(device.indptr, host.indptr)
+    with pytest.raises(ValueError, match="top_k"):
+        sparsify_on_device(dense, top_k=0)

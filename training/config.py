@@ -32,6 +32,9 @@ class ModelSettings(_Strict):
     start: str = "tiny"  # a model preset name (``tiny``, ``lexvla-7b``) or a checkpoint folder
     overrides: dict[str, Any] = {}  # dotted LexVLAConfig overrides, presets only
     gradient_checkpointing: bool = True  # on Llama, in lora/full text modes
+    # The prompt prefix's keys/values computed once per step, only captions run per sample
+    # (model.prompt_prefix); false runs the whole prompt per sample (same loss and gradients).
+    shared_prefix: bool = True
     backbone_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 frozen on CUDA
 
 

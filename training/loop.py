@@ -135,6 +135,7 @@ class Trainer:
             rank=info.rank,
             world_size=info.world_size,
             num_workers=config.data.num_workers,
+            pin_memory=info.device.type == "cuda",
         )
         return stream, skips
 

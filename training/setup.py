@@ -12,10 +12,14 @@ Frozen backbones are loaded in bf16 on CUDA (``model.backbone_dtype = auto``); e
 trains stays float32 (the master weights), and autocast runs the arithmetic in bf16.
 Gradient checkpointing on Llama uses the non-reentrant implementation, which works with peft's
 LoRA without ``enable_input_require_grads`` (the frozen embeddings need no gradient).
+With ``model.shared_prefix`` (the default) the prompt prefix's keys and values are computed once
+per step and only the caption tokens run per sample (``model.prompt_prefix``). Presets with
+random-weight backbones are built directly on the run's device, in their dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -82,7 +86,11 @@ def build_model(config: TrainConfig, info: DistInfo, resume_from: Path | None) -
     elif config.model.start in preset_names():
         model_config = preset_config(config, info)
         dtype = backbone_dtype(config, model_config, info.device)
-        model = LexVLA.from_config(model_config, backbone_dtype=dtype)
+        # Random-weight backbones (no ``base``) are created on the run's device: initialising a
+        # 7B model on the CPU first would take minutes and twice its size in host memory.
+        random = model_config.text.base is None or model_config.image.base is None
+        with torch.device(info.device) if random else contextlib.nullcontext():
+            model = LexVLA.from_config(model_config, backbone_dtype=dtype)
     else:
         raise ValueError(
             f"model.start {start!r} is neither a checkpoint folder nor a preset "
@@ -96,6 +104,7 @@ def build_model(config: TrainConfig, info: DistInfo, resume_from: Path | None) -
                 )
             }
         )
+    model.text.use_prefix_cache = config.model.shared_prefix
     if config.model.gradient_checkpointing and config.data.text_side == "llm":
         enable_gradient_checkpointing(model)
     return model.to(info.device).train()

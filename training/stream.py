@@ -70,12 +70,14 @@ class TrainStream:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         if local_batch < 1:
             raise ValueError(f"local batch size must be >= 1, got {local_batch}")
         self.dataset, self.local_batch = dataset, local_batch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory  # CUDA: page-locked batches, so the copy to the GPU is async
         self.prepare = PrepareSample(image_size, augment, seed)
         self.streaming = isinstance(dataset, IterableDataset)
         self.epoch, self.consumed = 0, 0  # map-style position
@@ -165,7 +167,10 @@ class TrainStream:
             self._usable_in_epoch += 1
             pixels.append(item["pixels"])
             captions.append(item["caption"])
-        return {"pixel_values": torch.stack(pixels), "captions": captions, "skipped": dict(skipped)}
+        stacked = torch.stack(pixels)
+        if self.pin_memory:
+            stacked = stacked.pin_memory()
+        return {"pixel_values": stacked, "captions": captions, "skipped": dict(skipped)}
 
     def close(self) -> None:
         """Stop the DataLoader workers of the current epoch."""
