@@ -137,4 +137,7 @@ def load_model(settings: Settings) -> LexicalModel:
     dtype = _DTYPES[settings.dtype] if settings.dtype else None
     model = LexVLA.from_pretrained(settings.checkpoint, device=settings.device, dtype=dtype)
     model.eval()
+    if settings.static_queries and settings.device.startswith("cuda"):
+        sizes = sorted({1, settings.batch_size})
+        model.text.enable_static_queries(sizes).warm_up()  # captured once, before serving
     return model

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         default=None, description="model weights dtype (default: as saved, float32)"
     )
     mmap: bool = Field(default=False, description="memory-map the memory engine's arrays")
+    static_queries: bool = Field(
+        default=True,
+        description="on CUDA, encode query texts at static shapes captured as CUDA graphs "
+        "(batch 1 and batch_size; ignored on the CPU)",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 
     # --- network ------------------------------------------------------------------------------
