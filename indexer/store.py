@@ -244,19 +244,33 @@ class CorpusStore:
         return ids, sp.vstack(parts, format="csr", dtype=np.float32)
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
-        """CSR rows of live images, in the order given; KeyError names the first missing id."""
+        """CSR rows of live images, in the order given; KeyError names the first missing id.
+
+        The rows are copied straight out of the memory-mapped shards (one CSR built at the
+        end): re-scoring asks for ~40 rows spread over as many shards on every search, and
+        slicing each shard as a scipy matrix cost ~0.1 ms a shard.
+        """
         where = self.catalog.locate(ids)
         missing = [i for i in ids if i not in where]
         if missing:
             raise KeyError(f"{len(missing)} ids not in the corpus store, e.g. {missing[0]!r}")
-        positions: list[int] = []
-        parts = [self._empty()]
-        for shard in sorted({where[i][0] for i in ids}):
-            wanted = [(pos, where[i][1]) for pos, i in enumerate(ids) if where[i][0] == shard]
-            positions.extend(pos for pos, _ in wanted)
-            parts.append(self._load_shard(shard)[np.array([row for _, row in wanted])])
-        stacked = sp.vstack(parts, format="csr", dtype=np.float32)
-        return stacked[np.argsort(np.array(positions, dtype=np.int64), kind="stable")]
+        data, indices, lengths = [], [], []
+        for image_id in ids:
+            shard, row = where[image_id]
+            matrix = self._load_shard(shard)
+            a, b = int(matrix.indptr[row]), int(matrix.indptr[row + 1])
+            data.append(matrix.data[a:b])
+            indices.append(matrix.indices[a:b])
+            lengths.append(b - a)
+        indptr = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        if not ids:
+            return self._empty()
+        return sp.csr_matrix(
+            (np.concatenate(data).astype(np.float32, copy=False),
+             np.concatenate(indices).astype(np.int32, copy=False), indptr),
+            shape=(len(ids), len(self.vocabulary)),
+        )  # fmt: skip
 
     # --- internals ----------------------------------------------------------------------------
     def _empty(self) -> sp.csr_matrix:
