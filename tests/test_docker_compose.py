@@ -6,6 +6,7 @@ command it names is checked against the code.
 """
 
 import copy
+import importlib
 import json
 import re
 from importlib import resources
@@ -70,6 +71,11 @@ def test_build_paths_and_targets_exist():
         assert build["target"] in targets, f"{name}: no stage {build['target']!r} in the Dockerfile"
     for source in re.findall(r"^COPY (\S+) ", DOCKERFILE, flags=re.M):
         assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
+    # build steps that run project code name functions that exist
+    imports = re.findall(r"from ([\w.]+) import (\w+)", DOCKERFILE)
+    assert ("indexer.engines.compact", "compile_kernels") in imports
+    for module, name in imports:
+        assert callable(getattr(importlib.import_module(module), name)), f"{module}.{name}"
 
 
 def _settings_variables() -> set[str]:

@@ -475,6 +475,19 @@ class CompactIndex:
         return index
 
 
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) every kernel, on a tiny index: a first search in a
+    fresh environment would otherwise pay a few seconds of compilation (images do this at
+    build time)."""
+    rng = np.random.default_rng(0)
+    rows = sp.random(64, 50, density=0.3, random_state=rng, format="csr", dtype=np.float32)
+    index = CompactIndex.create(50, pruning=ImpactPruning(min_postings=0, candidates=2))
+    index.add([str(i) for i in range(64)], rows)
+    index.search(rows[0], 3)
+    index.search(rows[0], 3, pruning=None)
+    index.vectors_of(["0"])
+
+
 def balanced_block_rows(expected_rows: int | None, parallel: int = 2) -> int:
     """Rows per block so that ``expected_rows`` fill blocks evenly, in a multiple of ``parallel``
     blocks once there is more than one: 100k images make 2 blocks of 50k, not 65,536 + 34,464."""
