@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +61,7 @@ class ServiceState:
         )
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
+        sys.setswitchinterval(s.gil_switch_ms / 1e3)  # process-wide: the event loop's latency
         if self.model is None:
             self.model = await asyncio.to_thread(load_model, s)
         vocabulary = self.model.vocabulary

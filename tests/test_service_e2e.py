@@ -54,3 +54,44 @@ def test_index_serve_search_explain_reload_stop(live_server, tiny_model):
     assert stop(live_server.process) in (0, -15)
     log = live_server.log.read_text()
     assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def test_workers_share_one_port_with_the_settings_of_the_command(
+    tiny_checkpoint, tiny_model, tmp_path
+):
+    """``lexvla serve --workers 2``: both processes answer, configured by the command's flags
+    (passed to them as LEXVLA_* variables), over the same memory-mapped index."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from service_fixtures import REPO, build_corpus, free_port, stop, wait_ready
+
+    corpus = build_corpus(tiny_model, tmp_path)
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--checkpoint", str(tiny_checkpoint),
+             "--index", str(corpus.index), "--store", str(corpus.store), "--port", str(port),
+             "--workers", "2", "--max-top-k", "3", "--log-level", "info"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log, timeout=180)
+        pids: set[int] = set()
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while len(pids) < 2 and time.monotonic() < deadline:  # connections spread over both
+                with httpx.Client(base_url=url, timeout=30) as fresh:
+                    r = fresh.post("/search", json={"query": "a red circle", "top_k": 2})
+                    assert r.status_code == 200 and len(r.json()["hits"]) == 2
+                    pids.add(fresh.get("/healthz").json()["pid"])
+            assert len(pids) == 2, "only one worker answered"
+            too_many = http.post("/search", json={"query": "a red circle", "top_k": 5})
+            assert too_many.status_code == 422 and "limit of 3" in too_many.text
+    finally:
+        assert stop(process) == 0

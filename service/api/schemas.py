@@ -6,6 +6,7 @@ written into ``/openapi.json`` when the app is created (``service.main``).
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -169,6 +170,7 @@ class EncodeResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    pid: int = Field(default_factory=os.getpid, description="the server process that answered")
 
 
 class Readiness(BaseModel):

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         default=8, ge=0, description="images whose patch vectors are kept"
     )
     search_threads: int = Field(default=2, ge=1, description="threads running index searches")
+    gil_switch_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="longest a search or model thread holds the GIL before the event loop may "
+        "take it (sys.setswitchinterval; Python's default is 5 ms): lower answers 429s and "
+        "health checks sooner while searches run",
+    )
     rescore_factor: int = Field(
         default=4, ge=1, description="candidates per hit for approximate engines"
     )
