@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -280,14 +280,9 @@ class CompactIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         groups = _split(snap.blocks, self.threads)
         min_codes = _min_codes(threshold, weights, snap.scales)
-        args = (snap, words, weights, min_codes, capacity)
-        if len(groups) == 1:
-            results = [self._score_group(groups[0], *args)]
-        else:
-            pool = self._executor()
-            futures = [pool.submit(self._score_group, g, *args) for g in groups[1:]]
-            results = [self._score_group(groups[0], *args)]
-            results += [f.result() for f in futures]
+        results = self._parallel(
+            self._score_group, [(g, snap, words, weights, min_codes, capacity) for g in groups]
+        )
         scores = np.concatenate([r[0] for r in results])
         docs = np.concatenate([r[1] for r in results])
         if len(scores) > capacity:
@@ -326,12 +321,24 @@ class CompactIndex:
         dense[words] = weights
         scores = np.empty(len(docs), dtype=np.float32)
         order = np.argsort(docs)  # by block, and by row within a block (forward rows in order)
-        blocks = docs[order] >> 16
-        cuts = np.flatnonzero(np.diff(blocks)) + 1
-        for at in np.split(order, cuts):
-            b = int(docs[at[0]] >> 16)
-            scores[at] = snap.blocks[b].rescore(docs[at] & 0xFFFF, snap.values[b], dense)
+
+        def rescore_part(part: np.ndarray) -> None:
+            blocks = docs[part] >> 16
+            for at in np.split(part, np.flatnonzero(np.diff(blocks)) + 1):
+                b = int(docs[at[0]] >> 16)
+                scores[at] = snap.blocks[b].rescore(docs[at] & 0xFFFF, snap.values[b], dense)
+
+        parts = np.array_split(order, min(self.threads, max(1, len(order) // 64)))
+        self._parallel(rescore_part, [(p,) for p in parts if len(p)])
         return scores
+
+    def _parallel(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+        """``fn(*args)`` for each of ``calls``: the first in this thread, the rest in the pool."""
+        if len(calls) <= 1:
+            return [fn(*args) for args in calls]
+        pool = self._executor()
+        futures = [pool.submit(fn, *args) for args in calls[1:]]
+        return [fn(*calls[0]), *(f.result() for f in futures)]
 
     # --- internals ----------------------------------------------------------------------------
     def _snapshot(self) -> _Snapshot:
