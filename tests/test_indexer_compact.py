@@ -138,7 +138,9 @@ def test_pruned_search_recall_and_exact_rescoring(corpus, pair):
     for n in range(queries.shape[0]):
         q = queries[n]
         exact = compact.search(q, 10, pruning=None)
-        threshold, capacity = compact._plan(compact._snapshot(), q.indices, q.data, pruning, 10)
+        threshold, capacity = compact._scorer.plan(
+            compact._snapshot(), q.indices, q.data, pruning, 10
+        )
         assert threshold > 0 and capacity == 100  # really pruned: 5% of the postings
         pruned = compact.search(q, 10, pruning=pruning)
         exact_scores = dict(compact.search(q, len(ids), pruning=None))
@@ -152,7 +154,10 @@ def test_pruning_is_never_planned_when_exact_costs_no_more(pair, corpus):
     compact, _ = pair
     q = corpus[2][0]
     # the default budget (200k postings) exceeds everything this small corpus holds: exact
-    assert compact._plan(compact._snapshot(), q.indices, q.data, ImpactPruning(), 10) == (0.0, 10)
+    assert compact._scorer.plan(compact._snapshot(), q.indices, q.data, ImpactPruning(), 10) == (
+        0.0,
+        10,
+    )
     assert compact.search(q, 10) == compact.search(q, 10, pruning=None)
 
 

@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,48 +48,11 @@ import scipy.sparse as sp
 from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows, link_tree
 from indexer.engines.compact_block import MAX_ROWS, Block, encode_ids
+from indexer.engines.compact_search import DEFAULT_PRUNING, ImpactPruning, Scorer, Snapshot
 
 ENGINE = "compact"
 CODES = kernels.CODES
-RESCORE_COST = 1.5  # one forward entry re-scored costs about 1.5 postings accumulated (measured)
 _NO_PRUNING = object()
-
-
-@dataclass(frozen=True)
-class ImpactPruning:
-    """How much a pruned search reads: a share of the query's postings, then the best partial
-    scores re-scored completely. Both follow the query: the postings read are a share of what
-    exact search would read, and longer queries (whose scores gather more small contributions
-    that were not read) keep more candidates. Defaults: bench/index_search.py at 1M images,
-    where they give recall@10 >= 0.99 on both synthetic corpora for 30-300 query words.
-    """
-
-    budget: float = 0.1  # share of the query's postings read, highest contributions first
-    min_postings: int = 200_000  # but at least this many
-    candidates: int = 300  # partial-score leaders re-scored: at least this many,
-    per_word: float = 3.3  # ... this many per query word,
-    max_candidates: int = 1000  # ... and at most this many
-
-    def candidates_for(self, words: int, need: int) -> int:
-        wanted = min(self.max_candidates, max(self.candidates, int(self.per_word * words)))
-        return max(need, wanted)
-
-
-@dataclass
-class _Snapshot:
-    blocks: list[Block]
-    scales: np.ndarray  # per block
-    live: list[np.ndarray]  # per block, bool
-    counts: np.ndarray  # V x 256 postings per (word, code), all blocks
-
-    @property
-    def values(self) -> np.ndarray:
-        """Blocks x 256: the weight each code stands for in each block (cached)."""
-        cached = self.__dict__.get("_values")
-        if cached is None or len(cached) != len(self.scales):
-            cached = (self.scales[:, None] * np.arange(CODES)[None, :]).astype(np.float32)
-            self.__dict__["_values"] = cached
-        return cached
 
 
 class CompactIndex:
@@ -101,7 +63,7 @@ class CompactIndex:
     def __init__(
         self,
         manifest: IndexManifest,
-        pruning: ImpactPruning | None = ImpactPruning(),
+        pruning: ImpactPruning | None = DEFAULT_PRUNING,
         block_rows: int = MAX_ROWS,
         threads: int | None = None,
         spill_dir: str | Path | None = None,
@@ -117,14 +79,13 @@ class CompactIndex:
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self._spilled = 0
         v = manifest.vocabulary_size
-        self._snap = _Snapshot([], np.zeros(0, np.float64), [], np.zeros((v, CODES), np.int64))
+        self._snap = Snapshot([], np.zeros(0, np.float64), [], np.zeros((v, CODES), np.int64))
         self._sources: list[Path | None] = []  # the directory a block was loaded from, if any
         self._errors: list[float] = []  # per block: largest |weight - dequantised weight|
         self._pending_ids: list[str] = []
         self._pending_rows: list[sp.csr_matrix] = []
         self._lock = threading.RLock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._scratch = threading.local()
+        self._scorer = Scorer(self.threads)
 
     @classmethod
     def create(
@@ -133,7 +94,7 @@ class CompactIndex:
         vocabulary_hash: str = "",
         checkpoint_id: str = "",
         threshold: float | None = None,
-        pruning: ImpactPruning | None = ImpactPruning(),
+        pruning: ImpactPruning | None = DEFAULT_PRUNING,
         expected_rows: int | None = None,
         threads: int | None = None,
         spill_dir: str | Path | None = None,
@@ -174,7 +135,7 @@ class CompactIndex:
                     changed += int(mask[rows].sum())
                     mask[rows] = False
                     live[b] = mask
-            self._snap = _Snapshot(snap.blocks, snap.scales, live, snap.counts)
+            self._snap = Snapshot(snap.blocks, snap.scales, live, snap.counts)
             return changed
 
     def build(self) -> None:
@@ -205,10 +166,10 @@ class CompactIndex:
             return []
         settings = self.pruning if pruning is _NO_PRUNING else pruning
         need = k + offset
-        threshold, capacity = self._plan(snap, words, weights, settings, need)  # type: ignore[arg-type]
-        heap_s, heap_d = self._score(snap, words, weights, threshold, capacity)
+        threshold, capacity = self._scorer.plan(snap, words, weights, settings, need)  # type: ignore[arg-type]
+        heap_s, heap_d = self._scorer.score(snap, words, weights, threshold, capacity)
         if threshold > 0:  # pruned: the partial scores only chose the candidates
-            heap_s = self._rescore(snap, heap_d, words, weights)
+            heap_s = self._scorer.rescore(snap, heap_d, words, weights)
         order = np.lexsort((heap_d, -heap_s))[offset:need]
         return [(self._id_of(snap, int(heap_d[i])), float(heap_s[i])) for i in order]
 
@@ -245,115 +206,14 @@ class CompactIndex:
         worst = max(self._errors, default=0.0)
         return float(worst * np.abs(q.data).sum()) * (1 + 1e-5) + 1e-7 if snap.blocks else 0.0
 
-    # --- planning and scoring -----------------------------------------------------------------
-    def _plan(
-        self,
-        snap: _Snapshot,
-        words: np.ndarray,
-        weights: np.ndarray,
-        settings: ImpactPruning | None,
-        need: int,
-    ) -> tuple[float, int]:
-        """(contribution threshold, heap capacity): threshold 0 is exact search."""
-        if settings is None:
-            return 0.0, need
-        counts = snap.counts[words]
-        total = int(counts.sum())
-        candidates = settings.candidates_for(len(words), need)
-        budget = max(settings.min_postings, int(settings.budget * total))
-        postings = sum(b.postings for b in snap.blocks)
-        rows = sum(b.rows for b in snap.blocks)
-        rescoring = candidates * RESCORE_COST * postings / max(rows, 1)
-        if budget + rescoring >= total:
-            return 0.0, need  # reading everything is as cheap: exact
-        reference = np.arange(CODES, dtype=np.float64) * float(snap.scales.max())
-        threshold, _ = kernels.plan_threshold(counts, weights.astype(np.float64), reference, budget)
-        return float(threshold), candidates
-
-    def _score(
-        self,
-        snap: _Snapshot,
-        words: np.ndarray,
-        weights: np.ndarray,
-        threshold: float,
-        capacity: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        groups = _split(snap.blocks, self.threads)
-        min_codes = _min_codes(threshold, weights, snap.scales)
-        results = self._parallel(
-            self._score_group, [(g, snap, words, weights, min_codes, capacity) for g in groups]
-        )
-        scores = np.concatenate([r[0] for r in results])
-        docs = np.concatenate([r[1] for r in results])
-        if len(scores) > capacity:
-            best = np.lexsort((docs, -scores))[:capacity]
-            scores, docs = scores[best], docs[best]
-        return scores, docs
-
-    def _score_group(
-        self,
-        group: list[int],
-        snap: _Snapshot,
-        words: np.ndarray,
-        weights: np.ndarray,
-        min_codes: np.ndarray,
-        capacity: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        acc = getattr(self._scratch, "acc", None)
-        if acc is None:
-            acc = self._scratch.acc = np.empty(MAX_ROWS, dtype=np.float32)
-        heap_s = np.empty(capacity, dtype=np.float32)
-        heap_d = np.empty(capacity, dtype=np.int64)
-        size = 0
-        values = snap.values
-        for b in group:
-            block = snap.blocks[b]
-            size = kernels.score_block(
-                block.post, block.seg_code, block.seg_end, block.word_seg, values[b], words,
-                weights, min_codes[b], snap.live[b], b << 16, acc, heap_s, heap_d, size,
-            )  # fmt: skip
-        return heap_s[:size], heap_d[:size]
-
-    def _rescore(
-        self, snap: _Snapshot, docs: np.ndarray, words: np.ndarray, weights: np.ndarray
-    ) -> np.ndarray:
-        dense = np.zeros(self.manifest.vocabulary_size, dtype=np.float32)
-        dense[words] = weights
-        scores = np.empty(len(docs), dtype=np.float32)
-        order = np.argsort(docs)  # by block, and by row within a block (forward rows in order)
-
-        def rescore_part(part: np.ndarray) -> None:
-            blocks = docs[part] >> 16
-            for at in np.split(part, np.flatnonzero(np.diff(blocks)) + 1):
-                b = int(docs[at[0]] >> 16)
-                scores[at] = snap.blocks[b].rescore(docs[at] & 0xFFFF, snap.values[b], dense)
-
-        parts = np.array_split(order, min(self.threads, max(1, len(order) // 64)))
-        self._parallel(rescore_part, [(p,) for p in parts if len(p)])
-        return scores
-
-    def _parallel(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
-        """``fn(*args)`` for each of ``calls``: the first in this thread, the rest in the pool."""
-        if len(calls) <= 1:
-            return [fn(*args) for args in calls]
-        pool = self._executor()
-        futures = [pool.submit(fn, *args) for args in calls[1:]]
-        return [fn(*calls[0]), *(f.result() for f in futures)]
-
     # --- internals ----------------------------------------------------------------------------
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self) -> Snapshot:
         with self._lock:
             if self._pending_ids:
                 self._seal()
             return self._snap
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="compact")
-            return self._pool
-
-    def _id_of(self, snap: _Snapshot, doc: int) -> str:
+    def _id_of(self, snap: Snapshot, doc: int) -> str:
         return bytes(snap.blocks[doc >> 16].ids[doc & 0xFFFF]).decode("utf-8")
 
     def _first_live(self, keys: np.ndarray, ids: list[str]) -> str | None:
@@ -384,10 +244,11 @@ class CompactIndex:
         sources: list[Path | None] = [None] * len(new)
         if self.spill_dir is not None:
             for n, (block, scale, error) in enumerate(new):
-                sources[n] = self.spill_dir / f"s{self._spilled:06d}"
+                spilled = self.spill_dir / f"s{self._spilled:06d}"
                 self._spilled += 1
-                block.save(sources[n])
-                new[n] = (Block.load(sources[n], mmap=True), scale, error)
+                block.save(spilled)
+                new[n] = (Block.load(spilled, mmap=True), scale, error)
+                sources[n] = spilled
         self._append_blocks(new, sources)
 
     def _quantised_block(self, ids: list[str], rows: sp.csr_matrix) -> tuple[Block, float, float]:
@@ -406,7 +267,7 @@ class CompactIndex:
         counts = snap.counts.copy()
         for block, _, _ in new:
             kernels.add_segment_counts(block.seg_code, block.seg_end, block.word_seg, counts, 1)
-        self._snap = _Snapshot(
+        self._snap = Snapshot(
             snap.blocks + [b for b, _, _ in new],
             np.concatenate([snap.scales, [s for _, s, _ in new]]),
             snap.live + [np.ones(b.rows, dtype=bool) for b, _, _ in new],
@@ -427,8 +288,9 @@ class CompactIndex:
         for b, block in enumerate(snap.blocks):
             name = f"b{b:06d}"
             target = path / "blocks" / name
-            if sources[b] is not None:
-                link_tree(sources[b], target)
+            source = sources[b]
+            if source is not None:
+                link_tree(source, target)
             else:
                 block.save(target)
             if not snap.live[b].all():
@@ -503,22 +365,3 @@ def balanced_block_rows(expected_rows: int | None, parallel: int = 2) -> int:
     blocks = -(-expected_rows // MAX_ROWS)
     blocks = -(-blocks // parallel) * parallel
     return -(-expected_rows // blocks)
-
-
-def _split(blocks: list[Block], parts: int) -> list[list[int]]:
-    """Block numbers in at most ``parts`` contiguous groups of about equal rows."""
-    if parts <= 1 or len(blocks) <= 1:
-        return [list(range(len(blocks)))]
-    rows = np.cumsum([b.rows for b in blocks])
-    cuts = np.searchsorted(rows, rows[-1] * np.arange(1, parts) / parts, side="right")
-    groups = [g.tolist() for g in np.split(np.arange(len(blocks)), np.unique(cuts))]
-    return [g for g in groups if g]
-
-
-def _min_codes(threshold: float, weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Blocks x query words: the lowest code whose contribution ``weight * code * scale``
-    reaches the threshold (0: read all)."""
-    if threshold <= 0:
-        return np.zeros((len(scales), len(weights)), dtype=np.int64)
-    codes = np.ceil(threshold / (scales[:, None] * weights.astype(np.float64)[None, :]) - 1e-9)
-    return np.clip(codes, 0, CODES).astype(np.int64)

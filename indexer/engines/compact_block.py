@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Block:
 
     @classmethod
     def load(cls, directory: Path, mmap: bool) -> Block:
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         arrays = {f.name: np.load(directory / f"{f.name}.npy", mmap_mode=mode) for f in fields(cls)}
         return cls(**arrays)
 

@@ -20,11 +20,11 @@ import numba as nb
 import numpy as np
 
 CODES = 256
-_JIT = {"nogil": True, "cache": True}
+_jit = nb.njit(nogil=True, cache=True)  # GIL released; compiled once per machine (cached)
 
 
 # --- building ---------------------------------------------------------------------------------
-@nb.njit(**_JIT)
+@_jit
 def build_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
     """Inverted block of rows ``indptr`` (local ids 0..n-1) -> (post, seg_code, seg_end, word_seg).
 
@@ -67,10 +67,10 @@ def build_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - co
     return post, seg_code, seg_end, word_seg
 
 
-@nb.njit(**_JIT)
+@_jit
 def add_segment_counts(seg_code, seg_end, word_seg, counts, sign):  # pragma: no cover - compiled
     """``counts[w, code] += sign * postings`` for every segment of a block (the planning stats)."""
-    start = 0
+    start = np.int64(0)
     for w in range(len(word_seg) - 1):
         for s in range(word_seg[w], word_seg[w + 1]):
             end = np.int64(seg_end[s])
@@ -78,7 +78,7 @@ def add_segment_counts(seg_code, seg_end, word_seg, counts, sign):  # pragma: no
             start = end
 
 
-@nb.njit(**_JIT)
+@_jit
 def encode_gaps(indptr, words):  # pragma: no cover - compiled
     """Forward rows' sorted word ids as byte gaps; gaps >= 255 escape to 255 + 2 bytes.
 
@@ -107,7 +107,7 @@ def encode_gaps(indptr, words):  # pragma: no cover - compiled
     return out[:p].copy(), ptr
 
 
-@nb.njit(**_JIT)
+@_jit
 def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - compiled
     """Word ids and codes of forward rows ``docs`` (CSR parts: indptr, words, codes)."""
     total = 0
@@ -120,7 +120,7 @@ def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - com
     for r in range(len(docs)):
         d = docs[r]
         p = gap_ptr[d]
-        w = -1
+        w = np.int64(-1)
         for j in range(code_ptr[d], code_ptr[d + 1]):
             g = np.int64(gaps[p])
             p += 1
@@ -136,7 +136,7 @@ def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - com
 
 
 # --- searching --------------------------------------------------------------------------------
-@nb.njit(**_JIT)
+@_jit
 def plan_threshold(query_counts, weights, values, budget):  # pragma: no cover - compiled
     """The contribution threshold ``t`` at which about ``budget`` postings are read in all.
 
@@ -171,7 +171,7 @@ def plan_threshold(query_counts, weights, values, budget):  # pragma: no cover -
     return t, _postings_read(suffix, weights, values, t)
 
 
-@nb.njit(**_JIT)
+@_jit
 def _postings_read(suffix, weights, values, threshold):  # pragma: no cover - compiled
     read = 0
     for i in range(len(weights)):
@@ -180,7 +180,7 @@ def _postings_read(suffix, weights, values, threshold):  # pragma: no cover - co
     return read
 
 
-@nb.njit(**_JIT)
+@_jit
 def quantise_rows(indptr, indices, data, scale):  # pragma: no cover - compiled
     """Float CSR rows -> (indptr, words, codes) with codes round(w / scale) in 1..255 (code 0
     dropped), and the largest |w - code * scale| over every weight, dropped ones included."""
@@ -202,7 +202,7 @@ def quantise_rows(indptr, indices, data, scale):  # pragma: no cover - compiled
     return out_ptr, words[:o].copy(), codes[:o].copy(), worst
 
 
-@nb.njit(**_JIT)
+@_jit
 def score_block(  # pragma: no cover - compiled
     post, seg_code, seg_end, word_seg, values, words, weights, min_codes, live, doc_base,
     acc, heap_s, heap_d, size,
@@ -247,12 +247,12 @@ def score_block(  # pragma: no cover - compiled
     return size
 
 
-@nb.njit(**_JIT)
+@_jit
 def _worse(s1, d1, s2, d2):  # pragma: no cover - compiled
     return s1 < s2 or (s1 == s2 and d1 > d2)
 
 
-@nb.njit(**_JIT)
+@_jit
 def _heap_push(heap_s, heap_d, size, capacity, score, doc):  # pragma: no cover - compiled
     """Min-heap (worst at the root) of the best ``capacity`` hits; returns the new size."""
     if size < capacity:
@@ -289,7 +289,7 @@ def _heap_push(heap_s, heap_d, size, capacity, score, doc):  # pragma: no cover 
     return size
 
 
-@nb.njit(**_JIT)
+@_jit
 def rescore(rows, gap_ptr, gaps, code_ptr, codes, values, dense_query):  # pragma: no cover
     """Full (quantised) scores of forward ``rows`` of one block against a dense query vector
     (and a byte to ignore).

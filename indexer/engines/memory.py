@@ -129,8 +129,8 @@ class MemoryIndex:
 
     def delete(self, ids: Iterable[str]) -> int:
         with self._lock:
-            rows = [self._row_of.get(str(i)) for i in ids]
-            rows = sorted({r for r in rows if r is not None and self._live[r]})
+            found = [self._row_of.get(str(i)) for i in ids]
+            rows = sorted({r for r in found if r is not None and self._live[r]})
             if rows:
                 live = self._live.copy()  # a search may hold the old mask in its snapshot
                 live[rows] = False
