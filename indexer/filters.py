@@ -68,7 +68,9 @@ class WordFilter:
     def check(self, vocabulary_size: int) -> None:
         bad = [w for w in self.require | self.exclude if not 0 <= w < vocabulary_size]
         if bad:
-            raise ValueError(f"filter words {sorted(bad)} are outside the vocabulary (0..{vocabulary_size - 1})")
+            raise ValueError(
+                f"filter words {sorted(bad)} are outside the vocabulary (0..{vocabulary_size - 1})"
+            )
 
 
 def active(filters: WordFilter | None) -> bool:
@@ -147,7 +149,9 @@ def has_matrix(rows: sp.csr_matrix, cuts: np.ndarray | None = None) -> sp.csr_ma
     return has
 
 
-def allowed_by_lists(filters: WordFilter, n: int, having: Callable[[int], np.ndarray]) -> np.ndarray:
+def allowed_by_lists(
+    filters: WordFilter, n: int, having: Callable[[int], np.ndarray]
+) -> np.ndarray:
     """Boolean mask over ``n`` rows from ``having(w)`` = the rows that have word ``w``."""
     allowed = np.ones(n, dtype=bool)
     for w in filters.exclude:
@@ -169,9 +173,7 @@ def allowed_rows(filters: WordFilter | None, rows: sp.csr_matrix) -> np.ndarray:
     return allowed_by_lists(filters, n, lambda w: has.indices[has.indptr[w] : has.indptr[w + 1]])
 
 
-def posting_having(
-    indices: np.ndarray, data: np.ndarray, cuts: np.ndarray
-) -> np.ndarray:
+def posting_having(indices: np.ndarray, data: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """Rows of one posting list (``indices``/``data`` of a words x images CSR row) having it."""
     return indices[data >= cuts[indices]]
 
