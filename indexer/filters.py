@@ -137,16 +137,23 @@ def _chunk_cuts(rows: sp.csr_matrix, start: int, stop: int, cuts: np.ndarray) ->
     cuts[start + nonempty] = local
 
 
-def has_matrix(rows: sp.csr_matrix, cuts: np.ndarray | None = None) -> sp.csr_matrix:
-    """Images x words boolean CSR: entry (i, w) is stored when image i has word w."""
+def has_matrix(rows: sp.csr_matrix) -> sp.csr_matrix:
+    """Images x words boolean CSR: entry (i, w) is stored when image i has word w (chunked)."""
     rows = sp.csr_matrix(rows)
-    cuts = strong_cuts(rows) if cuts is None else cuts
-    owner = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
-    keep = np.asarray(rows.data, dtype=np.float32) >= cuts[owner]
-    has = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=bool), (owner[keep], rows.indices[keep])), shape=rows.shape
-    )
-    return has
+    cuts = strong_cuts(rows)
+    n, parts = rows.shape[0], []
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(rows.indptr, rows.indptr[start] + _CHUNK_ENTRIES, side="right"))
+        stop = min(n, max(stop - 1, start + 1))
+        a, b = int(rows.indptr[start]), int(rows.indptr[stop])
+        owner = np.repeat(np.arange(start, stop), np.diff(rows.indptr[start : stop + 1]))
+        keep = np.asarray(rows.data[a:b], dtype=np.float32) >= cuts[owner]
+        parts.append((owner[keep], rows.indices[a:b][keep]))
+        start = stop
+    r = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    c = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+    return sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=rows.shape)
 
 
 def allowed_by_lists(
