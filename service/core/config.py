@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     mmap: bool = Field(default=False, description="memory-map the memory engine's arrays")
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 
+    # --- a Qdrant server or cluster (indexes built with --engine qdrant --qdrant-url) ----------
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server URL, e.g. http://qdrant:6333 (default: the one the index "
+        "was built with); unused by embedded Qdrant Edge indexes",
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key")
+    qdrant_timeout_s: float = Field(
+        default=5.0, gt=0, description="Qdrant request timeout; past it a search answers 503"
+    )
+    qdrant_tls_ca: Path | None = Field(
+        default=None, description="CA bundle to verify a Qdrant server's https certificate"
+    )
+
     # --- network ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

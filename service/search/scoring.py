@@ -5,23 +5,30 @@ matched words' contributions ``q_j d_j``. The engine proposes hits; this module 
 rows and computes the contributions in float64, and a hit's reported score *is* their sum (so the
 two always agree, whatever the engine's own arithmetic).
 
-Engines whose top-k is not exact (the Lucene impact index with quantised weights, or pruned
-memory search) are asked for ``rescore_factor`` times as many candidates as the page needs; the
-candidates are re-scored exactly from the corpus store's float rows and re-sorted, and the page is
-cut from that order. The exact memory engine is paged directly.
+Engines whose top-k is not exact (``index.exact`` False: the Lucene impact index, pruned memory
+search, Qdrant with float16/uint8 values) are asked for ``rescore_factor`` times as many
+candidates as the page needs; the candidates are re-scored exactly from float rows and
+re-sorted, and the page is cut from that order. Exact engines are paged directly. Float rows come
+from the engine when its rows are the exact floats (``index.exact_rows``), else from the corpus
+store. Word filters go to the engine, which applies them before its top-k. An engine whose
+server is unavailable (``IndexUnavailable``) makes the request a 503 with the engine's message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
+from indexer.engines.base import IndexUnavailable
+from indexer.filters import WordFilter
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
-from service.core.errors import NotFound
+from service.core.errors import NotFound, Unavailable
 from service.search.indexes import IndexHandle
 
 MAX_CANDIDATES = 20_000
@@ -95,14 +102,24 @@ def _hit(image_id: str, matched: list[Contribution], limit: int | None) -> Score
     return ScoredHit(image_id, score, matched[:limit], len(rest), other)
 
 
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """An engine server that is down, slow or refusing the key -> 503 with its message."""
+    try:
+        yield
+    except IndexUnavailable as exc:
+        raise Unavailable(f"the index is unavailable: {exc}") from None
+
+
 def row_vectors(handle: IndexHandle, store: CorpusStore | None, ids: list[str]) -> sp.csr_matrix:
-    """Float rows of ``ids``: the memory engine's own, else the corpus store's (exact floats)."""
-    if handle.engine != "memory" and store is not None:
+    """Float rows of ``ids``: the engine's when they are exact, else the corpus store's."""
+    if not handle.exact_rows and store is not None:
         try:
             return store.vectors_of(ids)
         except KeyError:
-            pass  # the index knows images the store does not (yet): the engine's rows are exact too
-    return handle.index.vectors_of(ids)
+            pass  # the index knows images the store does not (yet)
+    with engine_errors():
+        return handle.index.vectors_of(ids)
 
 
 def search(
@@ -116,17 +133,19 @@ def search(
     min_score: float = 0.0,
     matched_limit: int | None = None,
     rescore_factor: int = 4,
+    filters: WordFilter | None = None,
 ) -> SearchOutcome:
     """Top ``top_k`` hits after ``offset`` with exact scores >= ``min_score`` (runs in a thread)."""
     if query.nnz == 0:
         note = "the query has no active vocabulary words, so nothing can match"
         return SearchOutcome([], 0.0, 0.0, 0, [note])
     start = time.perf_counter()
-    if handle.exact:
-        found = handle.index.search(query, top_k, offset)
-    else:
-        want = min(MAX_CANDIDATES, (offset + top_k) * rescore_factor)
-        found = handle.index.search(query, want, 0)
+    with engine_errors():
+        if handle.exact:
+            found = handle.index.search(query, top_k, offset, filters)
+        else:
+            want = min(MAX_CANDIDATES, (offset + top_k) * rescore_factor)
+            found = handle.index.search(query, want, 0, filters)
     searched = time.perf_counter()
     ids = [i for i, _ in found]
     hits: list[ScoredHit] = []
