@@ -37,7 +37,9 @@ def oracle_words(rows: sp.csr_matrix) -> list[set[int]]:
     out = []
     for r in range(rows.shape[0]):
         a, b = rows.indptr[r], rows.indptr[r + 1]
-        pairs = sorted(zip(rows.data[a:b].tolist(), rows.indices[a:b].tolist()), reverse=True)
+        pairs = sorted(
+            zip(rows.data[a:b].tolist(), rows.indices[a:b].tolist(), strict=True), reverse=True
+        )
         if not pairs:
             out.append(set())
             continue

@@ -206,13 +206,13 @@ def test_server_collection_of_another_vocabulary_is_refused(tmp_path):
 @contextmanager
 def refusing_server(status: int):
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(b'{"status": {"error": "Invalid api-key"}}')
 
-        do_POST = do_PUT = do_GET  # noqa: N815
+        do_POST = do_PUT = do_GET
 
         def log_message(self, *args):
             pass
@@ -257,7 +257,7 @@ def published_server_index(tmp_path):
 
 def test_unreachable_slow_and_refusing_servers_are_clear_errors(tmp_path):
     version = published_server_index(tmp_path)
-    with pytest.raises(IndexUnavailable, match="unreachable.*LEXVLA_QDRANT_URL"):
+    with pytest.raises(IndexUnavailable, match=r"unreachable.*LEXVLA_QDRANT_URL"):
         QdrantIndex.open(version, url=closed_port_url(), timeout_s=1)
     with refusing_server(403) as url, pytest.raises(IndexUnavailable, match="refused the API key"):
         QdrantIndex.open(version, url=url, api_key="wrong", timeout_s=1)
