@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from indexer.decode import (
     DEFAULT_MAX_PIXELS,
@@ -48,6 +48,7 @@ from indexer.decode import (
     thumbnail_jpeg,
 )
 from indexer.engines import engine_class, publish
+from indexer.engines.qdrant_backends import DATATYPES
 from indexer.sources import SourceItem, SourceKind, iter_source
 from indexer.store import CorpusStore
 from model.sparsify import default_threshold
@@ -81,13 +82,81 @@ class IndexJob(BaseModel):
     require_store: bool = False  # `index add`: the store must exist already
     draft_decode: bool = True  # JPEG draft mode (decode at reduced scale) when it is enough
 
+    # --- engine "qdrant" ------------------------------------------------------------------------
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server or cluster URL (http://host:6333); unset: embedded Qdrant Edge",
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key")
+    qdrant_timeout_s: float = Field(default=60.0, gt=0, description="Qdrant request timeout")
+    qdrant_tls_ca: str | None = Field(default=None, description="CA bundle for https")
+    qdrant_collection: str | None = Field(
+        default=None,
+        description="server: the collection to write (sharded jobs share one); "
+        "default <alias>-<time>, one per index version",
+    )
+    qdrant_alias: str = Field(
+        default="lexvla", description="server: the alias the service searches"
+    )
+    qdrant_datatype: str = Field(
+        default="float32", description="value type of the sparse index: float32, float16, uint8"
+    )
+    qdrant_on_disk: bool = Field(default=True, description="vectors, index and payload on disk")
+    qdrant_optimize_every: int = Field(
+        default=100_000, ge=0, description="optimize() after this many upserts (bounded memory)"
+    )
+    qdrant_shard_number: int | None = Field(default=None, ge=1, description="server: shards")
+    qdrant_replication_factor: int | None = Field(
+        default=None, ge=1, description="server: copies of each shard"
+    )
+    qdrant_write_consistency_factor: int | None = Field(
+        default=None, ge=1, description="server: replicas that must acknowledge a write"
+    )
+
     @model_validator(mode="after")
     def _check_shard(self) -> IndexJob:
         if self.shard_id >= self.num_shards:
             raise ValueError(
                 f"shard_id must be in 0..{self.num_shards - 1} (num_shards), got {self.shard_id}"
             )
+        if self.qdrant_datatype not in DATATYPES:
+            raise ValueError(f"qdrant_datatype must be one of {', '.join(DATATYPES)}")
+        sharded_server = self.num_shards > 1 and self.index and self.qdrant_url
+        if self.engine == "qdrant" and sharded_server and not self.qdrant_collection:
+            raise ValueError(
+                "sharded qdrant builds write one shared collection: give every shard the "
+                "same qdrant_collection (--qdrant-collection NAME)"
+            )
         return self
+
+    def engine_options(self) -> dict[str, Any]:
+        """Options for the engine's ``create`` (see :func:`engine_options`)."""
+        return engine_options(self.engine, self)
+
+
+def engine_options(engine: str, source: Any) -> dict[str, Any]:
+    """The ``create`` options of ``engine`` from an object with ``qdrant_*`` attributes
+    (an :class:`IndexJob`, or the CLI's parsed arguments)."""
+    if engine != "qdrant":
+        return {}
+    key = getattr(source, "qdrant_api_key", None)
+    options = {
+        "datatype": source.qdrant_datatype,
+        "on_disk": source.qdrant_on_disk,
+        "optimize_every": source.qdrant_optimize_every,
+        "url": source.qdrant_url,
+        "api_key": key.get_secret_value() if isinstance(key, SecretStr) else key,
+        "timeout_s": source.qdrant_timeout_s,
+        "tls_ca": source.qdrant_tls_ca,
+        "collection": source.qdrant_collection,
+        "alias": source.qdrant_alias,
+        "shard_number": source.qdrant_shard_number,
+        "replication_factor": source.qdrant_replication_factor,
+        "write_consistency_factor": source.qdrant_write_consistency_factor,
+    }
+    if not options["url"]:  # embedded: no server options
+        return {k: options[k] for k in ("datatype", "on_disk", "optimize_every")}
+    return options
 
 
 @dataclass
@@ -98,6 +167,7 @@ class JobReport:
     chunks_done_before: int = 0
     chunks_written: int = 0
     index_version: str | None = None
+    qdrant_collection: str | None = None  # sharded qdrant jobs: the collection they wrote
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -134,7 +204,16 @@ def run_index_job(job: IndexJob, model: Any | None = None) -> JobReport:
             _index_chunk(job, model, store, items, key, report)
             report.chunks_written += 1
         if job.index:
-            report.index_version = build_index(store, job.index, job.engine).name
+            if job.engine == "qdrant" and job.num_shards > 1 and job.qdrant_url:
+                from indexer.qdrant_jobs import build_qdrant
+
+                _, written = build_qdrant(
+                    store, job.index, False, job.progress, **job.engine_options()
+                )
+                report.qdrant_collection = written.manifest.params["collection"]
+            else:
+                version = build_index(store, job.index, job.engine, **job.engine_options())
+                report.index_version = version.name
     finally:
         store.close()
     return report
@@ -164,7 +243,16 @@ def open_store(path: str | Path, model: Any) -> CorpusStore:
 def build_index(
     store: CorpusStore, index_dir: str | Path, engine: str = "memory", **options: Any
 ) -> Path:
-    """Build an index of every live image of the store and publish it as a new version."""
+    """Build an index of every live image of the store and publish it as a new version.
+
+    The qdrant engine builds resumably (:func:`indexer.qdrant_jobs.build_qdrant`).
+    """
+    if engine == "qdrant":
+        from indexer.qdrant_jobs import build_qdrant
+
+        version, _ = build_qdrant(store, index_dir, **options)
+        assert version is not None
+        return version
     manifest = store.manifest
     index = engine_class(engine).create(
         len(store.vocabulary),

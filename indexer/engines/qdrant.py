@@ -34,6 +34,7 @@ On disk (one version directory): ``index.json``; embedded: ``shard/`` (Qdrant Ed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -153,13 +154,13 @@ class QdrantIndex:
             replication_factor=replication_factor,
             write_consistency_factor=write_consistency_factor,
         )
-        backend = ServerBackend(client, collection, f"the Qdrant server at {connection.url}")
+        server = ServerBackend(client, collection, f"the Qdrant server at {connection.url}")
         layout = ServerLayout(
             shard_number, replication_factor, write_consistency_factor, on_disk, datatype
         )
-        backend.create(layout, {"lexvla": _identity(manifest)})
-        _check_identity(backend.metadata(), manifest, f"collection {collection!r}")
-        return cls(manifest, backend)
+        server.create(layout, {"lexvla": _identity(manifest)})
+        _check_identity(server.metadata(), manifest, f"collection {collection!r}")
+        return cls(manifest, server)
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -309,9 +310,8 @@ class QdrantIndex:
             assert self._shard_dir is not None
             target = path / SHARD
             shutil.move(str(self._shard_dir), str(target))  # a rename on one filesystem
-            old_root = self._shard_dir.parent
-            if old_root.name.startswith("lexvla-qdrant-"):
-                shutil.rmtree(old_root, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the work or temporary directory, now empty
+                self._shard_dir.parent.rmdir()
             self.backend = EdgeBackend(target)
             self._shard_dir, self._owned = target, False
         self.manifest.count, self.manifest.deleted = self.count(), 0
@@ -367,6 +367,43 @@ class QdrantIndex:
             )
         _check_identity(probe.metadata(alias), manifest, f"the collection behind alias {alias!r}")
         backend = ServerBackend(client, params["collection"], where, read=alias)
+        return cls(manifest, backend)
+
+    @classmethod
+    def attach(
+        cls,
+        collection: str,
+        alias: str = "lexvla",
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 5.0,
+        tls_ca: str | None = None,
+        client: Any = None,
+    ) -> Self:
+        """A server collection built earlier (e.g. by sharded jobs), described by its metadata."""
+        connection = QdrantConnection(url or "local", api_key, timeout_s, tls_ca)
+        client = client if client is not None else connection.client()
+        backend = ServerBackend(client, collection, f"the Qdrant server at {connection.url}")
+        found = backend.metadata().get("lexvla")
+        if not found:
+            raise ValueError(f"collection {collection!r} was not made by `lexvla index build`")
+        check_rule(found, f"collection {collection!r}")
+        params = {
+            "backend": "server",
+            "collection": collection,
+            "alias": alias,
+            "url": url,
+            "datatype": found.get("datatype", "float32"),
+            "rule": dict(RULE),
+        }
+        manifest = IndexManifest(
+            ENGINE,
+            found["vocabulary_hash"],
+            found["vocabulary_size"],
+            found.get("checkpoint_id", ""),
+            found.get("threshold"),
+            params=params,
+        )
         return cls(manifest, backend)
 
     @classmethod

@@ -247,12 +247,13 @@ class ServerBackend:
                 (WORDS, m.PayloadSchemaType.INTEGER),
                 (ID, m.PayloadSchemaType.KEYWORD),
             ):
-                self.call(
-                    "creating a payload index",
-                    lambda n=name, k=kind: self.client.create_payload_index(
-                        self.collection, n, k, wait=True
-                    ),
-                )
+                self._payload_index(name, kind)
+
+    def _payload_index(self, name: str, kind: Any) -> None:
+        self.call(
+            "creating a payload index",
+            lambda: self.client.create_payload_index(self.collection, name, kind, wait=True),
+        )
 
     def metadata(self, name: str | None = None) -> dict[str, Any]:
         """The metadata a collection (or the one an alias names) was created with."""
