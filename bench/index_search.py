@@ -2,12 +2,16 @@
 
     python bench/index_search.py --n 100000                      # memory engine, quick
     python bench/index_search.py --n 1000000 --engines memory,lucene --out runs/bench-1m.json
+    python bench/index_search.py --n 100000 --engines memory,qdrant \
+        --qdrant-configs float32-ram,float32-disk,float16-disk,uint8-disk
 
 Corpora and queries come from bench/index_synthetic.py (LexVLA-like statistics: ~1,000 active of
 17,234 words per image, Zipf word frequencies; queries of 30/100/300 words). For each query size
 it reports exact search p50/p99 (one query at a time, one process), then for each pruning setting
 p50/p99 and recall@10 against exact search, then the Lucene engine's (build time, p50/p99,
-recall@10 against exact). Memory is the index's array bytes and the process's peak RSS.
+recall@10 against exact), then Qdrant Edge's for each ``--qdrant-configs`` entry (value type and
+RAM/disk; build time, disk, resident memory after the build, p50/p99, recall@10). Memory is the
+index's array bytes and the process's peak RSS. Build memory at 1M: bench/qdrant_build.py.
 """
 
 from __future__ import annotations
@@ -78,6 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale", type=float, default=100.0, help="lucene quantisation scale")
     ap.add_argument("--lucene-dir", default=None, help="keep the lucene index here")
     ap.add_argument("--out", default=None, help="write the results as JSON")
+    ap.add_argument(
+        "--qdrant-configs",
+        default="float32-ram,float32-disk,float16-disk,uint8-disk",
+        help="qdrant engine settings to try: <float32|float16|uint8>-<ram|disk>, comma-separated",
+    )
+    ap.add_argument("--qdrant-optimize-every", type=int, default=100_000)
+    ap.add_argument("--qdrant-dir", default=None, help="build the Qdrant shards under this folder")
     args = ap.parse_args(argv)
     engines = args.engines.split(",")
     sizes = [int(w) for w in args.words.split(",")]
@@ -114,9 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"memory m={m}: {json.dumps(row)}", flush=True)
     report["memory_peak_rss_gb"] = round(peak_rss_gb(), 2)
 
-    if "lucene" in engines:
+    if "lucene" in engines or "qdrant" in engines:
         del index, arrays
+    if "lucene" in engines:
         report["lucene"] = bench_lucene(args, corpus.rows, ids, queries, exact)
+    if "qdrant" in engines:
+        report["qdrant"] = bench_qdrant(args, corpus.rows, ids, queries, exact)
     print(json.dumps(report, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +157,50 @@ def bench_lucene(args, rows, ids, queries, exact) -> dict:
         print(f"lucene m={m}: {json.dumps(out[m])}", flush=True)
     out["peak_rss_gb"] = round(peak_rss_gb(), 2)
     return out
+
+
+def bench_qdrant(args, rows, ids, queries, exact) -> dict:
+    """Qdrant Edge (in-process) for each of ``args.qdrant_configs``: build, disk, RSS, latency."""
+    import shutil
+    import tempfile
+
+    from indexer.engines.qdrant import QdrantIndex, disk_bytes
+
+    out: dict = {}
+    for config in args.qdrant_configs.split(","):
+        datatype, place = config.split("-")
+        root = Path(tempfile.mkdtemp(prefix="bench-qdrant-", dir=args.qdrant_dir))
+        index = QdrantIndex.create(
+            rows.shape[1],
+            datatype=datatype,
+            on_disk=place == "disk",
+            optimize_every=args.qdrant_optimize_every,
+            workdir=root / "work",
+        )
+        t = time.time()
+        index.upsert(ids, rows)
+        index.optimize()
+        row: dict = {"build_s": round(time.time() - t, 1)}
+        index.save(root / "version")  # as published: the shard moves into the version folder
+        row["disk_gb"] = round(disk_bytes(root / "version") / 1e9, 2)
+        row["rss_after_build_gb"] = round(current_rss_gb(), 2)
+        for m, qs in queries.items():
+            index.search(qs[0], 10)  # warm-up
+            found, ms = timed(lambda q, index=index: index.search(q, 10), qs)
+            row[m] = {**stats(ms), "recall@10": recall(found, exact[m])}
+        out[config] = row
+        print(f"qdrant {config}: {json.dumps(row)}", flush=True)
+        index.close()
+        shutil.rmtree(root, ignore_errors=True)
+    out["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    return out
+
+
+def current_rss_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1e6
+    return float("nan")
 
 
 if __name__ == "__main__":
