@@ -139,8 +139,7 @@ class QdrantIndex:
                 owned_root / SHARD, datatype, on_disk, segment_points, indexing_threshold_kb
             )
             return cls(manifest, backend, owned_root / SHARD, owned=True)
-        connection = QdrantConnection(url or "local", api_key, timeout_s, tls_ca)
-        client = client if client is not None else connection.client()
+        client, where = _connect(url, api_key, timeout_s, tls_ca, client)
         collection = (
             collection
             or f"{alias}-{manifest.created.replace(':', '').replace('-', '')[:15].lower()}"
@@ -154,7 +153,7 @@ class QdrantIndex:
             replication_factor=replication_factor,
             write_consistency_factor=write_consistency_factor,
         )
-        server = ServerBackend(client, collection, f"the Qdrant server at {connection.url}")
+        server = ServerBackend(client, collection, where)
         layout = ServerLayout(
             shard_number, replication_factor, write_consistency_factor, on_disk, datatype
         )
@@ -183,25 +182,23 @@ class QdrantIndex:
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """Add images; an id already in the index is a ValueError (use :meth:`upsert`)."""
-        ids = [str(i) for i in ids]
-        rows = check_rows(ids, rows, self.manifest.vocabulary_size)
-        self._writable()
-        present = self.backend.existing([point_id(i) for i in ids]) if ids else set()
-        if present:
-            first = next(i for i in ids if point_id(i) in present)
-            raise ValueError(f"image {first!r} is already in the index")
-        self._upsert(ids, rows, metadata)
+        self.upsert(ids, rows, metadata, new_only=True)
 
     def upsert(
         self,
         ids: Sequence[str],
         rows: sp.csr_matrix,
         metadata: Sequence[dict[str, Any]] | None = None,
+        new_only: bool = False,
     ) -> None:
         """Add or replace images (idempotent: the same rows twice change nothing)."""
         ids = [str(i) for i in ids]
         rows = check_rows(ids, rows, self.manifest.vocabulary_size)
         self._writable()
+        present = self.backend.existing([point_id(i) for i in ids]) if new_only and ids else set()
+        if present:
+            first = next(i for i in ids if point_id(i) in present)
+            raise ValueError(f"image {first!r} is already in the index")
         self._upsert(ids, rows, metadata)
 
     def _upsert(
@@ -355,9 +352,7 @@ class QdrantIndex:
         url = url or params.get("url")
         if client is None and not url:
             raise ValueError(f"{path} is a Qdrant server index: give its URL (LEXVLA_QDRANT_URL)")
-        connection = QdrantConnection(url or "local", api_key, timeout_s, tls_ca)
-        client = client if client is not None else connection.client()
-        where = f"the Qdrant server at {connection.url}"
+        client, where = _connect(url, api_key, timeout_s, tls_ca, client)
         alias = params["alias"]
         probe = ServerBackend(client, params["collection"], where)
         if not probe.exists(alias):
@@ -381,9 +376,8 @@ class QdrantIndex:
         client: Any = None,
     ) -> Self:
         """A server collection built earlier (e.g. by sharded jobs), described by its metadata."""
-        connection = QdrantConnection(url or "local", api_key, timeout_s, tls_ca)
-        client = client if client is not None else connection.client()
-        backend = ServerBackend(client, collection, f"the Qdrant server at {connection.url}")
+        client, where = _connect(url, api_key, timeout_s, tls_ca, client)
+        backend = ServerBackend(client, collection, where)
         found = backend.metadata().get("lexvla")
         if not found:
             raise ValueError(f"collection {collection!r} was not made by `lexvla index build`")
@@ -429,6 +423,16 @@ class QdrantIndex:
         source, self._shard_dir, self._owned = self._shard_dir, copy, True
         self.backend = EdgeBackend(copy)
         del source
+
+
+def _connect(
+    url: str | None, api_key: str | None, timeout_s: float, tls_ca: str | None, client: Any
+) -> tuple[Any, str]:
+    """A client (the one given, e.g. local mode, or one for ``url``) and how errors name it."""
+    connection = QdrantConnection(url or "local", api_key, timeout_s, tls_ca)
+    return (
+        client if client is not None else connection.client()
+    ), f"the Qdrant server at {connection.url}"
 
 
 def _identity(manifest: IndexManifest) -> dict[str, Any]:
