@@ -69,6 +69,16 @@ def test_minus_word_drops_images_that_have_it_and_plus_word_keeps_only_them(clie
     assert only["query"] == word and {h["id"] for h in only["hits"]} <= having
 
 
+def test_the_issue_s_examples_on_the_shapes_corpus(client, strong):
+    """``-star`` returns no image that has "star", ``+circle`` only images that have "circle"."""
+    minus = _search(client, query="a green triangle -star")
+    assert all("star" not in strong[h["id"]] for h in minus["hits"])
+    plus = _search(client, query="a red circle +circle")
+    assert all("circle" in strong[h["id"]] for h in plus["hits"])
+    having = {i for i, words in strong.items() if "circle" in words}
+    assert {h["id"] for h in plus["hits"]} <= having
+
+
 def test_boost_zero_ignores_a_word_without_filtering(client, strong):
     base = _search(client, mode="words", query="red circle square")
     ignored = _search(client, mode="words", query="red circle square", boost={"square": 0.0})
@@ -125,7 +135,7 @@ def test_qdrant_engines_serve_the_same_filtered_results(client, qdrant_apps, str
 
 
 def _closed_port_client():
-    from indexer.engines.qdrant_backends import QdrantConnection
+    from indexer.engines.qdrant_server import QdrantConnection
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,8 @@ scale and offset per posting list, chosen by Qdrant, so no single scale exists t
 top-k is approximate; the service re-scores candidates exactly. The stored vectors stay float32
 whatever the value type, so :meth:`vectors_of` returns the rows exactly as added.
 
-Back ends (:mod:`indexer.engines.qdrant_backends`), the same code above them:
+Back ends (:mod:`indexer.engines.qdrant_backends`, :mod:`indexer.engines.qdrant_server`), the
+same code above them:
 
 - **embedded** (default): a Qdrant Edge shard in ``<version>/shard/``. ``on_disk`` keeps vectors,
   index and payload memory-mapped; the build calls ``optimize()`` every ``optimize_every``
@@ -47,15 +48,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.base import Hit, IndexManifest, IndexUnavailable, as_query_row, check_rows
-from indexer.engines.qdrant_backends import (
-    DATATYPES,
-    EdgeBackend,
-    QdrantConnection,
+from indexer.engines.qdrant_backends import DATATYPES, EdgeBackend
+from indexer.engines.qdrant_server import (
     ServerBackend,
     ServerLayout,
+    check_identity,
+    connect,
+    identity,
 )
 from indexer.filters import RULE, WordFilter, check_rule, strong_words
-from model.vocabulary import VocabularyMismatchError
 
 ENGINE = "qdrant"
 SHARD = "shard"
@@ -139,7 +140,7 @@ class QdrantIndex:
                 owned_root / SHARD, datatype, on_disk, segment_points, indexing_threshold_kb
             )
             return cls(manifest, backend, owned_root / SHARD, owned=True)
-        client, where = _connect(url, api_key, timeout_s, tls_ca, client)
+        client, where = connect(url, api_key, timeout_s, tls_ca, client)
         collection = (
             collection
             or f"{alias}-{manifest.created.replace(':', '').replace('-', '')[:15].lower()}"
@@ -157,8 +158,8 @@ class QdrantIndex:
         layout = ServerLayout(
             shard_number, replication_factor, write_consistency_factor, on_disk, datatype
         )
-        server.create(layout, {"lexvla": _identity(manifest)})
-        _check_identity(server.metadata(), manifest, f"collection {collection!r}")
+        server.create(layout, {"lexvla": identity(manifest)})
+        check_identity(server.metadata(), manifest, f"collection {collection!r}")
         return cls(manifest, server)
 
     # --- properties ---------------------------------------------------------------------------
@@ -352,7 +353,7 @@ class QdrantIndex:
         url = url or params.get("url")
         if client is None and not url:
             raise ValueError(f"{path} is a Qdrant server index: give its URL (LEXVLA_QDRANT_URL)")
-        client, where = _connect(url, api_key, timeout_s, tls_ca, client)
+        client, where = connect(url, api_key, timeout_s, tls_ca, client)
         alias = params["alias"]
         probe = ServerBackend(client, params["collection"], where)
         if not probe.exists(alias):
@@ -360,7 +361,7 @@ class QdrantIndex:
                 f"{where} has no alias {alias!r} (published collection {params['collection']!r}); "
                 "publish an index there first (`lexvla index build --engine qdrant --qdrant-url ...`)"
             )
-        _check_identity(probe.metadata(alias), manifest, f"the collection behind alias {alias!r}")
+        check_identity(probe.metadata(alias), manifest, f"the collection behind alias {alias!r}")
         backend = ServerBackend(client, params["collection"], where, read=alias)
         return cls(manifest, backend)
 
@@ -376,7 +377,7 @@ class QdrantIndex:
         client: Any = None,
     ) -> Self:
         """A server collection built earlier (e.g. by sharded jobs), described by its metadata."""
-        client, where = _connect(url, api_key, timeout_s, tls_ca, client)
+        client, where = connect(url, api_key, timeout_s, tls_ca, client)
         backend = ServerBackend(client, collection, where)
         found = backend.metadata().get("lexvla")
         if not found:
@@ -423,40 +424,6 @@ class QdrantIndex:
         source, self._shard_dir, self._owned = self._shard_dir, copy, True
         self.backend = EdgeBackend(copy)
         del source
-
-
-def _connect(
-    url: str | None, api_key: str | None, timeout_s: float, tls_ca: str | None, client: Any
-) -> tuple[Any, str]:
-    """A client (the one given, e.g. local mode, or one for ``url``) and how errors name it."""
-    connection = QdrantConnection(url or "local", api_key, timeout_s, tls_ca)
-    return (
-        client if client is not None else connection.client()
-    ), f"the Qdrant server at {connection.url}"
-
-
-def _identity(manifest: IndexManifest) -> dict[str, Any]:
-    """What a collection records about the index it holds (its metadata)."""
-    return {
-        "engine": ENGINE,
-        "vocabulary_hash": manifest.vocabulary_hash,
-        "vocabulary_size": manifest.vocabulary_size,
-        "checkpoint_id": manifest.checkpoint_id,
-        "threshold": manifest.threshold,
-        "rule": dict(RULE),
-        "datatype": manifest.params.get("datatype"),
-    }
-
-
-def _check_identity(metadata: dict[str, Any], manifest: IndexManifest, what: str) -> None:
-    found = metadata.get("lexvla") or {}
-    if found.get("vocabulary_hash") != manifest.vocabulary_hash:
-        raise VocabularyMismatchError(
-            f"vocabulary mismatch: {what} holds vectors of vocabulary "
-            f"{str(found.get('vocabulary_hash'))[:12]}, this index uses "
-            f"{manifest.vocabulary_hash[:12]}; use another collection name (--qdrant-collection)"
-        )
-    check_rule(found, what)
 
 
 def disk_bytes(path: str | Path) -> int:
