@@ -134,14 +134,18 @@ def test_qdrant_engines_serve_the_same_filtered_results(client, qdrant_apps, str
             )
 
 
-def _closed_port_client():
-    from indexer.engines.qdrant_server import QdrantConnection
-
+def _closed_port_url() -> str:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    return QdrantConnection(f"http://127.0.0.1:{port}", timeout_s=1).client()
+    return f"http://127.0.0.1:{port}"
+
+
+def _closed_port_client():
+    from indexer.engines.qdrant_server import QdrantConnection
+
+    return QdrantConnection(_closed_port_url(), timeout_s=1).client()
 
 
 def test_a_qdrant_server_that_goes_down_gives_503_not_500(qdrant_apps):
@@ -163,3 +167,30 @@ def test_a_qdrant_server_that_goes_down_gives_503_not_500(qdrant_apps):
         server.backend.client = working
     assert http.get("/readyz").status_code == 200
     assert http.post("/search", json={"query": "a red circle"}).status_code == 200
+
+
+def test_serve_stops_at_start_up_with_one_line_when_qdrant_is_unreachable(
+    tiny_checkpoint, tiny_model, tmp_path, capsys
+):
+    from qdrant_client import QdrantClient
+
+    from indexer.engines import publish
+    from indexer.engines.qdrant import QdrantIndex
+    from service.cli import main as serve_main
+
+    dead = _closed_port_url()
+    index = QdrantIndex.create(
+        len(tiny_model.vocabulary),
+        tiny_model.vocabulary.hash,
+        client=QdrantClient(":memory:"),
+        collection="gone",
+        url=dead,
+    )
+    publish(index, tmp_path / "ix")
+    code = serve_main(["--checkpoint", str(tiny_checkpoint), "--index", str(tmp_path / "ix")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert (
+        err.startswith("lexvla serve: the Qdrant server at http://127.0.0.1:")
+        and "unreachable" in err
+    )
