@@ -172,12 +172,17 @@ def allowed_by_lists(
 
 def allowed_rows(filters: WordFilter | None, rows: sp.csr_matrix) -> np.ndarray:
     """Which rows of an images x words matrix pass ``filters`` (the reference implementation)."""
-    n = rows.shape[0]
     if not active(filters):
-        return np.ones(n, dtype=bool)
+        return np.ones(rows.shape[0], dtype=bool)
     assert filters is not None
-    has = has_matrix(rows).tocsc()
-    return allowed_by_lists(filters, n, lambda w: has.indices[has.indptr[w] : has.indptr[w + 1]])
+    return allowed_by_has(filters, has_matrix(rows).tocsc())
+
+
+def allowed_by_has(filters: WordFilter, has: sp.csc_matrix) -> np.ndarray:
+    """:func:`allowed_rows` from a :func:`has_matrix` in CSC form (engines cache that)."""
+    return allowed_by_lists(
+        filters, has.shape[0], lambda w: has.indices[has.indptr[w] : has.indptr[w + 1]]
+    )
 
 
 def posting_having(indices: np.ndarray, data: np.ndarray, cuts: np.ndarray) -> np.ndarray:

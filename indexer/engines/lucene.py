@@ -48,7 +48,7 @@ from indexer.engines.base import (
     save_csr,
 )
 from indexer.engines.jvm import java_class
-from indexer.filters import WordFilter, active, allowed_by_lists, has_matrix
+from indexer.filters import WordFilter, active, allowed_by_has, has_matrix
 
 ENGINE = "lucene"
 DEFAULT_SCALE = 100.0
@@ -209,11 +209,7 @@ class LuceneIndex:
         filters.check(self.manifest.vocabulary_size)
         if self._has is None or self._has.shape[0] != len(self._ids):
             self._has = has_matrix(self._rows).tocsc()
-        has = self._has
-        allowed = allowed_by_lists(
-            filters, len(self._ids), lambda w: has.indices[has.indptr[w] : has.indptr[w + 1]]
-        )
-        return allowed & self._live
+        return allowed_by_has(filters, self._has) & self._live
 
     def _filtered(
         self, query: sp.csr_matrix, k: int, offset: int, allowed: np.ndarray
