@@ -96,6 +96,8 @@ def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: i
         }
     elif name == "lucene":
         opts = {"scale": float(opts.get("scale", 100)), "rescore": True}
+    elif name == "qdrant":  # Qdrant Edge: datatype=float32|float16|uint8, on_disk=True|False
+        opts = {**opts, "workdir": spill / "qdrant"}
     return engine_class(name).create(vocabulary_size, **opts)
 
 
@@ -123,6 +125,8 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         index.add([str(i) for i in range(start, stop)], rows[start:stop])
     if hasattr(index, "build"):
         index.build()
+    elif hasattr(index, "optimize"):  # qdrant: merge and index the last segments
+        index.optimize()
     index.save(out)
     seconds = time.perf_counter() - t
     disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -175,6 +175,18 @@ class Catalog:
             row = self._db.execute(query, (image_id,)).fetchone()
         return None if row is None else _record(row)
 
+    def records(self, ids: Sequence[str]) -> dict[str, ImageRecord]:
+        """id -> record of the live images among ``ids`` (one query per 500 ids)."""
+        out: dict[str, ImageRecord] = {}
+        with self._lock:
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    f"SELECT {', '.join(COLUMNS)} FROM images WHERE deleted=0 AND id IN ({marks})"
+                )
+                out.update((row[0], _record(row)) for row in self._db.execute(query, chunk))
+        return out
+
     def skipped(self) -> list[Skipped]:
         with self._lock:
             rows = self._db.execute("SELECT id, path, reason FROM skipped ORDER BY rowid")

@@ -5,12 +5,17 @@ lexvla index add --images new-photos/ --store corpus/ --checkpoint ckpt/ --index
 lexvla index build --images photos/ --store parts/shard-0 --checkpoint ckpt/ --shard-id 0 --num-shards 3
 lexvla index merge --out corpus/ parts/shard-0 parts/shard-1 parts/shard-2 [--index index/]
 lexvla index reindex --store corpus/ --index index-lucene/ --engine lucene
+lexvla index reindex --store corpus/ --index index-q/ --engine qdrant --qdrant-datatype float16
+lexvla index build ... --engine qdrant --qdrant-url http://qdrant:6333 [--shard-id 0 --num-shards 3
+    --qdrant-collection lexvla-2026-12]   then   lexvla index publish --index index-q/
+    --qdrant-url http://qdrant:6333 --qdrant-collection lexvla-2026-12
 lexvla index delete --store corpus/ --index index/ ID [ID ...]
 lexvla index export-jsonl --store corpus/ --out vectors.jsonl [--keys index --scale 100]
 lexvla index info corpus/   (or an index directory)
 
 The flags of ``build`` and ``add`` are generated from :class:`indexer.runner.IndexJob` (its
-field descriptions are the help, its defaults the defaults). Bad input (a missing folder, a
+field descriptions are the help, its defaults the defaults); the other commands that write an
+index take its ``--qdrant-*`` flags the same way. Bad input (a missing folder, a
 manifest without an image column, an unknown engine, a checkpoint that is not one) ends the
 command with one line on stderr and exit status 2, never a traceback.
 """
@@ -23,6 +28,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,13 +37,15 @@ from indexer.engines import ENGINES, open_index, publish
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
 from indexer.merge import MergeError, merge_stores
-from indexer.runner import IndexJob, build_index, run_index_job
+from indexer.runner import IndexJob, build_index, engine_options, run_index_job
 from indexer.store import CorpusStore
 from model.backbones import BackboneLoadError
 from model.flags import add_model_flags, explain_validation_error, model_values
 
 # IndexJob fields without a flag, and why: the sub-command sets them.
 JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
+QDRANT_FIELDS = tuple(name for name in IndexJob.model_fields if name.startswith("qdrant_"))
+NOT_QDRANT = [name for name in IndexJob.model_fields if name not in QDRANT_FIELDS]
 # What bad input raises before or while a job runs; each becomes one line on stderr.
 INPUT_ERRORS = (OSError, ValueError, KeyError, ValidationError, BackboneLoadError)
 
@@ -59,14 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("parts", nargs="+", help="part stores, in order")
     m.add_argument("--index", help="also publish a search index of the merged store here")
     m.add_argument("--engine", choices=ENGINES, default="memory")
+    add_model_flags(m, IndexJob, exclude=NOT_QDRANT)
     r = sub.add_parser("reindex", help="build a new index version from a store (no encoding)")
     r.add_argument("--store", required=True)
     r.add_argument("--index", required=True)
     r.add_argument("--engine", choices=ENGINES, default="memory")
+    add_model_flags(r, IndexJob, exclude=NOT_QDRANT)
     d = sub.add_parser("delete", help="delete images from a store (and its index)")
     d.add_argument("--store", required=True)
     d.add_argument("--index")
     d.add_argument("ids", nargs="+")
+    add_model_flags(d, IndexJob, exclude=NOT_QDRANT)
+    q = sub.add_parser("publish", help="publish a Qdrant collection of sharded jobs, swap alias")
+    q.add_argument("--index", required=True, help="index directory that gets the new version")
+    add_model_flags(q, IndexJob, exclude=NOT_QDRANT)
     e = sub.add_parser("export-jsonl", help='write {"id", "vector": {word: weight}} lines')
     e.add_argument("--store", required=True)
     e.add_argument("--out", required=True)
@@ -116,15 +131,26 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(report), indent=1))
         if args.index:
             with CorpusStore.open(args.out) as store:
-                print(f"published {build_index(store, args.index, args.engine)}")
+                options = _engine_options(args.engine, args)
+                print(f"published {build_index(store, args.index, args.engine, **options)}")
     elif args.command == "reindex":
         with CorpusStore.open(args.store) as store:
-            print(f"published {build_index(store, args.index, args.engine)}")
+            options = _engine_options(args.engine, args)
+            print(f"published {build_index(store, args.index, args.engine, **options)}")
+    elif args.command == "publish":
+        given = _qdrant_values(args)
+        if not (given.qdrant_url and given.qdrant_collection):
+            raise ValueError("publish needs --qdrant-url and --qdrant-collection")
+        from indexer.qdrant_jobs import publish_collection
+
+        options = engine_options("qdrant", given)
+        connection = {k: options[k] for k in ("alias", "url", "api_key", "timeout_s", "tls_ca")}
+        print(f"published {publish_collection(args.index, given.qdrant_collection, **connection)}")
     elif args.command == "delete":
         with CorpusStore.open(args.store) as store:
             print(f"store: {store.delete(args.ids)} deleted")
         if args.index:
-            index = open_index(args.index)
+            index = open_index(args.index, **_engine_options("qdrant", args))
             print(
                 f"index: {index.delete(args.ids)} deleted; published {publish(index, args.index)}"
             )
@@ -139,3 +165,13 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path} is neither a corpus store nor an index")
         print(target.read_text())
     return 0
+
+
+def _qdrant_values(args: argparse.Namespace) -> SimpleNamespace:
+    """The ``qdrant_*`` options given on the command line, defaults from :class:`IndexJob`."""
+    fields = IndexJob.model_fields
+    return SimpleNamespace(**{n: getattr(args, n, fields[n].default) for n in QDRANT_FIELDS})
+
+
+def _engine_options(engine: str, args: argparse.Namespace) -> dict[str, Any]:
+    return engine_options(engine, _qdrant_values(args))

@@ -43,10 +43,11 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from indexer.decode import THUMBNAIL_SIZE, ImageInfo
 from indexer.engines import ENGINES, engine_class, publish
+from indexer.engines.qdrant_backends import DATATYPES
 from indexer.loader import ChunkTag, LoadedBatch, PrepareImages, Task, image_loader
 from indexer.store import CorpusStore
 from model.data import DEFAULT_MAX_PIXELS, SkipCounter, Skipped, SourceItem, SourceKind, iter_source
@@ -106,6 +107,37 @@ class IndexJob(BaseModel):
         default=True, description="decode JPEGs at reduced scale (DCT) when that is enough"
     )
 
+    # --- engine "qdrant" ------------------------------------------------------------------------
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server or cluster URL (http://host:6333); unset: embedded Qdrant Edge",
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key")
+    qdrant_timeout_s: float = Field(default=60.0, gt=0, description="Qdrant request timeout")
+    qdrant_tls_ca: str | None = Field(default=None, description="CA bundle for https")
+    qdrant_collection: str | None = Field(
+        default=None,
+        description="server: the collection to write (sharded jobs share one); "
+        "default <alias>-<time>, one per index version",
+    )
+    qdrant_alias: str = Field(
+        default="lexvla", description="server: the alias the service searches"
+    )
+    qdrant_datatype: str = Field(
+        default="float32", description="value type of the sparse index: float32, float16, uint8"
+    )
+    qdrant_on_disk: bool = Field(default=True, description="vectors, index and payload on disk")
+    qdrant_optimize_every: int = Field(
+        default=100_000, ge=0, description="optimize() after this many upserts (bounded memory)"
+    )
+    qdrant_shard_number: int | None = Field(default=None, ge=1, description="server: shards")
+    qdrant_replication_factor: int | None = Field(
+        default=None, ge=1, description="server: copies of each shard"
+    )
+    qdrant_write_consistency_factor: int | None = Field(
+        default=None, ge=1, description="server: replicas that must acknowledge a write"
+    )
+
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
@@ -119,7 +151,44 @@ class IndexJob(BaseModel):
             raise ValueError(
                 f"shard_id must be in 0..{self.num_shards - 1} (num_shards), got {self.shard_id}"
             )
+        if self.qdrant_datatype not in DATATYPES:
+            raise ValueError(f"qdrant_datatype must be one of {', '.join(DATATYPES)}")
+        sharded_server = self.num_shards > 1 and self.index and self.qdrant_url
+        if self.engine == "qdrant" and sharded_server and not self.qdrant_collection:
+            raise ValueError(
+                "sharded qdrant builds write one shared collection: give every shard the "
+                "same qdrant_collection (--qdrant-collection NAME)"
+            )
         return self
+
+    def engine_options(self) -> dict[str, Any]:
+        """Options for the engine's ``create`` (see :func:`engine_options`)."""
+        return engine_options(self.engine, self)
+
+
+def engine_options(engine: str, source: Any) -> dict[str, Any]:
+    """The ``create`` options of ``engine`` from an object with ``qdrant_*`` attributes
+    (an :class:`IndexJob`, or the CLI's parsed arguments)."""
+    if engine != "qdrant":
+        return {}
+    key = getattr(source, "qdrant_api_key", None)
+    options = {
+        "datatype": source.qdrant_datatype,
+        "on_disk": source.qdrant_on_disk,
+        "optimize_every": source.qdrant_optimize_every,
+        "url": source.qdrant_url,
+        "api_key": key.get_secret_value() if isinstance(key, SecretStr) else key,
+        "timeout_s": source.qdrant_timeout_s,
+        "tls_ca": source.qdrant_tls_ca,
+        "collection": source.qdrant_collection,
+        "alias": source.qdrant_alias,
+        "shard_number": source.qdrant_shard_number,
+        "replication_factor": source.qdrant_replication_factor,
+        "write_consistency_factor": source.qdrant_write_consistency_factor,
+    }
+    if not options["url"]:  # embedded: no server options
+        return {k: options[k] for k in ("datatype", "on_disk", "optimize_every")}
+    return options
 
 
 @dataclass
@@ -130,6 +199,7 @@ class JobReport:
     chunks_done_before: int = 0
     chunks_written: int = 0
     index_version: str | None = None
+    qdrant_collection: str | None = None  # sharded qdrant jobs: the collection they wrote
     reasons: dict[str, int] = field(default_factory=dict)  # skips by reason code
 
 
@@ -162,7 +232,16 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
         writer = _ChunkWriter(store, report, bar)
         _encode_all(job, model, store, plan, writer, report)
         if job.index:
-            report.index_version = build_index(store, job.index, job.engine).name
+            if job.engine == "qdrant" and job.num_shards > 1 and job.qdrant_url:
+                from indexer.qdrant_jobs import build_qdrant
+
+                _, written = build_qdrant(
+                    store, job.index, False, job.progress, **job.engine_options()
+                )
+                report.qdrant_collection = written.manifest.params["collection"]
+            else:
+                version = build_index(store, job.index, job.engine, **job.engine_options())
+                report.index_version = version.name
     finally:
         if bar is not None:
             bar.close()
@@ -199,7 +278,14 @@ def build_index(
     Engines that take them get two hints: ``expected_rows`` (the store's count, to size their
     blocks evenly) and ``spill_dir`` (a folder beside the index, on its file system, where they
     may write finished parts so that the build's memory stays bounded; removed afterwards).
+    The qdrant engine builds resumably (:func:`indexer.qdrant_jobs.build_qdrant`).
     """
+    if engine == "qdrant":
+        from indexer.qdrant_jobs import build_qdrant
+
+        version, _ = build_qdrant(store, index_dir, **options)
+        assert version is not None
+        return version
     manifest = store.manifest
     create = engine_class(engine).create
     index_dir = Path(index_dir)

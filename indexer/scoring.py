@@ -5,10 +5,13 @@ matched words' contributions ``q_j d_j``. The engine proposes hits; this module 
 rows and computes the contributions in float64, and a hit's reported score *is* their sum (so the
 two always agree, whatever the engine's own arithmetic).
 
-Engines whose top-k is not exact (the Lucene impact index with quantised weights, or pruned
-memory search) are asked for ``rescore_factor`` times as many candidates as the page needs; the
-candidates are re-scored exactly from the corpus store's float rows and re-sorted, and the page is
-cut from that order. An exact engine is paged directly.
+Engines whose top-k is not exact (``index.exact`` False: the compact engine's quantised scores,
+the Lucene impact index, pruned memory search, Qdrant with float16/uint8 values) are asked for
+``rescore_factor`` times as many candidates as the page needs; the candidates are re-scored
+exactly from float rows and re-sorted, and the page is cut from that order. Exact engines are
+paged directly. Float rows come from the engine when its rows are the exact floats
+(``index.exact_rows``), else from the corpus store. Word filters go to the engine, which applies
+them before its top-k.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.base import SearchIndex
+from indexer.filters import WordFilter
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
 
@@ -54,8 +58,8 @@ class SearchOutcome:
 
 
 def is_exact(index: SearchIndex) -> bool:
-    """True when the engine's top-k is exact (the memory engine without pruning)."""
-    return index.manifest.engine == "memory" and getattr(index, "pruning", None) is None
+    """True when the engine's top-k and scores are exact float32 dot products."""
+    return bool(getattr(index, "exact", False))
 
 
 def top_words(
@@ -110,12 +114,12 @@ def _hit(image_id: str, matched: list[Contribution], limit: int | None) -> Score
 
 
 def row_vectors(index: SearchIndex, store: CorpusStore | None, ids: list[str]) -> sp.csr_matrix:
-    """Float rows of ``ids``: the memory engine's own, else the corpus store's (exact floats)."""
-    if index.manifest.engine != "memory" and store is not None:
+    """Float rows of ``ids``: the engine's when they are exact, else the corpus store's."""
+    if not getattr(index, "exact_rows", False) and store is not None:
         try:
             return store.vectors_of(ids)
         except KeyError:
-            pass  # the index knows images the store does not (yet): the engine's rows are exact too
+            pass  # the index knows images the store does not (yet)
     return index.vectors_of(ids)
 
 
@@ -131,6 +135,7 @@ def search(
     min_score: float = 0.0,
     matched_limit: int | None = None,
     rescore_factor: int = 4,
+    filters: WordFilter | None = None,
 ) -> SearchOutcome:
     """Top ``top_k`` hits after ``offset`` with exact scores >= ``min_score``.
 
@@ -142,10 +147,10 @@ def search(
         return SearchOutcome([], 0.0, 0.0, 0, [note])
     start = time.perf_counter()
     if exact:
-        found = index.search(query, top_k, offset)
+        found = index.search(query, top_k, offset, filters)
     else:
         want = min(MAX_CANDIDATES, (offset + top_k) * rescore_factor)
-        found = index.search(query, want, 0)
+        found = index.search(query, want, 0, filters)
     searched = time.perf_counter()
     ids = [i for i, _ in found]
     hits: list[ScoredHit] = []

@@ -228,11 +228,30 @@ class CorpusStore:
 
     def iter_shards(self) -> Iterator[tuple[list[str], sp.csr_matrix]]:
         """(ids, CSR rows) of the live images of each shard, in order; bounded memory."""
+        for _, ids, rows in self.iter_numbered_shards():
+            yield ids, rows
+
+    def iter_numbered_shards(self) -> Iterator[tuple[int, list[str], sp.csr_matrix]]:
+        """(shard number, ids, CSR rows) of each shard with live images (resumable readers)."""
         for shard in self.catalog.column("SELECT shard FROM shards ORDER BY shard"):
             live = self.catalog.live_rows(shard)
             if live:
                 matrix = self._load_shard(shard)
-                yield [i for i, _ in live], matrix[np.array([r for _, r in live])]
+                yield shard, [i for i, _ in live], matrix[np.array([r for _, r in live])]
+
+    def payloads(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Searchable metadata of live images (path, size, format, sha256), in the given order."""
+        found = self.catalog.records(ids)
+        return [
+            {
+                "path": r.path,
+                "width": r.width,
+                "height": r.height,
+                "format": r.format,
+                "sha256": r.sha256,
+            }
+            for r in (found[i] for i in ids)
+        ]
 
     def vectors(self) -> tuple[list[str], sp.csr_matrix]:
         """All live (ids, CSR rows); for a large corpus prefer :meth:`iter_shards`."""

@@ -40,14 +40,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def load(settings: Settings) -> dict[str, Any]:
     """Model, store and index, loaded and checked against each other before serving."""
-    from service.search.indexes import open_handle, open_store
+    from service.search.indexes import index_options, open_handle, open_store
     from service.state import load_model
 
     if settings.index is None:
         raise ValueError("no index to serve: pass --index or set LEXVLA_INDEX")
     model = load_model(settings)
     store = open_store(settings.store, model.vocabulary) if settings.store else None
-    index = open_handle(settings.index, model.vocabulary.hash, settings.mmap)
+    index = open_handle(settings.index, model.vocabulary.hash, index_options(settings))
     return {"model": model, "store": store, "index": index}
 
 

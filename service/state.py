@@ -21,7 +21,14 @@ from indexer.store import CorpusStore
 from model.protocols import LexicalModel
 from service.core.config import Settings
 from service.core.metrics import Metrics
-from service.search.indexes import IndexHandle, IndexHolder, open_handle, open_store, wrap_index
+from service.search.indexes import (
+    IndexHandle,
+    IndexHolder,
+    index_options,
+    open_handle,
+    open_store,
+    wrap_index,
+)
 from service.search.pipeline import Page, SearchPipeline
 
 log = logging.getLogger("service")
@@ -72,11 +79,14 @@ class ServiceState:
         elif self._given_index is not None:
             handle = wrap_index(self._given_index, vocabulary.hash)
         elif s.index is not None:
-            handle = await asyncio.to_thread(open_handle, s.index, vocabulary.hash, s.mmap)
+            handle = await asyncio.to_thread(
+                open_handle, s.index, vocabulary.hash, index_options(s)
+            )
         else:
             raise ValueError("no index to serve: set LEXVLA_INDEX (or pass --index)")
-        self.holder = IndexHolder(handle, s.index, s.mmap)
-        self.metrics.index_images.set(handle.count())
+        self.holder = IndexHolder(handle, s.index, index_options(s))
+        images = await asyncio.to_thread(handle.count)
+        self.metrics.index_images.set(images)
         self.pipeline = SearchPipeline(
             self.model, self.store, s, self.metrics, self.model_executor, self.search_executor
         )
@@ -88,7 +98,7 @@ class ServiceState:
             "serving index %s (%s engine, %d images) with %s",
             handle.version,
             handle.engine,
-            handle.count(),
+            images,
             self.model.checkpoint_id,
         )
 
@@ -120,13 +130,14 @@ class ServiceState:
         assert self.holder is not None and self.model is not None
         previous = self.holder.current
         current = await self.holder.reload(self.model.vocabulary.hash, version)
-        self.metrics.index_images.set(current.count())
+        images = await asyncio.to_thread(current.count)
+        self.metrics.index_images.set(images)
         self.metrics.index_reloads.inc()
         log.info(
             "index swapped: %s -> %s (%d images)",
             previous.version,
             current.version,
-            current.count(),
+            images,
         )
         return previous, current
 

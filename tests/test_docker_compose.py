@@ -55,10 +55,12 @@ def test_the_schema_check_can_fail():
 
 def test_services_profiles_and_gpu_reservation():
     services = COMPOSE["services"]
-    assert set(services) == {"api", "indexer", "trainer"}
+    assert set(services) == {"api", "indexer", "trainer", "qdrant", "api-qdrant", "indexer-qdrant"}
     assert "profiles" not in services["api"]
     assert services["indexer"]["profiles"] == ["index"]
     assert services["trainer"]["profiles"] == ["train"]
+    for name in ("qdrant", "api-qdrant", "indexer-qdrant"):
+        assert services[name]["profiles"] == ["qdrant"]
     devices = services["trainer"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
 
@@ -66,6 +68,8 @@ def test_services_profiles_and_gpu_reservation():
 def test_build_paths_and_targets_exist():
     targets = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, flags=re.M))
     for name, service in COMPOSE["services"].items():
+        if "build" not in service:  # the official Qdrant image
+            continue
         build = service["build"]
         assert (REPO / build["context"] / build["dockerfile"]).is_file(), name
         assert build["target"] in targets, f"{name}: no stage {build['target']!r} in the Dockerfile"
@@ -89,9 +93,9 @@ def _interpolated() -> set[str]:
 
 def test_every_variable_is_read_by_the_code_or_by_compose():
     known = _settings_variables()
-    api_env = COMPOSE["services"]["api"]["environment"]
-    unknown = set(api_env) - known
-    assert not unknown, f"compose sets variables no setting reads: {unknown}"
+    for name in ("api", "api-qdrant"):
+        unknown = set(COMPOSE["services"][name]["environment"]) - known
+        assert not unknown, f"compose sets variables no setting reads in {name}: {unknown}"
     example = [
         line.split("=", 1)[0]
         for line in ENV_EXAMPLE.read_text().splitlines()
@@ -116,6 +120,35 @@ def test_ports_paths_and_healthchecks_match_the_service():
     for text in (" ".join(api["healthcheck"]["test"]), DOCKERFILE):
         for path in re.findall(r"127\.0\.0\.1:\d+(/\w+)", text):
             assert path in routes, f"healthcheck calls {path}, which the app does not serve"
+
+
+def test_qdrant_service_volume_health_key_and_the_profile_that_uses_it():
+    services = COMPOSE["services"]
+    qdrant = services["qdrant"]
+    assert qdrant["image"].startswith("${LEXVLA_QDRANT_IMAGE:-qdrant/qdrant:v")
+    assert _mount_targets(qdrant["volumes"]) == {"/qdrant/storage"}
+    # Qdrant reads its key from QDRANT__SERVICE__API_KEY; compose takes it from the env file
+    assert "LEXVLA_QDRANT_API_KEY" in qdrant["environment"]["QDRANT__SERVICE__API_KEY"]
+    check = " ".join(qdrant["healthcheck"]["test"])
+    assert "/dev/tcp/127.0.0.1/6333" in check and "/readyz" in check
+    api = services["api-qdrant"]
+    url = api["environment"]["LEXVLA_QDRANT_URL"]
+    assert url == "http://qdrant:6333" and qdrant["expose"] == ["6333"]
+    assert (
+        api["environment"]["LEXVLA_QDRANT_API_KEY"]
+        == qdrant["environment"]["QDRANT__SERVICE__API_KEY"]
+    )
+    assert api["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    assert api["environment"]["LEXVLA_INDEX"] in _mount_targets(api["volumes"])
+    assert api["ports"] == services["api"]["ports"] and api["build"] == services["api"]["build"]
+    from indexer.cli import _parser as index_parser
+
+    command = [_defaults(p) for p in services["indexer-qdrant"]["command"]]
+    command = [re.sub(r"\$\{\w+:\?[^}]*\}", "key", p) for p in command]
+    args = index_parser().parse_args(command)
+    assert args.engine == "qdrant" and args.qdrant_url == url
+    assert args.index == api["environment"]["LEXVLA_INDEX"]
+    assert services["indexer-qdrant"]["depends_on"]["qdrant"]["condition"] == "service_healthy"
 
 
 def test_commands_parse_with_the_real_command_lines():

@@ -18,6 +18,7 @@ from indexer.engines import open_index, publish
 from indexer.engines.compact import CompactIndex, ImpactPruning, balanced_block_rows
 from indexer.engines.compact_block import Block, encode_ids
 from indexer.engines.memory import MemoryIndex
+from indexer.filters import has_matrix
 
 V = 2000
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +75,8 @@ def test_block_layout_matches_its_rows():
     rows.data = rng.integers(1, 256, rows.nnz).astype(np.float32)
     rows.sort_indices()
     codes = rows.data.astype(np.uint8)
-    block = Block.build(encode_ids([str(i) for i in range(300)]), rows.indptr, rows.indices,
-                        codes, V)  # fmt: skip
+    ids = encode_ids([str(i) for i in range(300)])
+    block = Block.build(ids, rows.indptr, rows.indices, codes, V, has_matrix(rows))
     dense = rows.toarray()
     start = 0
     for w in range(V):

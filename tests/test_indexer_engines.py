@@ -275,3 +275,32 @@ def test_lucene_delete_save_open(tmp_path, data, lucene_index):
     new.add(["extra"], rows[0])  # copy-on-write: the published version is not modified
     assert new.count() == 3000 and open_index(tmp_path / "lx").count() == 2999
     assert not list(Path.cwd().glob("segments_*"))  # nothing written outside its directories
+
+
+def test_lucene_filters_equal_brute_force(data, lucene_index, monkeypatch):
+    from test_indexer_filters import oracle_search
+
+    from indexer import filters as wf
+    from indexer.engines import lucene as lucene_module
+
+    ids, rows, queries = data
+    counts = np.bincount(wf.has_matrix(rows).indices, minlength=V)
+    common = [int(w) for w in np.argsort(-counts)[:3]]
+    rare = int(np.flatnonzero((counts > 0) & (counts < 10))[0])
+    cases = [
+        wf.WordFilter(exclude=frozenset(common[:2])),
+        wf.WordFilter(require=frozenset(common[:1])),
+        wf.WordFilter(require=frozenset({rare})),
+        wf.WordFilter(require=frozenset(common[1:2]), exclude=frozenset(common[2:3])),
+    ]
+    for limit in (lucene_module._FILTER_EXACT, 0):  # direct scoring, then Lucene deepening
+        monkeypatch.setattr(lucene_module, "_FILTER_EXACT", limit)
+        for f in cases:
+            for n in (0, 7, 45):
+                expected = oracle_search(rows, ids, queries[n], 10, 0, f)
+                found = lucene_index.search(queries[n], 10, filters=f)
+                assert [i for i, _ in found] == [i for i, _ in expected]
+                np.testing.assert_allclose(
+                    [s for _, s in found], [s for _, s in expected], rtol=1e-5
+                )
+    assert not lucene_index.exact and lucene_index.exact_rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -204,7 +205,7 @@ def test_search_by_uploaded_image(client, service_corpus):
 
 
 def test_health_readiness_metrics_and_docs(client, service_settings):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}
     ready = client.get("/readyz").json()
     assert ready["ready"] and ready["index_version"] == "v0001" and ready["images"] > 0
     _search(client, query="a blue square")

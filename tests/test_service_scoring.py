@@ -12,7 +12,7 @@ from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 from service.search import heatmap, scoring
 from service.search.indexes import IndexHandle
-from service.search.query import apply_edits, resolve_edits, row_from_weights, split_exclusions
+from service.search.query import apply_edits, resolve_edits, row_from_weights, split_filters
 
 PIECES = ["<unk>", "▁dog", "▁cat", "▁red", "▁blue", "▁car", "dog", "▁tree"]
 
@@ -23,16 +23,31 @@ def vocab() -> Vocabulary:
 
 
 @pytest.mark.parametrize(
-    ("text", "clean", "excluded"),
+    ("text", "clean", "required", "excluded"),
     [
-        ("dog -cat", "dog", ["cat"]),
-        ("-red dog  -blue car", "dog car", ["red", "blue"]),
-        ("t-shirt - dog", "t-shirt - dog", []),  # only a '-' starting a token excludes
-        ("  dog  ", "dog", []),
+        ("dog -cat", "dog", [], ["cat"]),
+        ("-red dog  -blue car", "dog car", [], ["red", "blue"]),
+        ("t-shirt - dog", "t-shirt - dog", [], []),  # only a '-' starting a token excludes
+        ("  dog  ", "dog", [], []),
+        ("dog +grass -cat", "dog", ["grass"], ["cat"]),
+        ("c++ + dog +red", "c++ + dog", ["red"], []),
+        ("+circle", "", ["circle"], []),
     ],
 )
-def test_inline_exclusions(text, clean, excluded):
-    assert split_exclusions(text) == (clean, excluded)
+def test_inline_filters(text, clean, required, excluded):
+    assert split_filters(text) == (clean, required, excluded)
+
+
+def test_filters_resolve_to_a_word_filter(vocab):
+    edits = resolve_edits(vocab, ["cat"], inline_exclude=["cat", "car"], require=["dog"])
+    f = edits.filters
+    assert f is not None and f.require == {vocab.index("dog")}
+    assert f.exclude == {vocab.index("cat"), vocab.index("car")}
+    assert resolve_edits(vocab, boost={"dog": 0.0}).filters is None  # boost 0: no filter
+    with pytest.raises(InvalidInput, match="both required and excluded"):
+        resolve_edits(vocab, ["dog"], inline_require=["dog"])
+    with pytest.raises(InvalidInput, match="unknown word 'zebra' in the query's \\+requirements"):
+        resolve_edits(vocab, inline_require=["zebra"])
 
 
 def test_edits_boost_then_exclude(vocab):
@@ -52,14 +67,17 @@ def test_edits_boost_then_exclude(vocab):
 class ApproximateEngine:
     """An engine whose scores are off (like Lucene's integer impacts) and holds no float rows."""
 
-    def __init__(self, exact: MemoryIndex):
-        self.exact = exact
+    exact = False
+    exact_rows = False
+
+    def __init__(self, oracle: MemoryIndex):
+        self.oracle = oracle
         self.manifest = IndexManifest(
-            "approx", exact.manifest.vocabulary_hash, exact.manifest.vocabulary_size
+            "approx", oracle.manifest.vocabulary_hash, oracle.manifest.vocabulary_size
         )
 
-    def search(self, query, k=10, offset=0):
-        hits = self.exact.search(query, k + offset, 0)
+    def search(self, query, k=10, offset=0, filters=None):
+        hits = self.oracle.search(query, k + offset, 0, filters)
         noisy = [(i, round(s, 1)) for i, s in hits]  # coarse: ties and reorderings
         return sorted(noisy, key=lambda h: -h[1])[offset : offset + k]
 
@@ -67,7 +85,7 @@ class ApproximateEngine:
         raise AssertionError("float rows must come from the corpus store")
 
     def count(self):
-        return self.exact.count()
+        return self.oracle.count()
 
 
 def test_approximate_candidates_are_rescored_exactly_from_the_store(tiny_model, service_corpus):

@@ -173,3 +173,33 @@ def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_serve
     b.call("DOM.setFileInputFiles", files=[str(upload)], nodeId=node)
     b.wait_for("document.getElementById('status').textContent.includes('for “green-triangle.png”')")
     assert b.js("document.querySelector('#results .card').dataset.id") == "green-triangle.png"
+
+
+def test_filter_chips_switch_filters_off_and_on(browser, live_server):
+    b = browser
+    b.call("Page.enable")
+    base = httpx.post(live_server.url + "/search", json={"query": "a red circle", "top_k": 50})
+    hits = base.json()["hits"]
+    # a word the top hit matches strongly enough to be among its own: excluding it drops that hit
+    word = next(m["word"] for m in hits[0]["matched"] if m["word"].isalpha())
+    b.call(
+        "Page.navigate", url=live_server.url + "/#q=" + f"a red circle -{word}".replace(" ", "+")
+    )
+    b.wait_for("document.body && document.body.dataset.ready === 'true'")
+    chip = f"document.querySelector('#filters .chip[data-token=\"-{word}\"]')"
+    b.wait_for(f"{chip} && !{chip}.classList.contains('off')")
+    assert b.js("document.getElementById('filters').hidden") is False
+    assert b.js(f"{chip}.getAttribute('aria-pressed')") == "true"
+    filtered = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
+    b.js(f"{chip}.click()")  # off: the query loses -word, the chip stays, struck through
+    b.wait_for(f"{chip} && {chip}.classList.contains('off')")
+    if os.environ.get("LEXVLA_UI_FILTER_SCREENSHOT"):
+        b.screenshot().save(os.environ["LEXVLA_UI_FILTER_SCREENSHOT"])
+    assert b.js("document.getElementById('query').value") == "a red circle"
+    assert f"-{word}" in b.js("decodeURIComponent(location.hash)")  # kept as off=...
+    b.wait_for(f"document.querySelectorAll('#results .card').length === {len(hits[:12])}")
+    b.js(f"{chip}.click()")  # on again
+    b.wait_for(f"{chip} && !{chip}.classList.contains('off')")
+    assert b.js("document.getElementById('query').value") == f"a red circle -{word}"
+    again = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
+    assert again == filtered

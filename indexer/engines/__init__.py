@@ -1,20 +1,23 @@
 """Search engines behind one protocol (``base.SearchIndex``), and opening a published index.
 
 ``memory``: exact scipy engine (and the test oracle); ``compact``: quantised impact index,
-memory-mapped, searched by compiled kernels on every core; ``lucene``: Anserini impact index. An index
-directory is versioned (``versions.py``); :func:`open_index` opens its current version with the
-engine its manifest names and refuses one built with another vocabulary.
+memory-mapped, searched by compiled kernels on every core; ``lucene``: Anserini impact index;
+``qdrant``: Qdrant, in-process (Qdrant Edge) or on a server/cluster. An index directory is
+versioned (``versions.py``); :func:`open_index` opens its current version with the engine its
+manifest names and refuses one built with another vocabulary. Options an engine's ``open`` does
+not take are dropped, so a caller can pass every option it has (``mmap``, a Qdrant URL, ...).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 from indexer.engines.base import IndexManifest, SearchIndex
 from indexer.engines.versions import publish, resolve
 
-ENGINES = ("memory", "compact", "lucene")
+ENGINES = ("memory", "compact", "lucene", "qdrant")
 
 __all__ = ["ENGINES", "IndexManifest", "SearchIndex", "engine_class", "open_index", "publish"]
 
@@ -33,6 +36,10 @@ def engine_class(name: str) -> Any:
         from indexer.engines.lucene import LuceneIndex
 
         return LuceneIndex
+    if name == "qdrant":
+        from indexer.engines.qdrant import QdrantIndex
+
+        return QdrantIndex
     raise ValueError(f"unknown index engine {name!r}; known: {', '.join(ENGINES)}")
 
 
@@ -42,5 +49,7 @@ def open_index(path: str | Path, vocabulary_hash: str | None = None, **options: 
     manifest = IndexManifest.load(version)
     if vocabulary_hash is not None:
         manifest.check_vocabulary(vocabulary_hash)
-    index: SearchIndex = engine_class(manifest.engine).open(version, **options)
+    opener = engine_class(manifest.engine).open
+    accepted = inspect.signature(opener).parameters
+    index: SearchIndex = opener(version, **{k: v for k, v in options.items() if k in accepted})
     return index

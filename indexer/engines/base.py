@@ -4,6 +4,10 @@ An index maps image ids to sparse rows in vocabulary index space and answers top
 dot-product queries. Engines differ in how (exact scipy in memory, Lucene impact index), not in
 what: the same rows and query must give the same top ids, which the tests check.
 
+Word filters (:class:`indexer.filters.WordFilter`) are part of every search: ``exclude`` drops
+images that have any excluded word, ``require`` keeps only images that have all required words,
+"has" by the one rule of :mod:`indexer.filters`, with the same meaning in every engine.
+
 Every index carries an :class:`IndexManifest` (``index.json``) naming its engine, the model's
 checkpoint id and vocabulary hash, the sparsification threshold, the quantisation scale (for
 engines that store integer impacts) and its counts, so the service can refuse an index built
@@ -23,6 +27,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
+from indexer.filters import WordFilter
 from model.data.atomic import atomic_write_json, now_iso
 from model.vocabulary import VocabularyMismatchError
 
@@ -72,11 +77,29 @@ class IndexManifest:
             )
 
 
+class IndexUnavailable(ConnectionError):
+    """The engine's server cannot be used now (down, too slow, or refusing the credentials).
+
+    A ``ConnectionError`` (so an ``OSError``): the service answers 503 with this message, and
+    start-up reports it in one line. The message says what failed and what to check.
+    """
+
+
 @runtime_checkable
 class SearchIndex(Protocol):
     """Top-k sparse dot-product search over image rows (vocabulary index space)."""
 
     manifest: IndexManifest
+
+    @property
+    def exact(self) -> bool:
+        """True when top-k and scores are the float32 dot products of the stored rows."""
+        ...
+
+    @property
+    def exact_rows(self) -> bool:
+        """True when :meth:`vectors_of` returns the float32 rows exactly as they were added."""
+        ...
 
     def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
         """Add rows; an id already live in the index is a ValueError."""
@@ -86,12 +109,25 @@ class SearchIndex(Protocol):
         """Remove ids (unknown ids are ignored); returns how many were live."""
         ...
 
-    def search(self, query: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[Hit]:
-        """Best ``k`` (id, score) after skipping ``offset``, by score then insertion order."""
+    def search(
+        self,
+        query: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: WordFilter | None = None,
+    ) -> list[Hit]:
+        """Best ``k`` (id, score) after skipping ``offset``, by score then insertion order,
+        among the images that pass ``filters``."""
         ...
 
-    def search_batch(self, queries: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[list[Hit]]:
-        """:meth:`search` for each row of ``queries``."""
+    def search_batch(
+        self,
+        queries: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: WordFilter | None = None,
+    ) -> list[list[Hit]]:
+        """:meth:`search` for each row of ``queries`` (the same filters for all)."""
         ...
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:

@@ -45,6 +45,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from indexer import filters as wf
 from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows, link_tree
 from indexer.engines.compact_block import MAX_ROWS, Block, encode_ids
@@ -58,7 +59,8 @@ _NO_PRUNING = object()
 class CompactIndex:
     """Quantised impact index (uint8 impacts, 16-bit ids in blocks), pruned or exact search."""
 
-    exact = False  # scores are quantised (within the documented bound), rows too
+    exact = False  # scores are quantised (within the documented bound) ...
+    exact_rows = False  # ... and so are the rows: the service re-scores from the corpus store
 
     def __init__(
         self,
@@ -153,9 +155,11 @@ class CompactIndex:
         query: sp.csr_matrix,
         k: int = 10,
         offset: int = 0,
+        filters: wf.WordFilter | None = None,
         pruning: ImpactPruning | object | None = _NO_PRUNING,
     ) -> list[Hit]:
-        """Top ``k`` after ``offset`` by quantised score; ``pruning`` overrides the index's."""
+        """Top ``k`` after ``offset`` by quantised score among the images ``filters`` allow;
+        ``pruning`` overrides the index's."""
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         q = as_query_row(query, self.manifest.vocabulary_size)
@@ -166,16 +170,53 @@ class CompactIndex:
             return []
         settings = self.pruning if pruning is _NO_PRUNING else pruning
         need = k + offset
+        if wf.active(filters):
+            assert filters is not None
+            snap, allowed = self._filtered(snap, filters)
+            if allowed <= self._scorer.direct_limit(snap, words):  # few: score them all
+                docs = np.concatenate(
+                    [(b << 16) | np.flatnonzero(m) for b, m in enumerate(snap.live)]
+                )
+                return self._page(
+                    snap, docs, self._scorer.rescore(snap, docs, words, weights), offset, need
+                )
         threshold, capacity = self._scorer.plan(snap, words, weights, settings, need)  # type: ignore[arg-type]
         heap_s, heap_d = self._scorer.score(snap, words, weights, threshold, capacity)
-        if threshold > 0:  # pruned: the partial scores only chose the candidates
+        if threshold > 0 and filters is not None and len(heap_d) < need:
+            # a filter left too few partial scores to fill the page: read everything
+            heap_s, heap_d = self._scorer.score(snap, words, weights, 0.0, need)
+        elif threshold > 0:  # pruned: the partial scores only chose the candidates
             heap_s = self._scorer.rescore(snap, heap_d, words, weights)
-        order = np.lexsort((heap_d, -heap_s))[offset:need]
-        return [(self._id_of(snap, int(heap_d[i])), float(heap_s[i])) for i in order]
+        return self._page(snap, heap_d, heap_s, offset, need)
 
-    def search_batch(self, queries: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[list[Hit]]:
+    def _page(
+        self, snap: Snapshot, docs: np.ndarray, scores: np.ndarray, offset: int, need: int
+    ) -> list[Hit]:
+        keep = scores > 0
+        docs, scores = docs[keep], scores[keep]
+        order = np.lexsort((docs, -scores))[offset:need]
+        return [(self._id_of(snap, int(docs[i])), float(scores[i])) for i in order]
+
+    def _filtered(self, snap: Snapshot, filters: wf.WordFilter) -> tuple[Snapshot, int]:
+        """The snapshot with the live masks narrowed to the images ``filters`` allow."""
+        filters.check(self.manifest.vocabulary_size)
+        live = [
+            m & wf.allowed_by_lists(filters, block.rows, block.having)
+            for block, m in zip(snap.blocks, snap.live, strict=True)
+        ]
+        return Snapshot(snap.blocks, snap.scales, live, snap.counts), sum(
+            int(m.sum()) for m in live
+        )
+
+    def search_batch(
+        self,
+        queries: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: wf.WordFilter | None = None,
+    ) -> list[list[Hit]]:
         queries = sp.csr_matrix(queries, dtype=np.float32)
-        return [self.search(queries[i], k, offset) for i in range(queries.shape[0])]
+        return [self.search(queries[i], k, offset, filters) for i in range(queries.shape[0])]
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
         """Dequantised rows of live ids, in the given order (KeyError for an unknown id)."""
@@ -257,7 +298,8 @@ class CompactIndex:
         indptr, words, codes, error = kernels.quantise_rows(
             rows.indptr.astype(np.int64), rows.indices, rows.data, scale
         )
-        block = Block.build(encode_ids(ids), indptr, words, codes, self.manifest.vocabulary_size)
+        v = self.manifest.vocabulary_size
+        block = Block.build(encode_ids(ids), indptr, words, codes, v, wf.has_matrix(rows))
         return block, scale, float(error)
 
     def _append_blocks(
@@ -307,6 +349,7 @@ class CompactIndex:
         self.manifest.params = {
             "pruning": asdict(self.pruning) if self.pruning else None,
             "block_rows": self.block_rows,
+            "rule": wf.RULE,  # the word filters' rule the blocks' strong words were taken with
             "blocks": entries,
         }
         self.manifest.save(path)
@@ -321,6 +364,7 @@ class CompactIndex:
         manifest = IndexManifest.load(path)
         if manifest.engine != ENGINE:
             raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
+        wf.check_rule(manifest.params, f"the compact index at {path}")
         saved = manifest.params.get("pruning")
         index = cls(
             manifest, ImpactPruning(**saved) if saved else None,

@@ -19,6 +19,9 @@ directory (``.npy``, memory-mapped when the index is opened with ``mmap``):
 ``ids``         bytes [rows]           image ids (UTF-8), in row order
 ``ids_sorted``  bytes [rows]           the same ids sorted, and ``ids_rows`` int32 [rows] their
                                        rows: lookups are binary searches that touch a few pages
+``strong_ptr``  uint32 [V + 1]         word filters: the rows that *have* word ``w``
+``strong_rows`` uint16 [~10 x rows]    (:mod:`indexer.filters`) are ``strong_rows[strong_ptr[w]:
+                                       strong_ptr[w + 1]]``, taken from the float rows at build
 ==============  =====================  ===========================================================
 
 About 4 bytes per posting in all: 2 in the inverted lists, 1 + ~1 in the forward rows.
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 
 from indexer.engines import impact_kernels as kernels
 
@@ -57,6 +61,8 @@ class Block:
     ids: np.ndarray
     ids_sorted: np.ndarray
     ids_rows: np.ndarray
+    strong_ptr: np.ndarray
+    strong_rows: np.ndarray
 
     @property
     def rows(self) -> int:
@@ -78,8 +84,10 @@ class Block:
         words: np.ndarray,
         codes: np.ndarray,
         vocabulary_size: int,
+        has: sp.csr_matrix,
     ) -> Block:
-        """A block of rows given as CSR parts (word ids sorted within a row, codes 1-255)."""
+        """A block of rows given as CSR parts (word ids sorted within a row, codes 1-255) and
+        the rows x words matrix of the words each row has (:func:`indexer.filters.has_matrix`)."""
         if not 0 < len(ids) <= MAX_ROWS or len(indptr) != len(ids) + 1:
             raise ValueError(f"a block holds 1-{MAX_ROWS} rows, got {len(ids)}")
         indptr = np.asarray(indptr, dtype=np.int64) - indptr[0]
@@ -90,9 +98,12 @@ class Block:
         )
         gaps, gap_ptr = kernels.encode_gaps(indptr, words)
         order = np.argsort(ids, kind="stable")
+        strong = sp.csr_matrix(has.T, dtype=bool)  # words x rows
+        strong.sort_indices()
         return cls(
             post, seg_code, seg_end, word_seg, gaps, gap_ptr.astype(np.uint32), codes,
             indptr.astype(np.uint32), ids, ids[order], order.astype(np.int32),
+            strong.indptr.astype(np.uint32), strong.indices.astype(np.uint16),
         )  # fmt: skip
 
     # --- persistence --------------------------------------------------------------------------
@@ -134,6 +145,10 @@ class Block:
         safe = np.minimum(pos, self.rows - 1)
         found = (pos < self.rows) & (self.ids_sorted[safe] == keys)
         return np.where(found, self.ids_rows[safe], -1).astype(np.int64)
+
+    def having(self, word: int) -> np.ndarray:
+        """Rows that have ``word`` (the word filters' rule)."""
+        return self.strong_rows[self.strong_ptr[word] : self.strong_ptr[word + 1]]
 
     def decode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Forward rows as CSR parts: (indptr, word ids, codes)."""

@@ -94,6 +94,14 @@ class Scorer:
         threshold, _ = kernels.plan_threshold(counts, weights.astype(np.float64), reference, budget)
         return float(threshold), candidates
 
+    def direct_limit(self, snap: Snapshot, words: np.ndarray) -> int:
+        """How many images re-scoring one by one costs no more than reading the query's lists:
+        a filter that leaves fewer is served by scoring exactly those."""
+        postings = sum(b.postings for b in snap.blocks)
+        rows = sum(b.rows for b in snap.blocks)
+        per_row = RESCORE_COST * postings / max(rows, 1)
+        return int(snap.counts[words].sum() / per_row)
+
     def score(
         self,
         snap: Snapshot,

@@ -13,7 +13,11 @@ plain ASCII that Lucene's whitespace analyzer keeps intact, unlike display words
 Lucene picks the candidates; with ``rescore`` (default) Lucene's best ``max(k + offset,
 candidates)`` hits (``candidates`` = 50 by default) are re-scored exactly from the float rows kept
 beside the Lucene files and re-sorted, so scores equal the memory engine's, the per-word
-explanations add up, and quantisation can only matter for images outside Lucene's top 50. Deletions are real Lucene deletions
+explanations add up, and quantisation can only matter for images outside Lucene's top 50. Word filters: which rows pass is computed from the float rows (:mod:`indexer.filters`, the
+strong-word matrix cached per index). When few rows pass (at most ``_FILTER_EXACT``), they are
+scored exactly from the float rows, which is cheaper than any query; otherwise Lucene's hits are
+filtered and the search is repeated four times deeper until the page is full or Lucene runs out
+(Anserini's impact searcher takes no filter argument). Deletions are real Lucene deletions
 (``IndexWriter.deleteDocuments`` on the id field); Lucene skips deleted documents and merges
 them away later.
 
@@ -42,11 +46,13 @@ from indexer.engines.base import (
     save_csr,
 )
 from indexer.engines.jvm import java_class
+from indexer.filters import WordFilter, active, allowed_by_has, has_matrix
 from model.data.atomic import atomic_write_json
 
 ENGINE = "lucene"
 DEFAULT_SCALE = 100.0
 _BATCH = 2000  # documents per call into Java
+_FILTER_EXACT = 20_000  # filtered searches allowing at most this many rows score them directly
 
 
 def token_width(vocabulary_size: int) -> int:
@@ -71,6 +77,7 @@ class LuceneIndex:
         self._row_of = {i: n for n, i in enumerate(ids)}
         self._live = np.ones(len(ids), dtype=bool)
         self._searcher: Any = None
+        self._has: sp.csc_matrix | None = None  # strong words (images x words), for filters
         width = token_width(manifest.vocabulary_size)
         self._tokens = np.array(
             [list(f"{i:0{width}d} ".encode()) for i in range(manifest.vocabulary_size)],
@@ -123,6 +130,7 @@ class LuceneIndex:
         self._row_of.update({i: start + n for n, i in enumerate(ids)})
         self._live = np.concatenate([self._live, np.ones(len(ids), dtype=bool)])
         self._searcher = None
+        self._has = None
 
     def delete(self, ids: Iterable[str]) -> int:
         gone = [str(i) for i in ids if str(i) in self._row_of and self._live[self._row_of[str(i)]]]
@@ -147,18 +155,40 @@ class LuceneIndex:
     def count(self) -> int:
         return int(self._live.sum())
 
-    def search(self, query: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[Hit]:
-        return self.search_batch(as_query_row(query, self.manifest.vocabulary_size), k, offset)[0]
+    def search(
+        self,
+        query: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: WordFilter | None = None,
+    ) -> list[Hit]:
+        row = as_query_row(query, self.manifest.vocabulary_size)
+        return self.search_batch(row, k, offset, filters)[0]
 
-    def search_batch(self, queries: sp.csr_matrix, k: int = 10, offset: int = 0) -> list[list[Hit]]:
+    def search_batch(
+        self,
+        queries: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: WordFilter | None = None,
+    ) -> list[list[Hit]]:
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         queries = sp.csr_matrix(queries, dtype=np.float32)
         if self.count() == 0:
             return [[] for _ in range(queries.shape[0])]
+        if active(filters):
+            assert filters is not None
+            allowed = self._allowed(filters)
+            return [self._filtered(queries[n], k, offset, allowed) for n in range(queries.shape[0])]
+        depth = max(k + offset, self.candidates) if self.rescore else k + offset
+        raw = self._lucene(queries, depth)
+        return [self._hits(hits, queries[n], k, offset) for n, hits in enumerate(raw)]
+
+    def _lucene(self, queries: sp.csr_matrix, depth: int) -> list[Any]:
+        """Lucene's best ``depth`` raw hits for each query row."""
         searcher = self._open_searcher()
         maps = [self._query_map(queries[n]) for n in range(queries.shape[0])]
-        depth = max(k + offset, self.candidates) if self.rescore else k + offset
         if len(maps) == 1:
             raw = [searcher.search(maps[0], depth)]
         else:
@@ -171,7 +201,30 @@ class LuceneIndex:
                 qids.add(str(n))
             found = searcher.batch_search(java_maps, qids, depth, self.threads)
             raw = [found.get(str(n)) for n in range(len(maps))]
-        return [self._hits(hits, queries[n], k, offset) for n, hits in enumerate(raw)]
+        return raw
+
+    def _allowed(self, filters: WordFilter) -> np.ndarray:
+        """Live rows that pass ``filters``."""
+        filters.check(self.manifest.vocabulary_size)
+        if self._has is None or self._has.shape[0] != len(self._ids):
+            self._has = has_matrix(self._rows).tocsc()
+        return allowed_by_has(filters, self._has) & self._live
+
+    def _filtered(
+        self, query: sp.csr_matrix, k: int, offset: int, allowed: np.ndarray
+    ) -> list[Hit]:
+        rows = np.flatnonzero(allowed)
+        if len(rows) <= _FILTER_EXACT:  # few images pass: score them directly, exactly
+            scores = np.asarray(self._rows[rows] @ query.T.toarray()).ravel()
+            order = [n for n in np.lexsort((rows, -scores)) if scores[n] > 0][offset : offset + k]
+            return [(self._ids[rows[n]], float(scores[n])) for n in order]
+        depth = max(k + offset, self.candidates)
+        while True:
+            raw = self._lucene(query, depth)[0]
+            found = [h for h in (raw or []) if allowed[self._row_of.get(str(h.docid), 0)]]
+            if len(found) >= k + offset or len(raw or []) < depth or depth >= len(self._ids):
+                return self._hits(found, query, k, offset)
+            depth *= 4
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
         rows = []
@@ -210,6 +263,14 @@ class LuceneIndex:
         return cls(manifest, path / "lucene", rows, ids)
 
     # --- internals ----------------------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        return False  # quantised impacts pick the candidates
+
+    @property
+    def exact_rows(self) -> bool:
+        return True  # the float rows are kept beside the Lucene files
+
     @property
     def _rows(self) -> sp.csr_matrix:
         parts = [p for p in self._parts if p.shape[0]] or self._parts[:1]

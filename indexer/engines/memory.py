@@ -22,6 +22,11 @@ measured as recall@10 against exact search in the benchmark. (A
 MaxScore-style safe bound rarely prunes here: with hundreds of query words the sum of the
 unread lists' upper bounds stays above the k-th score, so the approximation is the lever.)
 
+Word filters (:mod:`indexer.filters`) mask rows before the top-k: an image has word ``w`` when
+its weight in ``w``'s posting list reaches the image's strong-word cut (one float per image,
+computed once per build, 4 bytes per image); rows in the delta are tested on their own rows.
+Pruned search masks partial scores too, so candidates come from allowed images only.
+
 Images added after the inverted index was built live in a small *delta* that is scored by brute
 force; it is folded into the inverted index once it exceeds an eighth of the corpus (or on save).
 Deleted rows are masked at query time and dropped when the index is saved.
@@ -50,6 +55,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from indexer import filters as wf
 from indexer.engines.base import (
     Hit,
     IndexManifest,
@@ -93,6 +99,7 @@ class MemoryIndex:
         self._inverted = sp.csr_matrix((v, 0), dtype=np.float32)
         self._delta_parts: list[sp.csr_matrix] = []  # rows [n_base, n), not inverted yet
         self._delta: sp.csr_matrix | None = None
+        self._cuts: np.ndarray | None = None  # strong-word cut per forward row (lazy)
         # searches may run in threads (the service); writes and the lazy rebuild take this lock
         self._lock = threading.RLock()
 
@@ -138,12 +145,25 @@ class MemoryIndex:
             return len(rows)
 
     # --- reading ------------------------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        return self.pruning is None
+
+    @property
+    def exact_rows(self) -> bool:
+        return True
+
     def count(self) -> int:
         with self._lock:
             return int(self._live.sum())
 
     def search(
-        self, query: sp.csr_matrix, k: int = 10, offset: int = 0, pruning: Pruning | None = None
+        self,
+        query: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: wf.WordFilter | None = None,
+        pruning: Pruning | None = None,
     ) -> list[Hit]:
         """Top ``k`` after ``offset``; ``pruning`` overrides the index default (exact if None)."""
         if k <= 0 or offset < 0:
@@ -154,23 +174,59 @@ class MemoryIndex:
             forward, inverted, delta, live = (
                 self._forward, self._inverted, self._delta_matrix(), self._live
             )  # fmt: skip
+            allowed = self._allowed(filters, forward, inverted, delta)
         settings = pruning if pruning is not None else self.pruning
         if settings is None:
             rows, scores = _exact(q, inverted)
         else:
-            rows, scores = _pruned(q, settings, forward, inverted)
+            rows, scores = _pruned(q, settings, forward, inverted, allowed)
         d_rows, d_scores = _brute_force(q, delta)
         rows = np.concatenate([rows, d_rows + forward.shape[0]])
         scores = np.concatenate([scores, d_scores])
         keep = (scores > 0) & live[rows]
+        if allowed is not None:
+            keep &= allowed[rows]
         best_scores, best_rows = top_k(scores[keep], rows[keep], k, offset)
         return [(self._ids[r], float(s)) for r, s in zip(best_rows, best_scores, strict=True)]
 
     def search_batch(
-        self, queries: sp.csr_matrix, k: int = 10, offset: int = 0, pruning: Pruning | None = None
+        self,
+        queries: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: wf.WordFilter | None = None,
+        pruning: Pruning | None = None,
     ) -> list[list[Hit]]:
         queries = sp.csr_matrix(queries, dtype=np.float32)
-        return [self.search(queries[i], k, offset, pruning) for i in range(queries.shape[0])]
+        return [
+            self.search(queries[i], k, offset, filters, pruning) for i in range(queries.shape[0])
+        ]
+
+    def _allowed(
+        self,
+        filters: wf.WordFilter | None,
+        forward: sp.csr_matrix,
+        inverted: sp.csr_matrix,
+        delta: sp.csr_matrix,
+    ) -> np.ndarray | None:
+        """Rows (forward then delta) that pass ``filters``; None when nothing is filtered."""
+        if not wf.active(filters):
+            return None
+        assert filters is not None
+        filters.check(self.manifest.vocabulary_size)
+        if self._cuts is None:  # reset whenever the forward index is rebuilt
+            self._cuts = wf.strong_cuts(forward)
+        cuts, n_base = self._cuts, forward.shape[0]
+        base = wf.allowed_by_lists(
+            filters,
+            n_base,
+            lambda w: wf.posting_having(
+                inverted.indices[inverted.indptr[w] : inverted.indptr[w + 1]],
+                inverted.data[inverted.indptr[w] : inverted.indptr[w + 1]],
+                cuts,
+            ),
+        )
+        return np.concatenate([base, wf.allowed_rows(filters, delta)])
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
         with self._lock:
@@ -234,6 +290,7 @@ class MemoryIndex:
             self._forward = self._all_rows()
             self._delta_parts, self._delta = [], None
             self._inverted = impact_sorted_inverted(self._forward)
+            self._cuts = None
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -275,7 +332,11 @@ def _exact(q: sp.csr_matrix, inverted: sp.csr_matrix) -> tuple[np.ndarray, np.nd
 
 
 def _pruned(
-    q: sp.csr_matrix, p: Pruning, forward: sp.csr_matrix, inverted: sp.csr_matrix
+    q: sp.csr_matrix,
+    p: Pruning,
+    forward: sp.csr_matrix,
+    inverted: sp.csr_matrix,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidates from the heads of the heaviest query words' lists, re-scored exactly."""
     n_base = forward.shape[0]
@@ -292,6 +353,8 @@ def _pruned(
     postings = np.concatenate([inverted.indices[a:b] for a, b, _ in spans])
     weights = np.concatenate([inverted.data[a:b] * w for a, b, w in spans])
     partial = np.bincount(postings, weights, minlength=n_base)
+    if allowed is not None:  # candidates only among the images the filters allow
+        partial[~allowed[:n_base]] = 0
     if n_base > p.candidates:
         cand = np.argpartition(partial, n_base - p.candidates)[n_base - p.candidates :]
     else:

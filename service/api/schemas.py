@@ -27,13 +27,24 @@ class _Request(BaseModel):
 
 
 class _QueryFields(_Request):
-    query: QueryText = Field(description="Query text; '-word' tokens exclude words")
+    query: QueryText = Field(
+        description="Query text; '+word' tokens require words, '-word' tokens exclude them"
+    )
     mode: Mode = Field(
         "model", description="'model': LexVLA text encoder; 'words': the query's own words"
     )
-    exclude: list[Word] = Field([], max_length=64, description="Words removed from the query")
+    require: list[Word] = Field(
+        [], max_length=64, description="Filter: only images that have all these words"
+    )
+    exclude: list[Word] = Field(
+        [],
+        max_length=64,
+        description="Filter: no image that has any of these words (also removed from the query)",
+    )
     boost: dict[Word, Factor] = Field(
-        {}, max_length=64, description="Word -> factor on its query weight (added if absent)"
+        {},
+        max_length=64,
+        description="Word -> factor on its query weight (added if absent; 0 ignores the word)",
     )
 
     @field_validator("query")
@@ -111,6 +122,14 @@ class SearchTimings(BaseModel):
     total_ms: float
 
 
+class AppliedFilters(BaseModel):
+    require: list[str] = Field([], description="Only images that have all these words")
+    exclude: list[str] = Field([], description="No image that has any of these words")
+    rule: str = Field(
+        "", description="When an image has a word (the same rule in every index engine)"
+    )
+
+
 class SearchResponse(BaseModel):
     query: str
     mode: SearchMode
@@ -119,6 +138,7 @@ class SearchResponse(BaseModel):
     )
     active_words: int = Field(description="Number of active words in the query vector")
     excluded: list[str]
+    filters: AppliedFilters = Field(description="The word filters this search applied")
     index_version: str
     top_k: int
     offset: int

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 
+    # --- a Qdrant server or cluster (indexes built with --engine qdrant --qdrant-url) ----------
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server URL, e.g. http://qdrant:6333 (default: the one the index "
+        "was built with); unused by embedded Qdrant Edge indexes",
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key")
+    qdrant_timeout_s: float = Field(
+        default=5.0, gt=0, description="Qdrant request timeout; past it a search answers 503"
+    )
+    qdrant_tls_ca: Path | None = Field(
+        default=None, description="CA bundle to verify a Qdrant server's https certificate"
+    )
+
     # --- network ------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="port (0: any free port)")

@@ -28,7 +28,7 @@ async def explain(
     start = time.perf_counter()
     vocabulary = pipeline.vocabulary
     image_row = scoring.image_row(handle, pipeline.store, req.image_id)  # 404 before encoding
-    q = await pipeline.query_vector(req.query, req.mode, req.exclude, req.boost)
+    q = await pipeline.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
     with pipeline.metrics.stage("explain") as timer:
         hit = scoring.explain_row(q.row, image_row, vocabulary)
         notes: list[str] = []

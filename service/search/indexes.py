@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from typing import Any
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
 from indexer.engines.versions import VERSIONS, resolve
-from indexer.scoring import is_exact
 from indexer.store import CorpusStore
 from model.data.atomic import now_iso
 
@@ -39,22 +39,42 @@ class IndexHandle:
 
     @property
     def exact(self) -> bool:
-        """True when the engine's top-k is exact (``indexer.scoring.is_exact``)."""
-        return is_exact(self.index)
+        """True when the engine's top-k and scores are exact float32 dot products."""
+        return bool(getattr(self.index, "exact", False))
+
+    @property
+    def exact_rows(self) -> bool:
+        """True when the engine's ``vectors_of`` rows are the exact float rows."""
+        return bool(getattr(self.index, "exact_rows", False))
 
     def count(self) -> int:
         return self.index.count()
 
 
-def open_handle(path: str | Path, vocabulary_hash: str, mmap: bool = False) -> IndexHandle:
+def index_options(settings: Any) -> dict[str, Any]:
+    """The settings an engine's ``open`` may take (each engine takes the ones it knows)."""
+    key = settings.qdrant_api_key
+    return {
+        "mmap": settings.mmap,
+        "url": settings.qdrant_url,
+        "api_key": key.get_secret_value() if key is not None else None,
+        "timeout_s": settings.qdrant_timeout_s,
+        "tls_ca": str(settings.qdrant_tls_ca) if settings.qdrant_tls_ca else None,
+    }
+
+
+def open_handle(
+    path: str | Path, vocabulary_hash: str, options: Mapping[str, Any] | None = None
+) -> IndexHandle:
     """Open the current version under ``path`` (or a version directory), checking its vocabulary.
 
     Raises ``VocabularyMismatchError`` (from ``model.vocabulary``) with a message naming both
-    hashes when the index was built with another vocabulary than the model's.
+    hashes when the index was built with another vocabulary than the model's, and
+    ``IndexUnavailable`` when its server cannot be reached.
     """
     version_dir = resolve(path)
-    options: dict[str, Any] = {"mmap": mmap} if mmap else {}
-    index = open_index(version_dir, vocabulary_hash, **options)
+    given = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
+    index = open_index(version_dir, vocabulary_hash, **given)
     return IndexHandle(index, version_dir.name, version_dir)
 
 
@@ -68,10 +88,12 @@ def wrap_index(index: SearchIndex | IndexHandle, vocabulary_hash: str) -> IndexH
 class IndexHolder:
     """The current :class:`IndexHandle`, replaced atomically by :meth:`reload`."""
 
-    def __init__(self, handle: IndexHandle, source: Path | None, mmap: bool = False):
+    def __init__(
+        self, handle: IndexHandle, source: Path | None, options: Mapping[str, Any] | None = None
+    ):
         self.current = handle
         self.source = source  # the index directory a reload re-resolves
-        self.mmap = mmap
+        self.options = dict(options or {})
         self._lock = asyncio.Lock()
 
     async def reload(self, vocabulary_hash: str, version: str | None = None) -> IndexHandle:
@@ -89,7 +111,7 @@ class IndexHolder:
             if not target.is_dir():
                 raise FileNotFoundError(f"no index version {version!r} under {self.source}")
         async with self._lock:  # one reload at a time; searches never wait on this lock
-            handle = await asyncio.to_thread(open_handle, target, vocabulary_hash, self.mmap)
+            handle = await asyncio.to_thread(open_handle, target, vocabulary_hash, self.options)
             self.current = handle
             return handle
 

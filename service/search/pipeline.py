@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import scipy.sparse as sp
 
+from indexer.filters import STRONG_FRACTION, STRONG_TOP, WordFilter
 from indexer.store import CorpusStore
 from model.protocols import LexicalModel
 from service.api.schemas import (
+    AppliedFilters,
     EncodeRequest,
     EncodeResponse,
     MatchedWord,
@@ -39,19 +41,26 @@ from service.search.patches import PatchMaps
 from service.search.query import (
     apply_edits,
     resolve_edits,
-    split_exclusions,
+    split_filters,
     top_words,
     words_vector,
 )
 from service.search.urls import image_url, thumbnail_url
 
+RULE_TEXT = (
+    f"an image has a word when it is among its {STRONG_TOP} heaviest words and weighs at least "
+    f"{STRONG_FRACTION:g} x its heaviest word"
+)
+
 
 @dataclass
 class QueryVector:
     row: sp.csr_matrix
-    text: str  # the text that was encoded (inline exclusions removed), or the upload's name
+    text: str  # the text that was encoded (inline filters removed), or the upload's name
     excluded: list[str]
     encode_ms: float
+    required: list[str] = field(default_factory=list)
+    filters: WordFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -108,20 +117,31 @@ class SearchPipeline:
 
     # --- query vectors ------------------------------------------------------------------------
     async def query_vector(
-        self, text: str, mode: str, exclude: list[str], boost: dict[str, float]
+        self,
+        text: str,
+        mode: str,
+        exclude: list[str],
+        boost: dict[str, float],
+        require: list[str] | None = None,
     ) -> QueryVector:
         self._check_length(text, "query")
-        clean, inline = split_exclusions(text)
+        clean, inline_require, inline_exclude = split_filters(text)
+        required = list(dict.fromkeys([*(require or []), *inline_require]))
+        if not clean and required:  # "+circle": search for the required words themselves
+            clean = " ".join(required)
         if not clean:
             raise InvalidInput(
                 "the query has only exclusions ('-word'): add a word to search for",
                 loc=["body", "query"],
             )
-        edits = resolve_edits(self.vocabulary, exclude, boost, inline)  # 422 before any encoding
+        edits = resolve_edits(  # 422 before any encoding
+            self.vocabulary, exclude, boost, inline_exclude, require or [], inline_require
+        )
         with self.metrics.stage("encode") as timer:
             base = await self.encode_text(clean, mode)
         row = apply_edits(base, edits)
-        return QueryVector(row, clean, [*exclude, *inline], timer.ms)
+        excluded = list(dict.fromkeys([*exclude, *inline_exclude]))
+        return QueryVector(row, clean, excluded, timer.ms, required, edits.filters)
 
     async def encode_text(self, text: str, mode: str) -> sp.csr_matrix:
         if mode == "model":
@@ -133,9 +153,11 @@ class SearchPipeline:
             self.words_cache.put(text, cached)
         return cached
 
-    async def image_query(self, data: bytes, name: str, exclude: list[str]) -> QueryVector:
+    async def image_query(
+        self, data: bytes, name: str, exclude: list[str], require: list[str] | None = None
+    ) -> QueryVector:
         """An uploaded image's lexical vector (415/413 if it is not a usable image)."""
-        edits = resolve_edits(self.vocabulary, exclude)
+        edits = resolve_edits(self.vocabulary, exclude, require=require or [])
         size = int(self.model.config.image.image_size)
         image = await asyncio.to_thread(decode_upload, data, self.settings.max_image_pixels, size)
         loop = asyncio.get_running_loop()
@@ -143,7 +165,8 @@ class SearchPipeline:
             row = await loop.run_in_executor(
                 self.model_executor, lambda: self.model.sparsify(self.model.encode_pil([image]))
             )
-        return QueryVector(apply_edits(row, edits), name, exclude, timer.ms)
+        row = apply_edits(row, edits)
+        return QueryVector(row, name, exclude, timer.ms, list(require or []), edits.filters)
 
     def _check_length(self, text: str, field: str) -> None:
         limit = self.settings.max_query_chars
@@ -175,15 +198,21 @@ class SearchPipeline:
         start = time.perf_counter()
         page = Page(req.top_k, req.offset, req.min_score, req.matched_limit, req.query_words_limit)
         self.check_paging(page)
-        q = await self.query_vector(req.query, req.mode, req.exclude, req.boost)
+        q = await self.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
         return await self.run_search(handle, q, req.mode, page, start)
 
     async def search_image(
-        self, handle: IndexHandle, data: bytes, name: str, exclude: list[str], page: Page
+        self,
+        handle: IndexHandle,
+        data: bytes,
+        name: str,
+        exclude: list[str],
+        page: Page,
+        require: list[str] | None = None,
     ) -> SearchResponse:
         start = time.perf_counter()
         self.check_paging(page)
-        q = await self.image_query(data, name, exclude)
+        q = await self.image_query(data, name, exclude, require)
         return await self.run_search(handle, q, "image", page, start)
 
     async def run_search(
@@ -202,6 +231,7 @@ class SearchPipeline:
                 min_score=page.min_score,
                 matched_limit=page.matched_limit,
                 rescore_factor=self.settings.rescore_factor,
+                filters=q.filters,
             ),
         )
         self.metrics.stage_seconds.labels("search").observe(outcome.search_ms / 1e3)
@@ -229,6 +259,9 @@ class SearchPipeline:
             query=q.text,
             mode=mode,
             excluded=q.excluded,
+            filters=AppliedFilters(
+                require=q.required, exclude=q.excluded, rule=RULE_TEXT if q.filters else ""
+            ),
             active_words=q.row.nnz,
             query_words=word_weights(top_words(q.row, self.vocabulary, page.query_words_limit)),
             index_version=handle.version,

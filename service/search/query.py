@@ -5,13 +5,21 @@ sparsifies its output with the checkpoint's threshold, like the indexed images. 
 query's own words through the tokenizer (``model.bag_of_words``): no LLM call, exact words only,
 weights = normalised counts.
 
-Edits work on the vector, so they compose with every mode (and with image queries):
+Edits work on the vector and on which images may match, so they compose with every mode (and
+with image queries):
 
-- ``exclude``: the words' weights are set to zero. A query text may also exclude words inline,
-  ``dog -cat``: a token that starts with ``-`` is removed from the text and excluded.
+- ``exclude`` (inline ``-word``): a filter, no image that *has* the word is returned (the rule of
+  ``indexer.filters``: the word is among the image's strongest), and the word's query weight is
+  set to zero.
+- ``require`` (inline ``+word``): a filter, only images that have every required word are
+  returned; the query vector is not changed. A query of only ``+words`` searches for them.
 - ``boost``: ``{word: factor}`` multiplies a word's weight; a word the query does not have yet is
   added with ``factor`` times the mean weight of the query's words (so ``{"red": 1.0}`` adds
-  "red" as an average word of the query). A factor of 0 removes the word. Exclusion wins.
+  "red" as an average word of the query). A factor of 0 removes the word from the query (the
+  old meaning of ``-word``: ignore it, filter nothing). Exclusion wins.
+
+Inline, a token that starts with ``+`` or ``-`` (``dog -cat +grass``) is removed from the text; a
+lone ``+`` or ``-``, or one inside a word (``t-shirt``), stays.
 
 Weights are never re-normalised after an edit: a hit's score stays the plain sum of the per-word
 contributions ``q_j * d_j`` that the response shows.
@@ -27,21 +35,24 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from indexer.filters import WordFilter
 from indexer.scoring import top_words as top_words  # the routes import it from here
 from model import bag_of_words
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 
-_INLINE_EXCLUSION = re.compile(r"(?<!\S)-(\S+)")
+_INLINE_FILTER = re.compile(r"(?<!\S)([+-])(\S+)")
 
 
-def split_exclusions(text: str) -> tuple[str, list[str]]:
-    """``"dog -cat -tree"`` -> ``("dog", ["cat", "tree"])``; a lone ``-`` stays in the text."""
-    excluded = _INLINE_EXCLUSION.findall(text)
-    if not excluded:
-        return text.strip(), []
-    kept = _INLINE_EXCLUSION.sub(" ", text)
-    return " ".join(kept.split()), excluded
+def split_filters(text: str) -> tuple[str, list[str], list[str]]:
+    """``"dog +grass -cat"`` -> ``("dog", ["grass"], ["cat"])`` (text, required, excluded)."""
+    found = _INLINE_FILTER.findall(text)
+    if not found:
+        return text.strip(), [], []
+    kept = _INLINE_FILTER.sub(" ", text)
+    required = [w for sign, w in found if sign == "+"]
+    excluded = [w for sign, w in found if sign == "-"]
+    return " ".join(kept.split()), required, excluded
 
 
 def word_index(vocabulary: Vocabulary, word: str, where: str, loc: Sequence[str | int]) -> int:
@@ -66,10 +77,17 @@ def row_from_weights(weights: Mapping[int, float], size: int) -> sp.csr_matrix:
 
 @dataclass(frozen=True)
 class QueryEdits:
-    """Exclusions and boosts resolved to vocabulary indices (checked before any encoding)."""
+    """Filters and boosts resolved to vocabulary indices (checked before any encoding)."""
 
     exclude: tuple[int, ...] = ()
     boost: tuple[tuple[int, float], ...] = ()
+    require: tuple[int, ...] = ()
+
+    @property
+    def filters(self) -> WordFilter | None:
+        if not self.exclude and not self.require:
+            return None
+        return WordFilter(frozenset(self.require), frozenset(self.exclude))
 
 
 def resolve_edits(
@@ -77,6 +95,8 @@ def resolve_edits(
     exclude: Sequence[str] = (),
     boost: Mapping[str, float] | None = None,
     inline_exclude: Sequence[str] = (),
+    require: Sequence[str] = (),
+    inline_require: Sequence[str] = (),
 ) -> QueryEdits:
     """Look every word up; InvalidInput (422) names the first unknown one and where it was."""
     dropped = [
@@ -86,11 +106,24 @@ def resolve_edits(
         word_index(vocabulary, w, "the query's -exclusions", ("body", "query"))
         for w in inline_exclude
     ]
+    kept = [
+        word_index(vocabulary, w, "require", ("body", "require", n)) for n, w in enumerate(require)
+    ]
+    kept += [
+        word_index(vocabulary, w, "the query's +requirements", ("body", "query"))
+        for w in inline_require
+    ]
+    both = sorted(set(dropped) & set(kept))
+    if both:
+        raise InvalidInput(
+            f"the word {vocabulary.words[both[0]]!r} is both required and excluded",
+            loc=("body", "query"),
+        )
     boosts = [
         (word_index(vocabulary, w, "boost", ("body", "boost", w)), float(f))
         for w, f in (boost or {}).items()
     ]
-    return QueryEdits(tuple(dropped), tuple(boosts))
+    return QueryEdits(tuple(dict.fromkeys(dropped)), tuple(boosts), tuple(dict.fromkeys(kept)))
 
 
 def apply_edits(row: sp.csr_matrix, edits: QueryEdits) -> sp.csr_matrix:

@@ -2,13 +2,19 @@
 
 The scoring itself (exact contributions, re-scoring of approximate engines) is
 ``indexer.scoring``, shared with ``lexvla search``; this module adapts it to index handles and
-turns a missing image into the API's ``NotFound``.
+turns a missing image into the API's ``NotFound`` and an engine whose server is unavailable
+(``IndexUnavailable``: down, slow, refusing the key) into a 503 with the engine's message.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import scipy.sparse as sp
 
+from indexer.engines.base import IndexUnavailable
+from indexer.filters import WordFilter
 from indexer.scoring import (
     MAX_CANDIDATES,
     Contribution,
@@ -22,7 +28,7 @@ from indexer.scoring import (
 from indexer.scoring import search as search_index
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
-from service.core.errors import NotFound
+from service.core.errors import NotFound, Unavailable
 from service.search.indexes import IndexHandle
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "SearchOutcome",
     "contributions",
     "dense_query",
+    "engine_errors",
     "explain_row",
     "image_row",
     "search",
@@ -49,20 +56,32 @@ def search(
     min_score: float = 0.0,
     matched_limit: int | None = None,
     rescore_factor: int = 4,
+    filters: WordFilter | None = None,
 ) -> SearchOutcome:
     """``indexer.scoring.search`` on the handle's index (runs in a search thread)."""
-    return search_index(
-        handle.index,
-        store,
-        vocabulary,
-        query,
-        exact=handle.exact,
-        top_k=top_k,
-        offset=offset,
-        min_score=min_score,
-        matched_limit=matched_limit,
-        rescore_factor=rescore_factor,
-    )
+    with engine_errors():
+        return search_index(
+            handle.index,
+            store,
+            vocabulary,
+            query,
+            exact=handle.exact,
+            top_k=top_k,
+            offset=offset,
+            min_score=min_score,
+            matched_limit=matched_limit,
+            rescore_factor=rescore_factor,
+            filters=filters,
+        )
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """An engine server that is down, slow or refusing the key -> 503 with its message."""
+    try:
+        yield
+    except IndexUnavailable as exc:
+        raise Unavailable(f"the index is unavailable: {exc}") from None
 
 
 def image_row(
@@ -73,7 +92,8 @@ def image_row(
 ) -> sp.csr_matrix:
     """The lexical row of one indexed image; NotFound if the index does not hold it."""
     try:
-        return row_vectors(handle.index, store, [image_id])
+        with engine_errors():
+            return row_vectors(handle.index, store, [image_id])
     except KeyError:
         raise NotFound(
             f"no image {image_id!r} in the index (version {handle.version})", loc=loc

@@ -1,10 +1,13 @@
 // LexVLA search UI: plain JavaScript, no build step. State lives in the URL hash
-// (#q=...&mode=...&offset=...&open=<image id>&word=<word>) so a view can be shared or reloaded.
+// (#q=...&mode=...&offset=...&open=<image id>&word=<word>&off=<filters>) so a view can be shared
+// or reloaded. Word filters live in the query text (+word keeps only images that have the word,
+// -word drops them); the chips above the results switch each one off and on again.
 "use strict";
 
 const PAGE = 12;
 const $ = (id) => document.getElementById(id);
-const state = { query: "", mode: "model", offset: 0, open: null, word: null, imageHits: null };
+const state = { query: "", mode: "model", offset: 0, open: null, word: null, imageHits: null, off: [] };
+const FILTER_TOKEN = /^[+-]\S+$/;
 
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
@@ -37,6 +40,7 @@ function readHash() {
   state.offset = Math.max(0, parseInt(p.get("offset") || "0", 10) || 0);
   state.open = p.get("open");
   state.word = p.get("word");
+  state.off = (p.get("off") || "").split(" ").filter((t) => FILTER_TOKEN.test(t));
 }
 
 function writeHash() {
@@ -46,6 +50,7 @@ function writeHash() {
   if (state.offset) p.set("offset", String(state.offset));
   if (state.open) p.set("open", state.open);
   if (state.word) p.set("word", state.word);
+  if (state.off.length) p.set("off", state.off.join(" "));
   history.replaceState(null, "", "#" + p.toString());
 }
 
@@ -89,15 +94,56 @@ function render(result) {
   const t = result.timings;
   const shown = result.hits.length;
   const first = result.offset + 1;
+  const f = result.filters || { require: [], exclude: [] };
+  const only = [...f.require.map((w) => "+" + w), ...f.exclude.map((w) => "−" + w)].join(" ");
+  const filtered = only ? ` · filters ${only}` : "";
   setStatus(shown
-    ? `Results ${first}–${result.offset + shown} for “${result.query}” · ${result.active_words} query words · encode ${t.encode_ms.toFixed(1)} ms · search ${t.search_ms.toFixed(1)} ms · index ${result.index_version}`
-    : `No images match “${result.query}”. ${result.notes.join(" ")}`);
+    ? `Results ${first}–${result.offset + shown} for “${result.query}”${filtered} · ${result.active_words} query words · encode ${t.encode_ms.toFixed(1)} ms · search ${t.search_ms.toFixed(1)} ms · index ${result.index_version}`
+    : `No images match “${result.query}”${filtered}. ${result.notes.join(" ")}`);
   const words = $("query-words");
   words.replaceChildren(...result.query_words.slice(0, 40).map((w) => el("span", { class: "chip", title: w.weight.toFixed(4) }, w.word)));
+  renderFilters(result);
   $("results").replaceChildren(...result.hits.map(card));
   $("pager").hidden = result.mode === "image" || (result.offset === 0 && shown < PAGE);
   $("prev").disabled = result.offset === 0;
   $("next").disabled = shown < PAGE;
+}
+
+// --- word filters ------------------------------------------------------------------------------
+function renderFilters(result) {
+  const f = result.filters || { require: [], exclude: [], rule: "" };
+  const active = [...f.require.map((w) => "+" + w), ...f.exclude.map((w) => "-" + w)];
+  state.off = state.off.filter((t) => !active.includes(t));
+  const chip = (token, on) => {
+    const kind = token[0] === "+" ? "require" : "exclude";
+    const label = (token[0] === "+" ? "+" : "−") + token.slice(1);
+    const what = kind === "require" ? "only images that have" : "no image that has";
+    const node = el("button", {
+      type: "button", class: `chip filter ${kind}${on ? "" : " off"}`, "data-token": token,
+      "aria-pressed": String(on), title: `${on ? "On" : "Off"}: ${what} “${token.slice(1)}” (${f.rule || "click to switch on"}). Click to switch ${on ? "off" : "on"}.`,
+    }, label);
+    node.addEventListener("click", () => toggleFilter(token, on));
+    return node;
+  };
+  const chips = [...active.map((t) => chip(t, true)), ...state.off.map((t) => chip(t, false))];
+  $("filters").replaceChildren(...chips);
+  $("filters").hidden = chips.length === 0;
+}
+
+function toggleFilter(token, on) {
+  if (on) {
+    state.query = state.query.split(/\s+/).filter((t) => t !== token).join(" ");
+    state.off = [...state.off, token];
+    if (!state.query.replace(/(^|\s)-\S+/g, "").trim()) {
+      // nothing left to search for: search for the switched-off word itself
+      state.query = (state.query + " " + token.slice(1)).trim();
+    }
+  } else {
+    state.off = state.off.filter((t) => t !== token);
+    state.query = `${state.query} ${token}`.trim();
+  }
+  state.offset = 0;
+  search();
 }
 
 function card(hit) {
@@ -201,6 +247,7 @@ function closeDetail() {
 $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
   state.query = $("query").value;
+  state.off = [];
   state.mode = $("mode").value;
   state.offset = 0;
   closeDetail();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Body
@@ -37,5 +38,5 @@ async def reload(
         previous=previous.version,
         current=current.version,
         engine=current.engine,
-        images=current.count(),
+        images=await asyncio.to_thread(current.count),
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from indexer.engines.base import IndexUnavailable
 from service.api.deps import StateDep
 from service.api.schemas import Health, Readiness
 
@@ -22,18 +25,29 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "Not ready yet (which part is missing)"}},
 )
 async def readyz(state: StateDep) -> JSONResponse:
+    """Ready when the model is loaded, the index open and reachable, and warm-up done.
+
+    Counting the index's images checks that an index server answers (within its timeout, off
+    the event loop); while it does not, the service is not ready (503, with the reason).
+    """
     handle = state.holder.current if state.holder is not None else None
+    images, trouble = None, ""
+    if handle is not None:
+        try:
+            images = await asyncio.to_thread(handle.count)
+        except IndexUnavailable as exc:
+            trouble = f"the index is unavailable: {exc}"
     body = Readiness(
-        ready=state.ready,
+        ready=state.ready and not trouble,
         model=state.model is not None,
-        index=handle is not None,
+        index=handle is not None and not trouble,
         warmup=state.warmed_up,
         index_version=handle.version if handle else None,
-        images=handle.count() if handle else None,
+        images=images,
     )
     if not body.ready:
         missing = [k for k in ("model", "index", "warmup") if not getattr(body, k)]
-        body.detail = "waiting for: " + ", ".join(missing)
+        body.detail = trouble or "waiting for: " + ", ".join(missing)
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 

@@ -31,7 +31,12 @@ async def search_image(
     offset: Annotated[int, Form(ge=0, le=HARD_MAX_OFFSET)] = 0,
     min_score: Annotated[float, Form(ge=0.0, allow_inf_nan=False)] = 0.0,
     matched_limit: Annotated[int, Form(ge=0, le=100_000)] = 20,
-    exclude: Annotated[str, Form(max_length=2000, description="Words to exclude")] = "",
+    exclude: Annotated[
+        str, Form(max_length=2000, description="Filter: no image that has any of these words")
+    ] = "",
+    require: Annotated[
+        str, Form(max_length=2000, description="Filter: only images that have all these words")
+    ] = "",
 ) -> SearchResponse:
     """Images similar to an uploaded one: the upload's lexical vector is the query."""
     data = await file.read(settings.max_upload_bytes + 1)
@@ -42,5 +47,7 @@ async def search_image(
             loc=["body", "file"],
         )
     page = Page(top_k, offset, min_score, matched_limit, query_words_limit=30)
-    words = exclude.replace(",", " ").split()
-    return await pipeline.search_image(index, data, file.filename or "upload", words, page)
+    excluded = exclude.replace(",", " ").split()
+    required = require.replace(",", " ").split()
+    name = file.filename or "upload"
+    return await pipeline.search_image(index, data, name, excluded, page, required)
