@@ -12,7 +12,6 @@ from indexer.filters import strong_words
 from indexer.store import CorpusStore
 
 
-
 @pytest.fixture(scope="module")
 def strong(service_corpus):
     """id -> the words (display form) each indexed image has, from the store's rows."""
