@@ -40,7 +40,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Self
+from typing import Self, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -168,8 +168,20 @@ class CompactIndex:
         words, weights = q.indices[keep].astype(np.int32), q.data[keep].astype(np.float32)
         if not snap.blocks or len(words) == 0:
             return []
-        settings = self.pruning if pruning is _NO_PRUNING else pruning
-        need = k + offset
+        settings = cast(ImpactPruning | None, self.pruning if pruning is _NO_PRUNING else pruning)
+        with self._scorer.searching():
+            return self._search(snap, words, weights, k + offset, offset, filters, settings)
+
+    def _search(
+        self,
+        snap: Snapshot,
+        words: np.ndarray,
+        weights: np.ndarray,
+        need: int,
+        offset: int,
+        filters: wf.WordFilter | None,
+        settings: ImpactPruning | None,
+    ) -> list[Hit]:
         if wf.active(filters):
             assert filters is not None
             snap, allowed = self._filtered(snap, filters)
@@ -180,7 +192,7 @@ class CompactIndex:
                 return self._page(
                     snap, docs, self._scorer.rescore(snap, docs, words, weights), offset, need
                 )
-        threshold, capacity = self._scorer.plan(snap, words, weights, settings, need)  # type: ignore[arg-type]
+        threshold, capacity = self._scorer.plan(snap, words, weights, settings, need)
         heap_s, heap_d = self._scorer.score(snap, words, weights, threshold, capacity)
         if threshold > 0 and filters is not None and len(heap_d) < need:
             # a filter left too few partial scores to fill the page: read everything

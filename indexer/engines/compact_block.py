@@ -115,6 +115,12 @@ class Block:
     @classmethod
     def load(cls, directory: Path, mmap: bool) -> Block:
         mode: Literal["r"] | None = "r" if mmap else None
+        missing = [f.name for f in fields(cls) if not (directory / f"{f.name}.npy").is_file()]
+        if missing:
+            raise ValueError(
+                f"{directory} is not a complete compact block (missing {', '.join(missing)}): the "
+                "index is damaged or from another version; rebuild it (`lexvla index reindex`)"
+            )
         arrays = {f.name: np.load(directory / f"{f.name}.npy", mmap_mode=mode) for f in fields(cls)}
         return cls(**arrays)
 
