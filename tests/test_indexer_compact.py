@@ -271,10 +271,20 @@ def test_spilled_build_holds_blocks_on_disk(tmp_path, corpus):
     assert all(isinstance(b.post, np.memmap) for b in index._snap.blocks)
     saved = tmp_path / "saved"
     index.save(saved)
-    assert (
-        os.stat(saved / "blocks/b000000/post.npy").st_ino
-        == os.stat(tmp_path / "spill/s000000/post.npy").st_ino
-    )
+    (spilled,) = (tmp_path / "spill").iterdir()  # a fresh folder of this build's own
+    assert os.stat(saved / "blocks/b000000/post.npy").st_ino == os.stat(
+        spilled / "s000000/post.npy"
+    ).st_ino
+    # a second build spilling into the same folder never writes over the first one's blocks
+    before = index.search(rows[0], 5, pruning=None)
+    other = CompactIndex.create(V, pruning=None, spill_dir=tmp_path / "spill")
+    other.block_rows = 2000
+    other.add(ids, rows[::-1])  # other rows under the same ids
+    other.build()
+    assert CompactIndex.open(saved).search(rows[0], 5, pruning=None) == before
+    (saved / "blocks/b000000/post.npy").unlink()
+    with pytest.raises(ValueError, match="not a complete compact block"):
+        CompactIndex.open(saved)
 
 
 def test_balanced_blocks():

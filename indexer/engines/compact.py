@@ -36,6 +36,7 @@ shares with the one it came from) and ``live/bNNNNNN.npy`` for blocks with delet
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -80,6 +81,7 @@ class CompactIndex:
         # memory at a time; save() then hard-links them (same file system: no copy)
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self._spilled = 0
+        self._spill: Path | None = None
         v = manifest.vocabulary_size
         self._snap = Snapshot([], np.zeros(0, np.float64), [], np.zeros((v, CODES), np.int64))
         self._sources: list[Path | None] = []  # the directory a block was loaded from, if any
@@ -296,8 +298,11 @@ class CompactIndex:
         self._pending_rows = [rows[end:]] if end < len(ids) else []
         sources: list[Path | None] = [None] * len(new)
         if self.spill_dir is not None:
+            if self._spill is None:  # a fresh folder: never one an earlier build left behind
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
+                self._spill = Path(tempfile.mkdtemp(prefix="spill-", dir=self.spill_dir))
             for n, (block, scale, error) in enumerate(new):
-                spilled = self.spill_dir / f"s{self._spilled:06d}"
+                spilled = self._spill / f"s{self._spilled:06d}"
                 self._spilled += 1
                 block.save(spilled)
                 new[n] = (Block.load(spilled, mmap=True), scale, error)

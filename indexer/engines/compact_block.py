@@ -29,6 +29,7 @@ About 4 bytes per posting in all: 2 in the inverted lists, 1 + ~1 in the forward
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -108,9 +109,14 @@ class Block:
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
+        """Write the arrays, each as a new file (temporary name, then renamed into place): a
+        file that an earlier index version hard-links is replaced, never written over."""
         directory.mkdir(parents=True, exist_ok=True)
         for f in fields(self):
-            np.save(directory / f"{f.name}.npy", getattr(self, f.name))
+            target = directory / f"{f.name}.npy"
+            tmp = directory / f".{f.name}.tmp-{os.getpid()}.npy"
+            np.save(tmp, getattr(self, f.name))
+            os.replace(tmp, target)
 
     @classmethod
     def load(cls, directory: Path, mmap: bool) -> Block:
