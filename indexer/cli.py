@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from indexer.engines import ENGINES, open_index, publish
+from indexer.engines import DEFAULT_ENGINE, ENGINES, open_index, publish
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
 from indexer.merge import MergeError, merge_stores
@@ -67,12 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="merged store (created, or resumed)")
     m.add_argument("parts", nargs="+", help="part stores, in order")
     m.add_argument("--index", help="also publish a search index of the merged store here")
-    m.add_argument("--engine", choices=ENGINES, default="memory")
+    m.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
     add_model_flags(m, IndexJob, exclude=NOT_QDRANT)
     r = sub.add_parser("reindex", help="build a new index version from a store (no encoding)")
     r.add_argument("--store", required=True)
     r.add_argument("--index", required=True)
-    r.add_argument("--engine", choices=ENGINES, default="memory")
+    r.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
     add_model_flags(r, IndexJob, exclude=NOT_QDRANT)
     d = sub.add_parser("delete", help="delete images from a store (and its index)")
     d.add_argument("--store", required=True)

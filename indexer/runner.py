@@ -46,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from indexer.decode import THUMBNAIL_SIZE, ImageInfo
-from indexer.engines import ENGINES, engine_class, publish
+from indexer.engines import DEFAULT_ENGINE, ENGINES, engine_class, publish
 from indexer.engines.qdrant_backends import DATATYPES
 from indexer.loader import ChunkTag, LoadedBatch, PrepareImages, Task, image_loader
 from indexer.store import CorpusStore
@@ -94,7 +94,7 @@ class IndexJob(BaseModel):
     index: str | None = Field(
         default=None, description="publish a search index here after the store is updated"
     )
-    engine: str = Field(default="memory", description="index engine")
+    engine: str = Field(default=DEFAULT_ENGINE, description="index engine")
     progress: bool = Field(default=True, description="show a progress bar")
     shard_id: int = Field(
         default=0, ge=0, description="this process's slice: sha256(id) mod --num-shards"
@@ -271,7 +271,7 @@ def open_store(path: str | Path, model: LexicalModel) -> CorpusStore:
 
 
 def build_index(
-    store: CorpusStore, index_dir: str | Path, engine: str = "memory", **options: Any
+    store: CorpusStore, index_dir: str | Path, engine: str = DEFAULT_ENGINE, **options: Any
 ) -> Path:
     """Build an index of every live image of the store and publish it as a new version.
 

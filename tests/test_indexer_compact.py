@@ -272,9 +272,10 @@ def test_spilled_build_holds_blocks_on_disk(tmp_path, corpus):
     saved = tmp_path / "saved"
     index.save(saved)
     (spilled,) = (tmp_path / "spill").iterdir()  # a fresh folder of this build's own
-    assert os.stat(saved / "blocks/b000000/post.npy").st_ino == os.stat(
-        spilled / "s000000/post.npy"
-    ).st_ino
+    assert (
+        os.stat(saved / "blocks/b000000/post.npy").st_ino
+        == os.stat(spilled / "s000000/post.npy").st_ino
+    )
     # a second build spilling into the same folder never writes over the first one's blocks
     before = index.search(rows[0], 5, pruning=None)
     other = CompactIndex.create(V, pruning=None, spill_dir=tmp_path / "spill")

@@ -84,9 +84,10 @@ def test_merged_shards_equal_one_build(built, model):
         queries = full.vectors_of(ids[:4])
     index = open_index(built / "index", vocabulary_hash=model.vocabulary.hash)
     assert index.count() == 12
-    from indexer.engines.memory import MemoryIndex
+    from indexer.engines import engine_class
 
-    reference = MemoryIndex.create(
+    # the same engine (the default) built from the unsharded store: the same hits and scores
+    reference = engine_class(index.manifest.engine).create(
         len(model.vocabulary), model.vocabulary.hash, model.checkpoint_id, 0.0
     )
     with CorpusStore.open(built / "full") as full:

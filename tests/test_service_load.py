@@ -230,7 +230,7 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
 
         assert swap.status_code == 200, swap.text
         assert swap.json() == {
-            "previous": "v0001", "current": "v0002", "engine": "memory",
+            "previous": "v0001", "current": "v0002", "engine": "compact",
             "images": len(service_corpus.ids) + 2,
         }  # fmt: skip
         old = in_flight.json()

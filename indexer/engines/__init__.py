@@ -18,8 +18,18 @@ from indexer.engines.base import IndexManifest, SearchIndex
 from indexer.engines.versions import publish, resolve
 
 ENGINES = ("memory", "compact", "lucene", "qdrant")
+# bench/index_search.py, side by side at 100k and 1M images: docs/benchmarks.md says why
+DEFAULT_ENGINE = "compact"
 
-__all__ = ["ENGINES", "IndexManifest", "SearchIndex", "engine_class", "open_index", "publish"]
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "IndexManifest",
+    "SearchIndex",
+    "engine_class",
+    "open_index",
+    "publish",
+]
 
 
 def engine_class(name: str) -> Any:
