@@ -10,8 +10,10 @@ the Lucene impact index, pruned memory search, Qdrant with float16/uint8 values)
 ``rescore_factor`` times as many candidates as the page needs; the candidates are re-scored
 exactly from float rows and re-sorted, and the page is cut from that order. Exact engines are
 paged directly. Float rows come from the engine when its rows are the exact floats
-(``index.exact_rows``), else from the corpus store. Word filters go to the engine, which applies
-them before its top-k.
+(``index.exact_rows``) or no store is given (the service's ``exact_scores`` false), else from the
+corpus store. An engine that ranks by exactly the rows it returns (``index.ranks_by_rows``: the
+compact engine's quantised rows) is paged directly when its rows are used, since re-scoring them
+would change nothing. Word filters go to the engine, which applies them before its top-k.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def search(
         note = "the query has no active vocabulary words, so nothing can match"
         return SearchOutcome([], 0.0, 0.0, 0, [note])
     start = time.perf_counter()
+    if not exact and (store is None or index.exact_rows) and index.ranks_by_rows:
+        exact = True  # the engine's order is final for the rows that explain the hits
     if exact:
         found = index.search(query, top_k, offset, filters)
     else:

@@ -293,3 +293,20 @@ def test_balanced_blocks():
     assert balanced_block_rows(20_000) == 65536  # one block
     assert balanced_block_rows(100_000) == 50_000  # 2 even blocks, not 65,536 + 34,464
     assert balanced_block_rows(1_000_000) == 62_500  # 16 blocks
+
+
+def test_vectors_of_across_blocks_keeps_the_asked_order(corpus, pair):
+    """Rows from several blocks, shuffled and repeated, come back in the order asked, each the
+    float row within half a quantisation step, with sorted word ids (re-scoring reads them)."""
+    ids, rows, _ = corpus
+    compact, _ = pair
+    assert len(compact._snapshot().blocks) >= 3
+    pick = [5999, 3, 2600, 3, 5100, 1200, 0]
+    back = compact.vectors_of([ids[i] for i in pick])
+    assert back.has_sorted_indices
+    scale = compact._snapshot().scales.max()
+    dense = rows[pick].toarray()
+    assert np.abs(back.toarray() - dense).max() <= scale / 2 + 1e-7
+    # the rows keep exactly the words whose code is not 0
+    np.testing.assert_array_equal((back.toarray() > 0), back.toarray() != 0)
+    assert (back.getnnz(axis=1) <= rows[pick].getnnz(axis=1)).all()

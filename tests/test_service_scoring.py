@@ -69,6 +69,7 @@ class ApproximateEngine:
 
     exact = False
     exact_rows = False
+    ranks_by_rows = False
 
     def __init__(self, oracle: MemoryIndex):
         self.oracle = oracle
@@ -165,6 +166,39 @@ def client_search(settings, model, body):
 
     with TestClient(create_app(settings, model=model)) as client:
         return client.post("/search", json=body).json()
+
+
+def test_exact_scores_off_scores_from_the_engine_rows(tiny_model, service_corpus, service_settings):
+    """LEXVLA_EXACT_SCORES=false: hits are scored from the compact engine's quantised rows (no
+    store reads), within the engine's error bound of the float32 scores; /search and /explain
+    agree, and every score is still the sum of its contributions."""
+    from fastapi.testclient import TestClient
+
+    from indexer.engines import open_index
+    from service.main import create_app
+
+    body = {"query": "a blue circle", "top_k": 5, "matched_limit": None}
+    exact = client_search(service_settings, tiny_model, body)
+    settings = service_settings.model_copy(update={"exact_scores": False})
+    with TestClient(create_app(settings, model=tiny_model)) as client:
+        quantised = client.post("/search", json=body).json()
+        first = quantised["hits"][0]
+        explained = client.post("/explain", json={"query": body["query"], "image_id": first["id"]})
+        assert explained.status_code == 200, explained.text
+    index = open_index(service_corpus.index)
+    assert index.manifest.engine == "compact" and not index.exact_rows
+    q = tiny_model.sparsify(tiny_model.encode_texts(["a blue circle"]))
+    bound = index.error_bound(q)
+    rows = index.vectors_of([h["id"] for h in quantised["hits"]])
+    engine_scores = np.asarray(rows.astype(np.float64) @ q.toarray().astype(np.float64).T).ravel()
+    by_id = {h["id"]: h["score"] for h in exact["hits"]}
+    for hit, engine_score in zip(quantised["hits"], engine_scores, strict=True):
+        assert hit["score"] == pytest.approx(engine_score, rel=1e-6)
+        assert hit["score"] == pytest.approx(sum(m["contribution"] for m in hit["matched"]))
+        if hit["id"] in by_id:
+            assert abs(hit["score"] - by_id[hit["id"]]) <= bound
+    assert any(h["score"] != by_id.get(h["id"]) for h in quantised["hits"])  # really the rows
+    assert explained.json()["score"] == pytest.approx(first["score"], rel=1e-9)
 
 
 def test_heat_map_colours_and_overlay():

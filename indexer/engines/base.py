@@ -101,6 +101,12 @@ class SearchIndex(Protocol):
         """True when :meth:`vectors_of` returns the float32 rows exactly as they were added."""
         ...
 
+    @property
+    def ranks_by_rows(self) -> bool:
+        """True when top-k order and scores are the dot products of the rows :meth:`vectors_of`
+        returns (exact, or quantised but complete), so re-scoring those rows changes nothing."""
+        ...
+
     def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
         """Add rows; an id already live in the index is a ValueError."""
         ...

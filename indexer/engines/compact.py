@@ -62,6 +62,7 @@ class CompactIndex:
 
     exact = False  # scores are quantised (within the documented bound) ...
     exact_rows = False  # ... and so are the rows: the service re-scores from the corpus store
+    ranks_by_rows = True  # top-k are complete dot products of the quantised rows
 
     def __init__(
         self,
@@ -245,14 +246,27 @@ class CompactIndex:
         if (where < 0).any():
             missing = ids[int(np.flatnonzero(where < 0)[0])]
             raise KeyError(f"image {missing!r} is not in the index")
-        parts = []
-        for doc in where:
-            b, row = int(doc >> 16), int(doc & 0xFFFF)
-            indptr, words, codes = snap.blocks[b].decode(np.array([row]))
-            values = (codes * snap.scales[b]).astype(np.float32)
-            parts.append(sp.csr_matrix((values, words, indptr), (1, self.manifest.vocabulary_size)))
         v = self.manifest.vocabulary_size
-        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, v), dtype=np.float32)
+        lengths = np.zeros(len(ids), dtype=np.int64)
+        words_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        order_parts: list[np.ndarray] = []
+        for b in np.unique(where >> 16):  # one decode per block, rows put back in order below
+            at = np.flatnonzero((where >> 16) == b)
+            indptr, words, codes = snap.blocks[int(b)].decode(where[at] & 0xFFFF)
+            lengths[at] = np.diff(indptr)
+            words_parts.append(words)
+            value_parts.append((codes * snap.scales[int(b)]).astype(np.float32))
+            order_parts.append(np.repeat(at, np.diff(indptr)))
+        if not words_parts:
+            return sp.csr_matrix((0, v), dtype=np.float32)
+        # stable sort by output row keeps each row's words ascending
+        order = np.argsort(np.concatenate(order_parts), kind="stable")
+        indptr = np.concatenate(([0], np.cumsum(lengths)))
+        return sp.csr_matrix(
+            (np.concatenate(value_parts)[order], np.concatenate(words_parts)[order], indptr),
+            shape=(len(ids), v),
+        )
 
     def error_bound(self, query: sp.csr_matrix) -> float:
         """Largest |quantised - float32| score of any image for ``query`` (the scale bound)."""

@@ -272,6 +272,10 @@ class LuceneIndex:
         return True  # the float rows are kept beside the Lucene files
 
     @property
+    def ranks_by_rows(self) -> bool:
+        return False  # it ranks by its quantised impacts, not by those rows
+
+    @property
     def _rows(self) -> sp.csr_matrix:
         parts = [p for p in self._parts if p.shape[0]] or self._parts[:1]
         if len(parts) > 1:

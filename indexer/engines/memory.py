@@ -153,6 +153,10 @@ class MemoryIndex:
     def exact_rows(self) -> bool:
         return True
 
+    @property
+    def ranks_by_rows(self) -> bool:
+        return self.exact  # pruned scores leave words out
+
     def count(self) -> int:
         with self._lock:
             return int(self._live.sum())

@@ -176,6 +176,10 @@ class QdrantIndex:
         return True  # Qdrant keeps the float32 vectors whatever the index's value type
 
     @property
+    def ranks_by_rows(self) -> bool:
+        return self.exact
+
+    @property
     def server(self) -> bool:
         return self.manifest.params.get("backend") == "server"
 

@@ -115,4 +115,11 @@ class Settings(BaseSettings):
     rescore_factor: int = Field(
         default=4, ge=1, description="candidates per hit for approximate engines"
     )
+    exact_scores: bool = Field(
+        default=True,
+        description="re-score the hits of approximate engines (compact, Lucene, Qdrant with "
+        "float16/uint8) from the corpus store's float32 rows; false: from the engine's own rows "
+        "(quantised: scores within the engine's error bound, still the exact sum of their "
+        "contributions), so the store need not stay in memory (for millions of images)",
+    )
     warmup: bool = Field(default=True, description="run one query before reporting ready")

@@ -27,7 +27,7 @@ async def explain(
 ) -> ExplainResponse:
     start = time.perf_counter()
     vocabulary = pipeline.vocabulary
-    image_row = scoring.image_row(handle, pipeline.store, req.image_id)  # 404 before encoding
+    image_row = scoring.image_row(handle, pipeline.score_store, req.image_id)  # 404 before encoding
     q = await pipeline.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
     with pipeline.metrics.stage("explain") as timer:
         hit = scoring.explain_row(q.row, image_row, vocabulary)
@@ -74,7 +74,7 @@ async def heatmap_png(
 ) -> bytes:
     """PNG of ``word``'s patch scores over the image (422 unknown word, 404 unknown image)."""
     index = word_index(pipeline.vocabulary, word, "word", ("query", "word"))
-    scoring.image_row(handle, pipeline.store, image_id, loc=("path", "image_id"))
+    scoring.image_row(handle, pipeline.score_store, image_id, loc=("path", "image_id"))
     grid = await pipeline.patches.get(image_id)
     image_size = int(pipeline.model.config.image.image_size)
     with pipeline.metrics.stage("heatmap"):

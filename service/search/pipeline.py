@@ -193,6 +193,12 @@ class SearchPipeline:
                 loc=["body", "offset"],
             )
 
+    @property
+    def score_store(self) -> CorpusStore | None:
+        """Where hits' float rows come from: the store, or None for the engine's own rows
+        (``exact_scores`` false); /search and /explain agree either way."""
+        return self.store if self.settings.exact_scores else None
+
     # --- search -------------------------------------------------------------------------------
     async def search(self, req: SearchRequest, handle: IndexHandle) -> SearchResponse:
         start = time.perf_counter()
@@ -223,7 +229,7 @@ class SearchPipeline:
             self.search_executor,
             lambda: scoring.search(
                 handle,
-                self.store,
+                self.score_store,
                 self.vocabulary,
                 q.row,
                 top_k=page.top_k,
