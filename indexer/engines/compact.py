@@ -10,7 +10,9 @@ every core and several processes share one copy of the mapped files in the page 
 ``scale`` = the block's largest weight / 255 (so nothing is ever clipped); code 0 is not stored.
 A quantised score is within ``scale / 2 * sum(q_j over matched words j)`` of the float32 dot
 product (the tests check this bound). Scores are therefore close, not exact: ``exact`` is False,
-and the service re-scores the hits it returns from the corpus store's float rows.
+and the service re-scores the hits it returns from the corpus store's float rows, or, with
+``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``: they are the
+complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
 
 **Search.** Score-at-a-time over impact-ordered lists (as in JASS and PISA): every posting of a
 segment adds the same contribution ``q_w * code * scale``, so a query reads, for each of its
