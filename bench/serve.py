@@ -16,7 +16,8 @@ answers; the micro-batcher does combine concurrent model-mode queries.
 
 Scenarios: ``model`` (LLM text encoder, micro-batched), ``words`` (the query's own words, no
 LLM), and ``overload`` (model mode at 4x the concurrency against a server that admits
-``--concurrency``: the extra requests must be refused with 429 at once, not queued).
+``--concurrency``: the extra requests must be refused with 429 at once, not queued; with
+``--client wrk``, wrk fills the admission slots and a probe sends the extra requests).
 
 Reported per scenario: requests/s, client-side latency p50/p90/p99 (ms), 429s and errors, and
 the means of the server's own stage timings (encode, search, rescore) from the responses.
@@ -293,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for scenario in args.scenarios.split(","):
                     concurrency = args.concurrency * (4 if scenario == "overload" else 1)
+                    if scenario == "overload" and args.client == "wrk":
+                        # wrk ignores Retry-After: 4x the limit would time a storm of 429s.
+                        # It keeps every admission slot busy instead, and the probe overflows.
+                        concurrency = args.concurrency * workers
                     # warm-up (not measured): the first batches pay one-off costs
                     warm = captions(4 * concurrency, seed=1000 + n)
                     asyncio.run(run_load(url, "warm-up", modes[scenario], warm, concurrency, 10))
@@ -344,9 +349,10 @@ def run_wrk(
     CPU time caps what it can measure, wrk's barely does. No per-request server timings; 429s
     and other non-2xx answers are counted together as ``rejected``.
 
-    With ``probe`` (the overload scenario), this process sends one request at a time beside
-    wrk's flood, ~20 per second, and times each 429 it gets: a light client measures how fast
-    the server sheds load, where a saturated Python client would time its own event loop."""
+    With ``probe`` (the overload scenario), wrk keeps every admission slot of the server busy
+    and this process sends one more request at a time, ~20 per second, timing each 429 it gets:
+    how fast a server whose slots are all taken by running searches refuses the next request (a
+    saturated Python client would time its own event loop instead)."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
         lines = (

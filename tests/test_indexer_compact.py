@@ -310,3 +310,13 @@ def test_vectors_of_across_blocks_keeps_the_asked_order(corpus, pair):
     # the rows keep exactly the words whose code is not 0
     np.testing.assert_array_equal((back.toarray() > 0), back.toarray() != 0)
     assert (back.getnnz(axis=1) <= rows[pick].getnnz(axis=1)).all()
+
+
+def test_search_kernels_release_the_gil():
+    """The service's event loop answers (429s, health) while searches run only if every kernel
+    a search calls runs without the GIL: a kernel compiled without ``nogil`` would serialise
+    the search threads and the event loop behind it."""
+    called = ["plan_threshold", "score_block", "rescore", "decode_rows", "build_block"]
+    for name in called:
+        kernel = getattr(kernels, name)
+        assert kernel.targetoptions.get("nogil") is True, name
