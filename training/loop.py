@@ -81,7 +81,7 @@ class Trainer:
             checkpoints.remove_partial(self.out)
         distributed.barrier()
         resume_from = resume_checkpoint(config)
-        self.model = build_model(config, info, resume_from)
+        self.model, self.pretraining = build_model(config, info, resume_from)
         self.loss_fn = LexVLALoss(
             config.loss.penalty,
             config.loss.lambda_image,
@@ -237,7 +237,7 @@ class Trainer:
             progress=config.progress,
             tensorboard=config.tensorboard,
         )
-        summary: dict[str, Any] = {"start_step": self.step}
+        summary: dict[str, Any] = {"start_step": self.step, "pretraining": self.pretraining}
         window: list[dict[str, float]] = []
         try:
             while self.step < config.steps:
