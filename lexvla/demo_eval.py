@@ -5,7 +5,10 @@ prints them (``print_metrics``). The demo test asserts on the numbers, never on 
   kinds and colours, and how the vectors use the vocabulary (active words, activation mass on
   words that occur in no caption);
 - the query "a red circle" through the service itself: how many of the top 5 images show a red
-  circle, and each hit's two largest word contributions;
+  circle (and how many show something red and a circle: a bag of words cannot bind a colour to
+  a kind, so "a red heart and a brown circle" has every word "a red circle" asks for), and each
+  hit's two largest word contributions;
+- the query "a green triangle -star": how many of its top 10 show a star (the filter's job);
 - how strong each shape word is on the images that show that shape, in the stored (sparse)
   vectors the index and any word filter read: its rank among the image's words and its weight
   relative to the image's largest, against the same weight on images without that shape.
@@ -45,6 +48,9 @@ def red_circle_check(client: Any, truth: dict[str, list[dict[str, str]]]) -> dic
             {
                 "id": hit["id"],
                 "red_circle": any(s["kind"] == "circle" and s["colour"] == "red" for s in shapes),
+                # what a bag of words can see: something red and a circle, maybe not one shape
+                "red_and_circle": any(s["colour"] == "red" for s in shapes)
+                and any(s["kind"] == "circle" for s in shapes),
                 "shapes": len(shapes),
                 "top_words": [m["word"] for m in matched[:2]],
             }
@@ -52,6 +58,7 @@ def red_circle_check(client: Any, truth: dict[str, list[dict[str, str]]]) -> dic
     return {
         "hits": hits,
         "red_circles_in_top5": sum(h["red_circle"] for h in hits),
+        "red_and_circle_in_top5": sum(h["red_and_circle"] for h in hits),
         "red_and_circle_lead_every_hit": all(
             set(h["top_words"]) == {"red", "circle"} for h in hits
         ),
@@ -170,8 +177,9 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     )
     check = metrics["red_circle"]
     print(
-        f'"{RED_CIRCLE}": {check["red_circles_in_top5"]} of the top 5 show a red circle; their '
-        "two largest contributions: " + "; ".join("+".join(h["top_words"]) for h in check["hits"])
+        f'"{RED_CIRCLE}": {check["red_circles_in_top5"]} of the top 5 show a red circle '
+        f"({check['red_and_circle_in_top5']} something red and a circle); their two largest "
+        "contributions: " + "; ".join("+".join(h["top_words"]) for h in check["hits"])
     )
     stars = metrics["no_star"]
     print(

@@ -206,7 +206,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "pretrain": {"image": {"steps": 2000}, "text": {"steps": 600}},
         "data": {"train": "shapes:4000", "augment": False, "num_workers": 1},
-        "loss": {"grounding": 0.0},
+        "loss": {"grounding": 0.0, "image_grounding": 1.0},
         "optim": {
             "lr_adapter": 2e-3,
             "lr_visual_codebook": 2e-3,

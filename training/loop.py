@@ -89,6 +89,7 @@ class Trainer:
             warmup_steps=config.reg_warmup_steps,
             max_logit_scale=self.model.config.max_logit_scale,
             grounding_weight=grounding_weight(config),
+            image_grounding_weight=config.loss.image_grounding,
         )
         self.module = TrainModule(
             self.model, config.data.text_side, config.loss.top_k, bow=self.loss_fn.needs_bow
