@@ -11,6 +11,7 @@ searches "a red circle", opens the first result and shows the heat map of ``--wo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def shoot(b: Browser, url: str, query: str, word: str, out: Path) -> None:
     )
     b.call("Page.navigate", url=url)
     b.wait_for("document.body && document.body.dataset.ready === 'true'")
-    b.js(f"document.getElementById('query').value = {query!r}")
+    b.js(f"document.getElementById('query').value = {json.dumps(query)}")
     b.js("document.getElementById('search-form').requestSubmit()")
     b.wait_for("document.querySelectorAll('#results .card').length")
     b.wait_for(
@@ -80,7 +81,7 @@ def shoot(b: Browser, url: str, query: str, word: str, out: Path) -> None:
     )
     b.js("document.querySelector('#results .card').click()")
     b.wait_for("document.querySelectorAll('#matched .chip').length > 0")
-    chip = f"document.querySelector('#matched .chip[data-word={word!r}]')"
+    chip = f"document.querySelector('#matched .chip[data-word=\"{word}\"]')"
     if b.js(f"!!{chip}"):
         b.js(f"{chip}.click()")
         b.wait_for(f"document.getElementById('heatmap').src.includes('word={word}')")

@@ -187,11 +187,12 @@ class TrainConfig(_Strict):
 
 # Built-in configurations, usable as ``--config NAME``.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The tiny preset on synthetic shapes, made to learn on a CPU in a few minutes. DINOv2 is
-    # random and frozen, so the adapter and codebook learn from random features at 20x the
+    # The tiny preset on synthetic shapes, made to learn on a CPU in a few minutes. Its random
+    # DINOv2 and Llama are first pretrained on shapes (pretrain.*, training.pretrain; cached),
+    # then frozen / LoRA-tuned as the paper does; the adapter and codebook train at 20x the
     # paper's rates; 112 px images (8x8 patches) for speed; no flips (they would falsify "left
-    # of"); the random Llama's words are grounded in the captions' words (loss.grounding, ours).
-    # How each value was chosen: docs/lab-notes.md.
+    # of"); the images are grounded in their captions' content words (loss.image_grounding,
+    # ours). How each value was chosen: docs/lab-notes.md.
     "tiny-shapes": {
         "output_dir": "runs/tiny-shapes",
         "model": {

@@ -91,7 +91,7 @@ def _pretrain_image(
     folder = cache / f"image-{cache_key(base, inputs)}"
 
     def build(out: Path) -> dict[str, Any]:
-        vit = load_dinov2(config.image)
+        vit: Any = load_dinov2(config.image)  # a Dinov2Model (save_pretrained)
         metrics = pretrain_image_backbone(
             vit,
             settings.image,

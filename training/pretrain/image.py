@@ -13,10 +13,8 @@ background); and each shape's kind is also predicted from the mean feature of it
 instance term: an interior patch of a large shape sees one flat colour, its kind is only known
 from the whole). Samples hold ``min_shapes`` to three shapes and are drawn fresh for every step.
 
-What was measured to choose this (docs/pretraining.md): masked-label supervision learns kinds
-within a CPU minute, a random backbone does not, more shapes per sample and the instance term
-each raise held-out patch accuracy on kinds, and a 16 x 16 patch grid costs 4x per step without
-learning faster per step than 8 x 8.
+What it reaches (docs/lab-notes.md has the table): held-out patch accuracy on kinds 0.77 after
+1500 steps, 0.80-0.89 after 2000 (the preset's), 0.92 after 3000; colours ~1.0 throughout.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ codebook (LEXVLA.md sections 2-3): its last hidden state already scores the word
 means above the others. The tiny preset's Llama and codebook are random, and a random 64-d
 codebook cannot hold a sparse vector at all: even a hidden state optimised freely for one
 caption leaves over 90% of ``l2norm(elu1p(h @ Z.T))``'s mass above the threshold on words
-outside it (docs/pretraining.md). The codebook must be learnt *before* it is frozen, as Llama's
+outside it (docs/lab-notes.md). The codebook must be learnt *before* it is frozen, as Llama's
 was.
 
 Objective, on captions drawn from the shapes grammar and wrapped in the model's own prompt
