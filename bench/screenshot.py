@@ -63,16 +63,7 @@ def main() -> int:
 
 
 def shoot(b: Browser, url: str, query: str, word: str, out: Path) -> None:
-    b.call("Page.enable")
-    b.call(
-        "Emulation.setDeviceMetricsOverride",
-        width=1400,
-        height=900,
-        deviceScaleFactor=1,
-        mobile=False,
-    )
-    b.call("Page.navigate", url=url)
-    b.wait_for("document.body && document.body.dataset.ready === 'true'")
+    b.open_ui(url)
     b.js(f"document.getElementById('query').value = {json.dumps(query)}")
     b.js("document.getElementById('search-form').requestSubmit()")
     b.wait_for("document.querySelectorAll('#results .card').length")

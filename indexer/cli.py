@@ -48,6 +48,8 @@ from model.flags import add_model_flags, explain_validation_error, model_values
 JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
 QDRANT_FIELDS = tuple(name for name in IndexJob.model_fields if name.startswith("qdrant_"))
 NOT_QDRANT = [name for name in IndexJob.model_fields if name not in QDRANT_FIELDS]
+# Flags of every sub-command that are no IndexJob field: how much the command prints.
+COMMON_FLAGS = {"verbose"}
 # What bad input raises before or while a job runs; each becomes one line on stderr.
 INPUT_ERRORS = (OSError, ValueError, KeyError, ValidationError, BackboneLoadError)
 
