@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -37,6 +38,7 @@ from indexer.engines import DEFAULT_ENGINE, ENGINES, open_index, publish
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
 from indexer.merge import MergeError, merge_stores
+from indexer.quiet import quiet_libraries
 from indexer.runner import IndexJob, build_index, engine_options, run_index_job
 from indexer.store import CorpusStore
 from model.backbones import BackboneLoadError
@@ -46,15 +48,24 @@ from model.flags import add_model_flags, explain_validation_error, model_values
 JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
 QDRANT_FIELDS = tuple(name for name in IndexJob.model_fields if name.startswith("qdrant_"))
 NOT_QDRANT = [name for name in IndexJob.model_fields if name not in QDRANT_FIELDS]
+# Flags of every sub-command that are no IndexJob field: how much the command prints.
+COMMON_FLAGS = {"verbose"}
 # What bad input raises before or while a job runs; each becomes one line on stderr.
 INPUT_ERRORS = (OSError, ValueError, KeyError, ValidationError, BackboneLoadError)
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lexvla index", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="log progress details, and the libraries' own (transformers, Java)")  # fmt: skip
     sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="encode new images of a source into a store (resumable)")
-    a = sub.add_parser("add", help="index only the new images of a source into an existing store")
+    b = sub.add_parser(
+        "build", parents=[common], help="encode new images of a source into a store (resumable)"
+    )
+    a = sub.add_parser(
+        "add", parents=[common], help="index only the new images of a source into an existing store"
+    )
     for p in (b, a):
         add_model_flags(
             p,
@@ -63,41 +74,50 @@ def _parser() -> argparse.ArgumentParser:
             aliases={"source": ["--images"]},
             choices={"engine": ENGINES},
         )
-    m = sub.add_parser("merge", help="merge part stores (sharded builds) into one, no encoding")
+    m = sub.add_parser(
+        "merge", parents=[common], help="merge part stores (sharded builds) into one, no encoding"
+    )
     m.add_argument("--out", required=True, help="merged store (created, or resumed)")
     m.add_argument("parts", nargs="+", help="part stores, in order")
     m.add_argument("--index", help="also publish a search index of the merged store here")
     m.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
     add_model_flags(m, IndexJob, exclude=NOT_QDRANT)
-    r = sub.add_parser("reindex", help="build a new index version from a store (no encoding)")
+    r = sub.add_parser(
+        "reindex", parents=[common], help="build a new index version from a store (no encoding)"
+    )
     r.add_argument("--store", required=True)
     r.add_argument("--index", required=True)
     r.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
     add_model_flags(r, IndexJob, exclude=NOT_QDRANT)
-    d = sub.add_parser("delete", help="delete images from a store (and its index)")
+    d = sub.add_parser(
+        "delete", parents=[common], help="delete images from a store (and its index)"
+    )
     d.add_argument("--store", required=True)
     d.add_argument("--index")
     d.add_argument("ids", nargs="+")
     add_model_flags(d, IndexJob, exclude=NOT_QDRANT)
-    q = sub.add_parser("publish", help="publish a Qdrant collection of sharded jobs, swap alias")
+    q = sub.add_parser(
+        "publish", parents=[common], help="publish a Qdrant collection of sharded jobs, swap alias"
+    )
     q.add_argument("--index", required=True, help="index directory that gets the new version")
     add_model_flags(q, IndexJob, exclude=NOT_QDRANT)
-    e = sub.add_parser("export-jsonl", help='write {"id", "vector": {word: weight}} lines')
+    e = sub.add_parser(
+        "export-jsonl", parents=[common], help='write {"id", "vector": {word: weight}} lines'
+    )
     e.add_argument("--store", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--keys", choices=["word", "index"], default="word")
     e.add_argument("--scale", type=float, help="write integer impacts round(w * scale)")
-    i = sub.add_parser("info", help="print the manifest of a store or an index")
+    i = sub.add_parser("info", parents=[common], help="print the manifest of a store or an index")
     i.add_argument("path")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.cli import quiet_libraries
-
-    quiet_libraries()
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet_libraries(args.verbose)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return _run(args)
     except INPUT_ERRORS as exc:

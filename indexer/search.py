@@ -111,7 +111,7 @@ def _print_text(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.cli import quiet_libraries
+    from indexer.quiet import quiet_libraries
 
     quiet_libraries()
     args = parser().parse_args(argv)

@@ -1,24 +1,31 @@
 """``lexvla demo`` (what ``make demo`` runs): the whole product on one machine, no weights needed.
 
 1. train the tiny LexVLA on synthetic shapes on the CPU (the built-in ``tiny-shapes`` training
-   preset; a finished run in the work folder is reused, a killed one resumes);
+   preset): first its random backbones are pretrained on the shapes, as the paper's DINOv2 and
+   Llama 2 were pretrained before LexVLA (``training.pretrain``), then frozen, and LexVLA's
+   adapter, visual codebook and text LoRA are trained on top; a finished run in the work folder
+   is reused, a killed one resumes;
 2. draw a separate set of shape images (held out: another split and seed) with their captions;
 3. index them into a corpus store and a ``memory`` index (and a ``lucene`` one when pyserini and
    Java are installed);
-4. print retrieval recall and PatchDis on the held-out images, and two example searches with
-   their word-by-word explanations;
-5. serve the index (web UI at the printed URL) unless ``--no-serve``.
+4. measure on the held-out images (``lexvla.demo_eval``): retrieval recall, PatchDis, how the
+   vectors use the vocabulary, the query "a red circle", how strong shape words are;
+5. print two example searches with their word-by-word explanations, then serve the index (web
+   UI at the printed URL) unless ``--no-serve``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
+import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +41,11 @@ def step(message: str) -> None:
     print(f"\n== {message}", flush=True)
 
 
-def train_model(workdir: Path, steps: int | None, progress: bool) -> Path:
+def train_model(
+    workdir: Path, steps: int | None, progress: bool, options: Sequence[str] = ()
+) -> Path:
     from training.checkpoints import latest_checkpoint
-    from training.config import load_config
+    from training.config import load_config, parse_assignments
     from training.loop import train
 
     overrides: dict[str, Any] = {"output_dir": str(workdir / "run"), "progress": progress}
@@ -46,6 +55,7 @@ def train_model(workdir: Path, steps: int | None, progress: bool) -> Path:
     if steps is not None:
         overrides["steps"] = steps
         overrides["checkpoint.every"] = max(1, steps // 4)
+    overrides |= parse_assignments(list(options))
     config = load_config("tiny-shapes", overrides)
     start = time.perf_counter()
     summary = train(config)
@@ -53,33 +63,69 @@ def train_model(workdir: Path, steps: int | None, progress: bool) -> Path:
     assert checkpoint is not None
     if summary.get("start_step", 0) >= config.steps:
         print(f"reusing the trained checkpoint {checkpoint}")
-    else:
-        print(
-            f"trained {config.steps} steps in {time.perf_counter() - start:.0f} s -> {checkpoint}"
-        )
+        return checkpoint
+    for side, report in summary.get("pretraining", {}).items():
+        print(describe_pretraining(side, report))
+    print(f"trained {config.steps} steps in {time.perf_counter() - start:.0f} s -> {checkpoint}")
     return checkpoint
 
 
-def draw_images(folder: Path, count: int, seed: int) -> Path:
-    """Held-out shape images as PNG files plus ``captions.csv`` (image, caption; 1 row a caption)."""
+def describe_pretraining(side: str, report: dict[str, Any]) -> str:
+    """One line about a backbone pretraining (``training.pretrain``): what, how long, how good."""
+    if report.get("reused"):
+        return f"reusing the pretrained {side} backbone {report['path']}"
+    steps = report["inputs"]["settings"]["steps"]
+    if side == "image":
+        accuracy = report["heldout_patch_accuracy"]
+        quality = "held-out patch accuracy " + ", ".join(
+            f"{name} {value:.2f}" for name, value in accuracy.items()
+        )
+    else:
+        check = report["heldout"]
+        quality = (
+            f"held-out: {check['top_words_are_shape_words']:.0%} of each caption's top words are "
+            f"its shape words, {check['active_words']:.1f} active words"
+        )
+    return f"pretrained the {side} backbone: {steps} steps in {report['seconds']:.0f} s ({quality})"
+
+
+def draw_images(
+    folder: Path, count: int, seed: int
+) -> tuple[Path, dict[str, list[dict[str, str]]]]:
+    """Held-out shape images as PNG files, ``captions.csv`` (image, caption; a row a caption) and
+    ``shapes.jsonl`` (what each image shows: the ground truth of the demo's checks)."""
+    from model.data.atomic import atomic_write_bytes
     from training.data import ShapesDataset
 
-    manifest = folder / "captions.csv"
-    if manifest.is_file() and sum(1 for _ in folder.glob("*.png")) == count:
-        return manifest
+    manifest, truth_file = folder / "captions.csv", folder / "shapes.jsonl"
+    if (
+        manifest.is_file()
+        and truth_file.is_file()
+        and sum(1 for _ in folder.glob("*.png")) == count
+    ):
+        return manifest, read_truth(truth_file)
     folder.mkdir(parents=True, exist_ok=True)
     dataset = ShapesDataset(count, seed=seed, split="test")
-    rows = []
+    rows, truth = [], {}
     for i in range(count):
         item = dataset[i]
         name = f"shapes-{i:04d}.png"
         item["image"].save(folder / name)
         rows += [(name, caption) for caption in dict.fromkeys([item["caption"], *item["captions"]])]
-    tmp = manifest.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        csv.writer(f).writerows([("image", "caption"), *rows])
-    os.replace(tmp, manifest)
-    return manifest
+        truth[name] = [{"kind": s.kind, "colour": s.colour, "size": s.size} for s in item["shapes"]]
+    table = io.StringIO()
+    csv.writer(table).writerows([("image", "caption"), *rows])
+    lines = (json.dumps({"image": name, "shapes": shapes}) for name, shapes in truth.items())
+    atomic_write_bytes(truth_file, "".join(f"{line}\n" for line in lines).encode())
+    atomic_write_bytes(
+        manifest, table.getvalue().encode()
+    )  # last: its presence marks the drawing complete
+    return manifest, truth
+
+
+def read_truth(path: Path) -> dict[str, list[dict[str, str]]]:
+    lines = (json.loads(line) for line in path.read_text().splitlines() if line)
+    return {line["image"]: line["shapes"] for line in lines}
 
 
 def lucene_available() -> bool:
@@ -128,61 +174,30 @@ def index_images(
     return {"store": store, **indexes}
 
 
-def evaluate(model: Any, manifest: Path) -> dict[str, Any]:
-    from training.config import EvalSettings
-    from training.evaluation.run import evaluate as run_evaluation
-
-    settings = EvalSettings(data=str(manifest), patchdis="shapes:200", top_k=[64, 16])
-    return run_evaluation(model, settings)
-
-
-def print_metrics(result: dict[str, Any]) -> None:
-    """Recall against sparsity, PatchDis and vocabulary usage, as a few readable lines."""
-    retrieval = result.get("retrieval", {})
-    images, texts = retrieval.get("images"), retrieval.get("texts")
-    print(f"retrieval over {images} images and {texts} captions (R@1 / R@5 / R@10, %):")
-    for setting, scores in retrieval.items():
-        if not isinstance(scores, dict) or "text_to_image" not in scores:
-            continue
-        t2i, i2t = scores["text_to_image"], scores["image_to_text"]
-        print(
-            f"  {setting:10s} text->image {t2i['R@1']:5.1f} {t2i['R@5']:5.1f} {t2i['R@10']:5.1f}"
-            f"   image->text {i2t['R@1']:5.1f} {i2t['R@5']:5.1f} {i2t['R@10']:5.1f}"
-            f"   active words: image {scores['active_words_image']:.0f},"
-            f" text {scores['active_words_text']:.0f}"
-        )
-    for kind, score in (result.get("patchdis") or {}).items():
-        print(
-            f"PatchDis ({kind}): mIoU {score['miou']:.3f} over {score['classes_present']} classes"
-            f" (uniform chance {score['chance_miou_uniform']:.3f})"
-        )
-    usage = result.get("vocabulary") or {}
-    if usage:
-        print(
-            f"activation mass on words in no caption: images "
-            f"{usage['image_false_activation_share']:.1%}, texts "
-            f"{usage['text_false_activation_share']:.1%}"
-        )
-
-
-def example_searches(model: Any, paths: dict[str, Path], queries: Sequence[str]) -> list[dict]:
-    """Search and explain through the service app itself (in-process, no socket)."""
+@contextlib.contextmanager
+def service_client(model: Any, paths: dict[str, Path]) -> Iterator[Any]:
+    """The service app itself, in-process (no socket), over the demo's index and store."""
     from fastapi.testclient import TestClient
 
     from service.core.config import Settings
     from service.main import create_app
 
     settings = Settings(index=paths["memory"], store=paths["store"], warmup=False)
-    results = []
     with TestClient(create_app(settings, model=model)) as client:
-        for query in queries:
-            found = client.post("/search", json={"query": query, "top_k": 3})
-            found.raise_for_status()
-            body = found.json()
-            top = body["hits"][0]
-            why = client.post("/explain", json={"query": query, "image_id": top["id"]})
-            why.raise_for_status()
-            results.append({"query": query, "search": body, "explain": why.json()})
+        yield client
+
+
+def example_searches(client: Any, queries: Sequence[str]) -> list[dict]:
+    """Search and explain through the service."""
+    results = []
+    for query in queries:
+        found = client.post("/search", json={"query": query, "top_k": 3})
+        found.raise_for_status()
+        body = found.json()
+        top = body["hits"][0]
+        why = client.post("/explain", json={"query": query, "image_id": top["id"]})
+        why.raise_for_status()
+        results.append({"query": query, "search": body, "explain": why.json()})
     return results
 
 
@@ -220,24 +235,27 @@ def serve(model: Any, paths: dict[str, Path], host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lexvla.demo_eval import demo_metrics, print_metrics
     from model import LexVLA
 
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() and not args.quiet
-    step(f"1/5 training the tiny LexVLA on synthetic shapes (work folder {workdir})")
-    checkpoint = train_model(workdir, args.steps, progress)
+    step(f"1/5 pretraining the backbones and training the tiny LexVLA on shapes ({workdir})")
+    checkpoint = train_model(workdir, args.steps, progress, args.set)
     model = LexVLA.from_pretrained(checkpoint)
     step(f"2/5 drawing {args.images} held-out shape images")
-    manifest = draw_images(workdir / "images", args.images, seed=args.seed)
+    manifest, truth = draw_images(workdir / "images", args.images, seed=args.seed)
     step("3/5 indexing them")
     paths = index_images(model, checkpoint, workdir / "images", workdir, progress)
-    step("4/5 retrieval and PatchDis on the held-out images")
-    metrics = evaluate(model, manifest)
-    print_metrics(metrics)
-    step("5/5 example searches, explained word by word")
-    for example in example_searches(model, paths, EXAMPLES):
-        print_example(example)
+    step("4/5 retrieval, PatchDis and word use on the held-out images")
+    with service_client(model, paths) as client:
+        metrics = demo_metrics(model, manifest, paths["store"], client, truth)
+        (workdir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print_metrics(metrics)
+        step("5/5 example searches, explained word by word")
+        for example in example_searches(client, EXAMPLES):
+            print_example(example)
     if args.no_serve:
         print("\ndone (--no-serve): run `lexvla demo` without it to browse the index")
         return 0
@@ -263,20 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", action="store_true", help="print results and exit")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training config override (repeatable), e.g. pretrain.image.steps=500",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--verbose", action="store_true", help="the libraries' own output too (transformers, Java)"
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import warnings
+    from indexer.quiet import quiet_libraries
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.images < 10:
         raise SystemExit("--images must be at least 10")
     return run(args)

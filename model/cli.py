@@ -169,19 +169,10 @@ def build_parser(prog: str = "lexvla") -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """No weight-loading progress bars or deprecation chatter from transformers in CLI output."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_libraries()
+    from .quiet import quiet_transformers
+
+    quiet_transformers()
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -26,6 +26,13 @@
   the alternatives that were tried). Images follow through the contrastive loss. Off (weight 0) by default; the ``tiny-shapes`` training
   preset turns it on. The bag of words is gathered like the vectors, so every rank computes the
   global-batch value.
+- Image grounding (ours, off by default; on in ``tiny-shapes``): the same cross-entropy, at a
+  lower scale (``IMAGE_GROUNDING_SCALE``), on the *image* vector, against the caption's content words (its bag-of-words words that its text
+  vector activates, equally weighted; no gradient to the text). The contrastive loss alone lets
+  an image be told apart by its easiest words: on shapes the colours, whose every patch says
+  "red", so a red triangle weighed red 0.93 and triangle 0.29 and "a red circle" ranked red
+  non-circles above red circles. This term asks each image for *all* of what its caption says,
+  in equal measure (measurements: ``docs/lab-notes.md``).
 
 Only ``torch.distributed`` collectives are used here; process-group setup lives in ``training``.
 """
@@ -107,6 +114,38 @@ def grounding_loss(
     return (per_row * has_words).sum() / has_words.sum().clamp_min(1.0)
 
 
+# The image term's logit scale. At the text term's 100 it is met by ranking alone: measured on
+# tiny-shapes, image vectors went flat (373 active words, 93% of their mass on words in no
+# caption); at 10 the caption's words must lead the rest by a wide margin, which only a
+# concentrated vector gives (8 active words, 0% off-caption; docs/lab-notes.md).
+IMAGE_GROUNDING_SCALE = 10.0
+
+
+def image_grounding_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    bow: torch.Tensor,
+    scale: float = IMAGE_GROUNDING_SCALE,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """Cross-entropy of ``softmax(scale * s_img)`` against the caption's *content* words,
+    uniformly: the words of its bag of words that its own text vector activates above the
+    paper's threshold ``1/sqrt(V)`` (no gradient through the text). Mean over rows with such
+    words (ours, see above)."""
+    if not image.shape == text.shape == bow.shape:
+        raise ValueError(
+            f"image {tuple(image.shape)}, text {tuple(text.shape)} and bow {tuple(bow.shape)} "
+            "do not pair up"
+        )
+    words = (bow > 0) & (text.detach() > image.shape[-1] ** -0.5)
+    target = words.to(image.dtype)
+    count = target.sum(dim=-1, keepdim=True)
+    has_words = (count.squeeze(-1) > 0).to(image.dtype)
+    target = target / count.clamp_min(eps)
+    per_row = -(target * F.log_softmax(scale * image, dim=-1)).sum(dim=-1)
+    return (per_row * has_words).sum() / has_words.sum().clamp_min(1.0)
+
+
 PENALTIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "overuse": overuse_penalty,
     "flops": flops_penalty,
@@ -129,8 +168,9 @@ class QuadraticWarmup:
 
 
 class LexVLALoss:
-    """``L = InfoNCE + lam_img(step) * R(S_img) + lam_txt(step) * R(S_txt) [+ g * G(S_txt, BoW)]``
-    over the global batch; the grounding part ``G`` (weight ``g``, not ramped) only if ``g > 0``."""
+    """``L = InfoNCE + lam_img(step) * R(S_img) + lam_txt(step) * R(S_txt) [+ g * G(S_txt, BoW)]
+    [+ g_img * G_img(S_img, S_txt, BoW)]`` over the global batch; the grounding parts (not
+    ramped) only if their weight is positive."""
 
     def __init__(
         self,
@@ -140,9 +180,10 @@ class LexVLALoss:
         warmup_steps: int = 0,
         max_logit_scale: float = 100.0,
         grounding_weight: float = 0.0,
+        image_grounding_weight: float = 0.0,
     ):
-        if grounding_weight < 0:
-            raise ValueError("grounding_weight must be non-negative")
+        if grounding_weight < 0 or image_grounding_weight < 0:
+            raise ValueError("grounding_weight and image_grounding_weight must be non-negative")
         if penalty not in (*PENALTIES, "none"):
             raise ValueError(f"unknown penalty {penalty!r}; choose overuse, flops or none")
         self.penalty = penalty
@@ -150,11 +191,12 @@ class LexVLALoss:
         self.text_weight = QuadraticWarmup(text_weight, warmup_steps)
         self.max_logit_scale = max_logit_scale
         self.grounding_weight = grounding_weight
+        self.image_grounding_weight = image_grounding_weight
 
     @property
     def needs_bow(self) -> bool:
         """Whether a call needs the captions' bag-of-words vectors (``bow``)."""
-        return self.grounding_weight > 0
+        return self.grounding_weight > 0 or self.image_grounding_weight > 0
 
     def __call__(
         self,
@@ -166,7 +208,7 @@ class LexVLALoss:
     ) -> dict[str, torch.Tensor]:
         """Named parts and their sum ``loss``; ``bow`` (local rows, like ``text``) if grounding."""
         if self.needs_bow and bow is None:
-            raise ValueError("grounding_weight > 0 needs the captions' bag of words (bow=...)")
+            raise ValueError("grounding needs the captions' bag of words (bow=...)")
         image_all = gather_with_local_grad(image)
         text_all = gather_with_local_grad(text)
         scale = replicated(logit_scale)
@@ -180,6 +222,13 @@ class LexVLALoss:
         if self.needs_bow:
             assert bow is not None
             bow_all = gather_with_local_grad(bow.to(text.device))
-            parts["text_grounding_loss"] = self.grounding_weight * grounding_loss(text_all, bow_all)
+            if self.grounding_weight > 0:
+                parts["text_grounding_loss"] = self.grounding_weight * grounding_loss(
+                    text_all, bow_all
+                )
+            if self.image_grounding_weight > 0:
+                parts["image_grounding_loss"] = self.image_grounding_weight * image_grounding_loss(
+                    image_all, text_all, bow_all
+                )
         total = torch.stack(list(parts.values())).sum()
         return {"loss": total, **parts}

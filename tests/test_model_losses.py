@@ -1,5 +1,5 @@
 """Losses: InfoNCE with cross-rank gather (checked over 2 gloo processes), FLOPs, overuse,
-lexical grounding."""
+lexical grounding (text and image)."""
 
 import os
 import socket
@@ -16,6 +16,7 @@ from model.losses import (
     contrastive_loss,
     flops_penalty,
     grounding_loss,
+    image_grounding_loss,
     overuse_penalty,
 )
 
@@ -43,7 +44,9 @@ def _bow():
 def _loss_and_grads(image, text, scale, bow):
     image, text = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale = scale.clone().requires_grad_()
-    loss = LexVLALoss(image_weight=0.1, text_weight=0.2, grounding_weight=0.3)
+    loss = LexVLALoss(
+        image_weight=0.1, text_weight=0.2, grounding_weight=0.3, image_grounding_weight=0.4
+    )
     out = loss(image, text, scale, bow=bow)
     out["loss"].backward()
     return {k: v.detach() for k, v in out.items()}, image.grad, text.grad, scale.grad
@@ -73,7 +76,7 @@ def test_gathered_loss_over_two_processes_equals_single_process(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     image, text = _batch()
     ref, gi, gt, gs = _loss_and_grads(image, text, torch.tensor(2.0, dtype=torch.float64), _bow())
-    assert "text_grounding_loss" in ref
+    assert "text_grounding_loss" in ref and "image_grounding_loss" in ref
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r, res in enumerate(ranks):
         for name, value in ref.items():  # every named part equals the global-batch value
@@ -197,3 +200,46 @@ def test_grounding_part_and_zero_weight():
         LexVLALoss(grounding_weight=0.5)(image, text, scale)
     with pytest.raises(ValueError, match="non-negative"):
         LexVLALoss(grounding_weight=-1.0)
+
+
+def test_image_grounding_targets_the_caption_words_its_text_vector_uses():
+    image, _ = _batch()
+    image = image.requires_grad_()
+    bow = _bow()
+    threshold = V**-0.5
+    # the text vector uses all but the last of each caption's words (1-word captions: that one)
+    # and one word outside the caption
+    text = torch.zeros(N, V, dtype=torch.float64)
+    for row in range(N - 1):
+        words = bow[row].nonzero().flatten()
+        text[row, words[: max(1, len(words) - 1)]] = 0.5
+    text[:, 39] = 0.4
+    bow[:, 39] = 0.0
+    text = text.requires_grad_()
+    expected = []
+    for row in range(N):
+        words = (bow[row] > 0) & (text[row] > threshold)
+        if not words.any():
+            continue  # the empty caption: left out of the mean
+        target = words.double() / words.sum()
+        expected.append(-(target * torch.log_softmax(10 * image[row], -1)).sum())
+    value = image_grounding_loss(image, text, bow)
+    torch.testing.assert_close(value, torch.stack(expected).mean())
+    value.backward()
+    assert text.grad is None and image.grad is not None  # the text side is only the teacher
+    image = image.detach()
+    # an image that has exactly those words, equally, scores lower than one that has one strongly
+    target = ((bow > 0) & (text.detach() > threshold)).double()
+    balanced = F.normalize(target + 1e-3, dim=-1)
+    lopsided = F.normalize(target * torch.linspace(1, 0.1, V, dtype=torch.float64) + 1e-3, dim=-1)
+    assert image_grounding_loss(balanced, text, bow) < image_grounding_loss(lopsided, text, bow)
+    with pytest.raises(ValueError, match="pair up"):
+        image_grounding_loss(image, text, bow[:3])
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    on = LexVLALoss(image_grounding_weight=0.5)(image, text.detach(), scale, bow=bow)
+    assert "text_grounding_loss" not in on
+    torch.testing.assert_close(
+        on["image_grounding_loss"], 0.5 * image_grounding_loss(image, text.detach(), bow)
+    )
+    with pytest.raises(ValueError, match="non-negative"):
+        LexVLALoss(image_grounding_weight=-1.0)

@@ -78,6 +78,19 @@ class Browser:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for: {expression}")
 
+    def open_ui(self, url: str) -> None:
+        """The UI at ``url`` in a 1400 x 900 viewport (the README's screenshot), once ready."""
+        self.call("Page.enable")
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1400,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        self.call("Page.navigate", url=url)
+        self.wait_for("document.body && document.body.dataset.ready === 'true'")
+
     def screenshot(self) -> Image.Image:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
@@ -113,16 +126,7 @@ IMAGE_LOADED = "(img => img && img.complete && img.naturalWidth > 0)"
 
 def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_server):
     b = browser
-    b.call("Page.enable")
-    b.call(
-        "Emulation.setDeviceMetricsOverride",
-        width=1400,
-        height=900,
-        deviceScaleFactor=1,
-        mobile=False,
-    )
-    b.call("Page.navigate", url=live_server.url + "/")
-    b.wait_for("document.body && document.body.dataset.ready === 'true'")
+    b.open_ui(live_server.url + "/")
 
     # type a query and submit it, as a user would
     b.js("document.getElementById('query').value = 'a red circle'")

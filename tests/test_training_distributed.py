@@ -162,6 +162,8 @@ def test_a_ddp_run_checkpoints_and_resumes(tmp_path: Path) -> None:
         "checkpoint.every": 2, "cpu_threads": 1, "progress": False, "eval.data": None,
         # a trained DINOv2 has an unused parameter (mask_token): DDP's find_unused_parameters
         "model.overrides.image.train_backbone": True,
+        # rank 0 pretrains the backbones (2 steps each), every rank gets them
+        "pretrain.image.steps": 2, "pretrain.text.steps": 2, "pretrain.num_workers": 0,
     }  # fmt: skip
     mp.spawn(_run_worker, args=(2, _free_port(), settings, str(tmp_path)), nprocs=2)
     runs = [torch.load(tmp_path / f"run{r}.pt", weights_only=False) for r in range(2)]

@@ -34,6 +34,9 @@ FAST = {
     "optim.lr_visual_codebook": 3e-3,
     "optim.warmup_steps": 2,
     "eval.data": None,
+    # the loop's mechanics on the random backbones (pretraining: tests/test_training_pretrain.py)
+    "pretrain.image.steps": 0,
+    "pretrain.text.steps": 0,
 }
 
 

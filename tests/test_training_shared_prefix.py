@@ -108,4 +108,4 @@ def test_training_config_chooses_the_path(tmp_path):
         config = TrainConfig.model_validate(
             {"output_dir": str(tmp_path / str(shared)), "model": {"shared_prefix": shared}}
         )
-        assert build_model(config, info, None).text.use_prefix_cache is shared
+        assert build_model(config, info, None)[0].text.use_prefix_cache is shared

@@ -81,7 +81,7 @@ class Trainer:
             checkpoints.remove_partial(self.out)
         distributed.barrier()
         resume_from = resume_checkpoint(config)
-        self.model = build_model(config, info, resume_from)
+        self.model, self.pretraining = build_model(config, info, resume_from)
         self.loss_fn = LexVLALoss(
             config.loss.penalty,
             config.loss.lambda_image,
@@ -89,6 +89,7 @@ class Trainer:
             warmup_steps=config.reg_warmup_steps,
             max_logit_scale=self.model.config.max_logit_scale,
             grounding_weight=grounding_weight(config),
+            image_grounding_weight=config.loss.image_grounding,
         )
         self.module = TrainModule(
             self.model, config.data.text_side, config.loss.top_k, bow=self.loss_fn.needs_bow
@@ -237,7 +238,7 @@ class Trainer:
             progress=config.progress,
             tensorboard=config.tensorboard,
         )
-        summary: dict[str, Any] = {"start_step": self.step}
+        summary: dict[str, Any] = {"start_step": self.step, "pretraining": self.pretraining}
         window: list[dict[str, float]] = []
         try:
             while self.step < config.steps:

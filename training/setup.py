@@ -2,8 +2,9 @@
 
 - ``model.start`` a preset name: the preset's config with ``model.overrides`` applied. The
   ``tiny`` preset's random tokenizer and backbones are written once under
-  ``<output_dir>/bases`` by rank 0 (so checkpoints can embed them); other presets load their
-  base weights from the hub ids or paths the config names.
+  ``<output_dir>/bases`` by rank 0 (so checkpoints can embed them) and, if ``pretrain.*`` asks
+  for it, pretrained on shapes (``training.pretrain``, cached under ``pretrain.cache_dir``);
+  other presets load their base weights from the hub ids or paths the config names.
 - ``model.start`` a checkpoint folder or hub id (``org/name``): its weights, a fresh optimiser
   (fine-tuning).
 - resuming: the latest (or the named) checkpoint of the run, whatever ``model.start`` says.
@@ -48,26 +49,53 @@ def backbone_dtype(
     return torch.bfloat16 if choice == "bfloat16" else torch.float32
 
 
-def preset_config(config: TrainConfig, info: DistInfo) -> LexVLAConfig:
-    """The preset's model config with overrides; the tiny preset's bases written by rank 0."""
+def preset_config(
+    config: TrainConfig, info: DistInfo
+) -> tuple[LexVLAConfig, dict[str, dict[str, Any]]]:
+    """The preset's model config with overrides; the tiny preset's bases written (and pretrained,
+    if configured) by rank 0. Also the pretraining reports (empty if none)."""
     model_config = load_preset(config.model.start).with_overrides(config.model.overrides)
     if model_config.tiny is None:
-        return model_config
+        if config.pretrain.enabled:
+            raise ValueError(
+                f"pretrain.* pretrains the tiny preset's random backbones; preset "
+                f"{config.model.start!r} loads pretrained ones: set pretrain.image.steps and "
+                "pretrain.text.steps to 0"
+            )
+        return model_config, {}
     from model.tiny import materialize_tiny
 
-    materialized = None
+    shared: tuple[str, dict[str, dict[str, Any]]] | None = None
     if info.is_main:
-        materialized = materialize_tiny(model_config, Path(config.output_dir) / "bases").to_json()
-    materialized = distributed.broadcast_object(materialized)
-    return LexVLAConfig.model_validate_json(materialized)
+        materialized = materialize_tiny(model_config, Path(config.output_dir) / "bases")
+        reports: dict[str, dict[str, Any]] = {}
+        if config.pretrain.enabled:
+            from training.pretrain import pretrain_backbones
+
+            cache = config.pretrain.cache_dir or Path(config.output_dir) / "pretrained"
+            materialized, reports = pretrain_backbones(
+                materialized,
+                config.pretrain,
+                Path(cache),
+                seed=config.seed,
+                progress=config.progress,
+            )
+        shared = (materialized.to_json(), reports)
+    shared = distributed.broadcast_object(shared)
+    assert shared is not None
+    return LexVLAConfig.model_validate_json(shared[0]), shared[1]
 
 
 def _is_checkpoint(start: str) -> bool:
     return Path(start).is_dir()
 
 
-def build_model(config: TrainConfig, info: DistInfo, resume_from: Path | None) -> LexVLA:
-    """The model on ``info.device``, trainable, with the run's training-time settings applied."""
+def build_model(
+    config: TrainConfig, info: DistInfo, resume_from: Path | None
+) -> tuple[LexVLA, dict[str, dict[str, Any]]]:
+    """The model on ``info.device``, trainable, with the run's training-time settings applied,
+    and the reports of the backbone pretraining this run did or reused (empty if none)."""
+    reports: dict[str, dict[str, Any]] = {}
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     start = str(resume_from) if resume_from is not None else config.model.start
     if is_hub_id(start) and start not in preset_names():  # a checkpoint on the Hugging Face Hub
@@ -84,7 +112,10 @@ def build_model(config: TrainConfig, info: DistInfo, resume_from: Path | None) -
         dtype = backbone_dtype(config, saved, info.device)
         model = LexVLA.from_pretrained(start, trainable=True, backbone_dtype=dtype)
     elif config.model.start in preset_names():
-        model_config = preset_config(config, info)
+        model_config, reports = preset_config(config, info)
+        # Writing (and pretraining) the bases draws from the global RNG on rank 0 only, and not
+        # at all when the pretraining is reused: re-seed so the initial weights never depend on it.
+        torch.manual_seed(config.seed)
         dtype = backbone_dtype(config, model_config, info.device)
         # Random-weight backbones (no ``base``) are created on the run's device: initialising a
         # 7B model on the CPU first would take minutes and twice its size in host memory.
@@ -107,7 +138,7 @@ def build_model(config: TrainConfig, info: DistInfo, resume_from: Path | None) -
     model.text.use_prefix_cache = config.model.shared_prefix
     if config.model.gradient_checkpointing and config.data.text_side == "llm":
         enable_gradient_checkpointing(model)
-    return model.to(info.device).train()
+    return model.to(info.device).train(), reports
 
 
 def enable_gradient_checkpointing(model: LexVLA) -> bool:

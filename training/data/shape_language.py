@@ -70,6 +70,14 @@ def _all_words() -> tuple[str, ...]:
 
 # Every word any caption can contain, sorted: the vocabulary of a tiny word-level tokenizer.
 WORDS = _all_words()
+# The words that say what is drawn (the nouns and adjectives of a caption, as the paper's
+# bag-of-words ablation takes them): what a one-word summary of a caption can be.
+SHAPE_WORDS = (*COLOURS, *SHAPE_KINDS, *SIZES)
+
+
+def shape_words(caption: str) -> list[str]:
+    """The caption's :data:`SHAPE_WORDS`, each once, in order of appearance."""
+    return list(dict.fromkeys(w for w in caption.split() if w in SHAPE_WORDS))
 
 
 def relation(a: Shape, b: Shape) -> str:
