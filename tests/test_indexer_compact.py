@@ -307,8 +307,6 @@ def test_vectors_of_across_blocks_keeps_the_asked_order(corpus, pair):
     scale = compact._snapshot().scales.max()
     dense = rows[pick].toarray()
     assert np.abs(back.toarray() - dense).max() <= scale / 2 + 1e-7
-    # the rows keep exactly the words whose code is not 0
-    np.testing.assert_array_equal((back.toarray() > 0), back.toarray() != 0)
     assert (back.getnnz(axis=1) <= rows[pick].getnnz(axis=1)).all()
 
 
