@@ -4,6 +4,7 @@ versions and aliases, and a server that is down, slow or refuses the key."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 from contextlib import contextmanager
@@ -150,6 +151,26 @@ def test_embedded_versions_copy_on_write_and_vocabulary(data, tmp_path):
     assert [i for i, _ in old.search(q, 5)] == [
         i for i, _ in MemoryIndex_of(ids[:400], rows[:400]).search(q, 5)
     ]
+
+
+def test_temporary_shard_copies_are_removed_and_saved_ones_kept(data, tmp_path, monkeypatch):
+    ids, rows, _ = data
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    scratch = lambda: sorted(p.name for p in (tmp_path / "tmp").iterdir())  # noqa: E731
+    built = QdrantIndex.create(V, HASH)  # no workdir: a temporary shard
+    built.add(ids[:50], rows[:50])
+    assert len(scratch()) == 1
+    built.close()
+    assert scratch() == []
+    published = publish(QdrantIndex.create(V, HASH), tmp_path / "index")
+    assert scratch() == []  # the shard moved into the version directory
+    current = QdrantIndex.open(published)
+    current.add(ids[50:60], rows[50:60])  # copy-on-write: a temporary copy
+    assert len(scratch()) == 1
+    del current  # collected unclosed: the copy goes too
+    gc.collect()
+    assert scratch() == [] and QdrantIndex.open(published).count() == 0
 
 
 def MemoryIndex_of(ids, rows):

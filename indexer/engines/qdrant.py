@@ -40,6 +40,7 @@ import ctypes
 import os
 import shutil
 import tempfile
+import weakref
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -90,6 +91,9 @@ class QdrantIndex:
         self.optimize_every = int(manifest.params.get("optimize_every") or 0)
         self._shard_dir = shard_dir  # embedded: where the shard lives now
         self._owned = owned  # embedded: the shard is this object's own copy (not a published one)
+        # embedded: a temporary directory this object made for its copy, removed by close() (or
+        # when the object is collected unclosed); never a work or version directory
+        self._scratch: weakref.finalize | None = None
         self._since_optimize = self._since_flush = 0
 
     @classmethod
@@ -137,13 +141,14 @@ class QdrantIndex:
         )
         if url is None and client is None:
             params["backend"] = "embedded"
-            owned_root = (
-                Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lexvla-qdrant-"))
-            )
+            owned_root = Path(workdir) if workdir else scratch_dir()
             backend = EdgeBackend(
                 owned_root / SHARD, datatype, on_disk, segment_points, indexing_threshold_kb
             )
-            return cls(manifest, backend, owned_root / SHARD, owned=True)
+            index = cls(manifest, backend, owned_root / SHARD, owned=True)
+            if not workdir:
+                index._own_scratch(owned_root)
+            return index
         client, where = connect(url, api_key, timeout_s, tls_ca, client)
         collection = (
             collection
@@ -325,6 +330,7 @@ class QdrantIndex:
                 self._shard_dir.parent.rmdir()
             self.backend = EdgeBackend(target)
             self._shard_dir, self._owned = target, False
+            self._own_scratch(None)
         self.manifest.count, self.manifest.deleted = self.count(), 0
         self.manifest.save(path)
 
@@ -342,7 +348,20 @@ class QdrantIndex:
         return self.backend.point_alias(self.manifest.params["alias"])
 
     def close(self) -> None:
+        """Close the shard; a temporary copy this object made (never a saved one) is removed."""
         self.backend.close()
+        if self._scratch is not None:
+            self._scratch()
+
+    def _own_scratch(self, scratch: Path | None) -> None:
+        """Make ``scratch`` the temporary directory removed with this object (None: keep all)."""
+        if self._scratch is not None:
+            self._scratch.detach()
+        self._scratch = (
+            None
+            if scratch is None
+            else weakref.finalize(self, shutil.rmtree, str(scratch), ignore_errors=True)
+        )
 
     @classmethod
     def open(
@@ -421,22 +440,29 @@ class QdrantIndex:
         except Exception as exc:  # the shard is open in another process (its WAL is locked)
             if "WAL" not in str(exc):
                 raise
-        copy = Path(tempfile.mkdtemp(prefix="lexvla-qdrant-")) / SHARD
-        shutil.copytree(shard, copy)
-        return cls(manifest, EdgeBackend(copy), copy, owned=True)
+        scratch = scratch_dir()
+        shutil.copytree(shard, scratch / SHARD)
+        index = cls(manifest, EdgeBackend(scratch / SHARD), scratch / SHARD, owned=True)
+        index._own_scratch(scratch)
+        return index
 
     def _writable(self) -> None:
         """Copy-on-write: a published shard is never modified in place."""
         if self.server or self._owned:
             return
         assert self._shard_dir is not None
-        copy = Path(tempfile.mkdtemp(prefix="lexvla-qdrant-")) / SHARD
+        scratch = scratch_dir()
         self.backend.flush()
         self.backend.close()
-        shutil.copytree(self._shard_dir, copy, ignore=shutil.ignore_patterns("*.lock"))
-        source, self._shard_dir, self._owned = self._shard_dir, copy, True
-        self.backend = EdgeBackend(copy)
-        del source
+        shutil.copytree(self._shard_dir, scratch / SHARD, ignore=shutil.ignore_patterns("*.lock"))
+        self._shard_dir, self._owned = scratch / SHARD, True
+        self._own_scratch(scratch)
+        self.backend = EdgeBackend(scratch / SHARD)
+
+
+def scratch_dir() -> Path:
+    """A new temporary directory for a shard this process builds or copies."""
+    return Path(tempfile.mkdtemp(prefix="lexvla-qdrant-"))
 
 
 def release_memory() -> None:
