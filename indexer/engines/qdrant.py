@@ -40,8 +40,8 @@ import ctypes
 import os
 import shutil
 import tempfile
-import weakref
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
