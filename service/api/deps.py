@@ -3,6 +3,10 @@
 ``IndexDep`` takes the current index handle once per request: a reload during the request swaps
 the holder's reference, never the handle this request already has (in-flight requests finish on
 the old version).
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hop (and a wait for the GIL) per dependency per request, for functions that only read an
+attribute.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from service.search.pipeline import SearchPipeline
 from service.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
@@ -28,14 +32,14 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_pipeline(state: StateDep) -> SearchPipeline:
+async def get_pipeline(state: StateDep) -> SearchPipeline:
     if not state.ready or state.pipeline is None:
         raise Unavailable("the service is starting: model, index or warm-up not ready yet")
     return state.pipeline
@@ -44,7 +48,7 @@ def get_pipeline(state: StateDep) -> SearchPipeline:
 PipelineDep = Annotated[SearchPipeline, Depends(get_pipeline)]
 
 
-def get_index(state: StateDep) -> IndexHandle:
+async def get_index(state: StateDep) -> IndexHandle:
     if state.holder is None:
         raise Unavailable("no index is open yet")
     return state.holder.current
@@ -56,7 +60,7 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
