@@ -310,6 +310,29 @@ def test_vectors_of_across_blocks_keeps_the_asked_order(corpus, pair):
     assert (back.getnnz(axis=1) <= rows[pick].getnnz(axis=1)).all()
 
 
+def test_rows_of_a_page_just_searched_equal_rows_looked_up(corpus):
+    """The rows of the hits a thread just got skip the id lookup: the same rows as a lookup in
+    another thread, in the order asked; an id deleted since raises as before."""
+    ids, rows, queries = corpus
+    index = CompactIndex.create(V, pruning=None)
+    index.block_rows = 2500
+    index.add(ids[:3000], rows[:3000])
+    page = [i for i, _ in index.search(queries[1], 8)]
+    assert index._recent.page[1].keys() == set(page)  # the fast path is the one taken
+    asked = page[::-1] + page[:2]
+    fast = index.vectors_of(asked).toarray()
+    looked_up: list[np.ndarray] = []
+    other = threading.Thread(target=lambda: looked_up.append(index.vectors_of(asked).toarray()))
+    other.start()
+    other.join()
+    assert np.array_equal(fast, looked_up[0])
+    scale = index._snapshot().scales.max()
+    assert np.abs(fast - rows[[ids.index(i) for i in asked]].toarray()).max() <= scale / 2 + 1e-7
+    index.delete([page[0]])
+    with pytest.raises(KeyError, match=page[0]):
+        index.vectors_of(page)
+
+
 def test_search_kernels_release_the_gil():
     """The service's event loop answers (429s, health) while searches run only if every kernel
     a search calls runs without the GIL: a kernel compiled without ``nogil`` would serialise

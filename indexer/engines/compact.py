@@ -93,6 +93,9 @@ class CompactIndex:
         self._pending_rows: list[sp.csr_matrix] = []
         self._lock = threading.RLock()
         self._scorer = Scorer(self.threads)
+        # per thread: where the ids of its last page of hits live, so that the rows a caller
+        # asks for next (the page's explanations) skip the id lookup in every block
+        self._recent = threading.local()
 
     @classmethod
     def create(
@@ -212,7 +215,9 @@ class CompactIndex:
         keep = scores > 0
         docs, scores = docs[keep], scores[keep]
         order = np.lexsort((docs, -scores))[offset:need]
-        return [(self._id_of(snap, int(docs[i])), float(scores[i])) for i in order]
+        hits = [(self._id_of(snap, int(docs[i])), float(scores[i])) for i in order]
+        self._recent.page = (snap.blocks, {h[0]: int(docs[i]) for h, i in zip(hits, order)})
+        return hits
 
     def _filtered(self, snap: Snapshot, filters: wf.WordFilter) -> tuple[Snapshot, int]:
         """The snapshot with the live masks narrowed to the images ``filters`` allow."""
@@ -238,13 +243,15 @@ class CompactIndex:
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
         """Dequantised rows of live ids, in the given order (KeyError for an unknown id)."""
         snap = self._snapshot()
-        keys = encode_ids([str(i) for i in ids])
-        where = np.full(len(ids), -1, dtype=np.int64)
-        for b, block in enumerate(snap.blocks):
-            rows = block.find(keys)
-            hit = (rows >= 0) & (where < 0)
-            hit[hit] = snap.live[b][rows[hit]]
-            where[hit] = (b << 16) | rows[hit]
+        where = self._recent_docs(snap, ids)
+        if where is None:
+            keys = encode_ids([str(i) for i in ids])
+            where = np.full(len(ids), -1, dtype=np.int64)
+            for b, block in enumerate(snap.blocks):
+                rows = block.find(keys)
+                hit = (rows >= 0) & (where < 0)
+                hit[hit] = snap.live[b][rows[hit]]
+                where[hit] = (b << 16) | rows[hit]
         if (where < 0).any():
             missing = ids[int(np.flatnonzero(where < 0)[0])]
             raise KeyError(f"image {missing!r} is not in the index")
@@ -283,6 +290,18 @@ class CompactIndex:
             if self._pending_ids:
                 self._seal()
             return self._snap
+
+    def _recent_docs(self, snap: Snapshot, ids: Sequence[str]) -> np.ndarray | None:
+        """Docs of ``ids`` when all are on this thread's last page and still live, else None."""
+        blocks, docs = getattr(self._recent, "page", (None, {}))
+        if blocks is not snap.blocks or not ids:
+            return None
+        try:
+            where = np.array([docs[str(i)] for i in ids], dtype=np.int64)
+        except KeyError:
+            return None
+        live = all(snap.live[int(d) >> 16][int(d) & 0xFFFF] for d in where)
+        return where if live else None
 
     def _id_of(self, snap: Snapshot, doc: int) -> str:
         return bytes(snap.blocks[doc >> 16].ids[doc & 0xFFFF]).decode("utf-8")
