@@ -184,6 +184,49 @@ def test_requests_beyond_the_limit_get_429_with_retry_after():
     assert "lexvla_rejected_total 1.0" in metrics.render().decode()
 
 
+def test_a_slot_is_free_once_the_answer_is_sent():
+    """A client that sends its next request as soon as it has its answer is never refused, even
+    while the route still runs its clean-up (here: waits after the last body chunk)."""
+    gate = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        if scope["path"] == "/cleanup":
+            await gate.wait()  # e.g. a background task, after the answer
+
+    limited = ConcurrencyLimitMiddleware(app, limit=1, retry_after_s=1, metrics=Metrics())
+
+    def request(path: str, statuses: list[int]):
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            if message["type"] == "http.response.body":
+                answered.set()
+
+        scope = {"type": "http", "path": path, "method": "GET", "headers": []}
+        return limited(scope, receive, send)
+
+    async def main():
+        first: list[int] = []
+        running = asyncio.create_task(request("/cleanup", first))
+        await asyncio.wait_for(answered.wait(), 5)
+        in_flight_after_answer = limited.in_flight
+        second: list[int] = []
+        await request("/next", second)  # the same client's next request
+        gate.set()
+        await running
+        return first, in_flight_after_answer, second
+
+    first, in_flight_after_answer, second = _run(main())
+    assert first == [200] and in_flight_after_answer == 0 and second == [200]
+    assert limited.in_flight == 0
+
+
 # --- index hot swap -----------------------------------------------------------------------------
 def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_version(
     tiny_model, service_corpus, service_settings, tmp_path

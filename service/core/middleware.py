@@ -57,11 +57,27 @@ class ConcurrencyLimitMiddleware:
             return
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+
+        async def send_and_release(message: Message) -> None:
+            # The slot is free once the last body chunk is handed to the server, before the
+            # route's clean-up: a client that sends its next request as soon as it has the
+            # answer (exactly ``limit`` such clients) must never be refused.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            release()
 
 
 class BodyLimitMiddleware:
