@@ -216,7 +216,10 @@ class CompactIndex:
         docs, scores = docs[keep], scores[keep]
         order = np.lexsort((docs, -scores))[offset:need]
         hits = [(self._id_of(snap, int(docs[i])), float(scores[i])) for i in order]
-        self._recent.page = (snap.blocks, {h[0]: int(docs[i]) for h, i in zip(hits, order)})
+        self._recent.page = (
+            snap.blocks,
+            {h[0]: int(docs[i]) for h, i in zip(hits, order, strict=True)},
+        )
         return hits
 
     def _filtered(self, snap: Snapshot, filters: wf.WordFilter) -> tuple[Snapshot, int]:
