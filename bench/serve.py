@@ -17,7 +17,8 @@ answers; the micro-batcher does combine concurrent model-mode queries.
 Scenarios: ``model`` (LLM text encoder, micro-batched), ``words`` (the query's own words, no
 LLM), and ``overload`` (model mode at 4x the concurrency against a server that admits
 ``--concurrency``: the extra requests must be refused with 429 at once, not queued; with
-``--client wrk``, wrk fills the admission slots and a probe sends the extra requests).
+``--client wrk``, wrk's 4x connections fill the admission slots, backing off 50 ms after a 429,
+and a probe sends the extra requests).
 
 Reported per scenario: requests/s, client-side latency p50/p90/p99 (ms), 429s and errors, and
 the means of the server's own stage timings (encode, search, rescore) from the responses.
@@ -50,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.index_synthetic import VOCAB, cached_corpus, make_corpus  # noqa: E402
 
+BACKOFF_MS = 50  # overload with wrk: a refused connection's wait (Retry-After says 1 s)
 LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "llama2-tokenizer"
 
 
@@ -295,9 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario in args.scenarios.split(","):
                     concurrency = args.concurrency * (4 if scenario == "overload" else 1)
                     if scenario == "overload" and args.client == "wrk":
-                        # wrk ignores Retry-After: 4x the limit would time a storm of 429s.
-                        # It keeps every admission slot busy instead, and the probe overflows.
-                        concurrency = args.concurrency * workers
+                        # 4x every worker's admission slots; a refused wrk connection backs off
+                        # BACKOFF_MS (serve_wrk.lua) instead of re-sending at once, so the slots
+                        # stay full without a storm of 429s, and the probe overflows them
+                        concurrency = 4 * args.concurrency * workers
                     # warm-up (not measured): the first batches pay one-off costs
                     warm = captions(4 * concurrency, seed=1000 + n)
                     asyncio.run(run_load(url, "warm-up", modes[scenario], warm, concurrency, 10))
@@ -350,7 +353,9 @@ def run_wrk(
     and other non-2xx answers are counted together as ``rejected``.
 
     With ``probe`` (the overload scenario), wrk keeps every admission slot of the server busy
-    and this process sends one more request at a time, ~20 per second, timing each 429 it gets:
+    (its refused connections wait ``BACKOFF_MS`` before retrying, as clients honouring
+    Retry-After do) and this process sends one more request at a time, ~20 per second, timing
+    each 429 it gets:
     how fast a server whose slots are all taken by running searches refuses the next request (a
     saturated Python client would time its own event loop instead)."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
@@ -366,6 +371,8 @@ def run_wrk(
             "-s", str(ROOT / "bench" / "serve_wrk.lua"), url, "--", str(bodies),
         ]  # fmt: skip
         env = {**os.environ, "WRK_SUMMARY": str(summary)}
+        if probe:
+            env["WRK_BACKOFF_MS"] = str(BACKOFF_MS)
         flood = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

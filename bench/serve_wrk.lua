@@ -1,6 +1,10 @@
 -- bench/serve.py --client wrk: POST /search with a distinct JSON body per request.
 -- Argument: the file of bodies (one per line); the summary (JSON) goes to $WRK_SUMMARY.
+-- $WRK_BACKOFF_MS (overload): a connection refused with 429 waits that long before its next
+-- request, as a client honouring Retry-After would (wrk otherwise re-sends at once: a storm).
 local bodies, n = {}, 0
+local backoff = tonumber(os.getenv("WRK_BACKOFF_MS") or "0")
+local refused = false
 
 function init(args)
   for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
@@ -10,6 +14,19 @@ function request()
   n = n + 1
   local body = bodies[((n - 1) % #bodies) + 1]
   return wrk.format("POST", "/search", { ["Content-Type"] = "application/json" }, body)
+end
+
+function response(status, headers, body)
+  refused = status == 429
+end
+
+function delay()
+  -- called before the next request of the connection that just got its answer
+  if refused and backoff > 0 then
+    refused = false
+    return backoff
+  end
+  return 0
 end
 
 function done(summary, latency, requests)
