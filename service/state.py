@@ -9,8 +9,11 @@ refuses an index or store built with another vocabulary than the model's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,10 +65,14 @@ class ServiceState:
     async def start(self) -> None:
         """Load and check what is missing, then serve; may run again after :meth:`stop`."""
         s = self.settings
-        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="lexvla-model")
-        self.search_executor = ThreadPoolExecutor(
-            s.search_threads, thread_name_prefix="lexvla-search"
+        nice = (lower_priority, (s.worker_nice,))
+        self.model_executor = ThreadPoolExecutor(
+            1, thread_name_prefix="lexvla-model", initializer=nice[0], initargs=nice[1]
         )
+        self.search_executor = ThreadPoolExecutor(
+            s.search_threads, thread_name_prefix="lexvla-search", initializer=nice[0],
+            initargs=nice[1],
+        )  # fmt: skip
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
         sys.setswitchinterval(s.gil_switch_ms / 1e3)  # process-wide: the event loop's latency
@@ -154,3 +161,15 @@ def load_model(settings: Settings) -> LexicalModel:
         sizes = sorted({1, settings.batch_size})
         model.text.enable_static_queries(sizes).warm_up()  # captured once, before serving
     return model
+
+
+def lower_priority(increment: int) -> None:
+    """Lower this thread's CPU priority by ``increment`` nice levels (Linux: nice is per thread;
+    threads it starts, such as the engine's and torch's pools, inherit it). On a busy machine
+    the event loop thread, left at the process's priority, then gets a core back within a
+    scheduler slice even while every search and model thread is runnable, so 429s, health
+    checks and finished answers are not queued behind them."""
+    if increment <= 0:
+        return
+    with contextlib.suppress(AttributeError, OSError):  # not Linux/Unix, or not permitted
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), increment)

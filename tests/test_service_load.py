@@ -288,3 +288,37 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
             "/admin/reload", json={"version": "v0001"}, headers={"X-API-Key": "test-key"}
         )
         assert back.json()["current"] == "v0001"
+
+
+# --- thread priorities --------------------------------------------------------------------------
+def test_search_and_model_threads_run_below_the_event_loop(tiny_model, service_settings):
+    """LEXVLA_WORKER_NICE: the search and model threads (and threads they start) run that many
+    nice levels below the event loop thread; 0 leaves them level (Linux: nice is per thread)."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def nice_of_a_thread_started_here() -> int:
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(nice()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    for increment in (7, 0):
+        settings = service_settings.model_copy(update={"worker_nice": increment})
+        app = create_app(settings, model=tiny_model)
+        with TestClient(app) as client:
+            assert client.get("/readyz").status_code == 200
+            state = app.state.service
+            loop_nice = client.portal.call(lambda: asyncio.sleep(0, nice()))
+            search = state.search_executor.submit(nice).result()
+            model = state.model_executor.submit(nice).result()
+            child = state.search_executor.submit(nice_of_a_thread_started_here).result()
+        expected = min(19, loop_nice + increment)
+        assert (search, model, child) == (expected, expected, expected), increment

@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         "take it (sys.setswitchinterval; Python's default is 5 ms): lower answers 429s and "
         "health checks sooner while searches run",
     )
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="nice levels the search and model threads run below the event loop "
+        "(Linux; 0: same priority): the loop answers 429s and health checks promptly while they "
+        "compute",
+    )
     rescore_factor: int = Field(
         default=4, ge=1, description="candidates per hit for approximate engines"
     )
