@@ -126,7 +126,7 @@ KILLER = """
 import os, sys
 sys.path.insert(0, {repo!r})
 from indexer.engines import qdrant_backends
-from indexer.runner import build_index
+from indexer.build import build_index
 from indexer.store import CorpusStore
 
 calls = [0]
