@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 
 from bench.standin_tokenizer import ENGLISH
+from indexer.job import IndexJob
 from indexer.loader import ChunkTag, PrepareImages, image_loader
-from indexer.runner import IndexJob, run_index_job
+from indexer.runner import run_index_job
 from model import LexVLA
 from model.data import iter_source
 from model.sparsify import sparsify

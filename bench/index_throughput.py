@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.encode import build
 from indexer.decode import THUMBNAIL_SIZE, Skipped, decode_item
-from indexer.runner import IndexJob, run_index_job
+from indexer.job import IndexJob
+from indexer.runner import run_index_job
 from model.data import iter_source
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/flickr8k-sample/images"

@@ -70,7 +70,8 @@ def generate(work: Path, n: int, queries: int) -> None:
 
 
 def build(args: argparse.Namespace, rows: sp.csr_matrix) -> dict:
-    from indexer.engines.qdrant import QdrantIndex, disk_bytes
+    from indexer.engines.qdrant import QdrantIndex
+    from indexer.engines.qdrant_backends import disk_bytes
 
     sampler = Sampler()
     sampler.start()

@@ -87,8 +87,8 @@ def build_inputs(
     The checkpoint is the tiny preset, on the real Llama 2 tokenizer with ``llama2`` (so the
     vocabulary has LexVLA's 17,234 words and the corpus its density, ~1,000 words per image).
     """
+    from indexer.build import build_index
     from indexer.decode import ImageInfo
-    from indexer.runner import build_index
     from indexer.store import CorpusStore
     from model import LexVLA
     from model.tiny import create_tiny_checkpoint

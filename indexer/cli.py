@@ -13,7 +13,7 @@ lexvla index delete --store corpus/ --index index/ ID [ID ...]
 lexvla index export-jsonl --store corpus/ --out vectors.jsonl [--keys index --scale 100]
 lexvla index info corpus/   (or an index directory)
 
-The flags of ``build`` and ``add`` are generated from :class:`indexer.runner.IndexJob` (its
+The flags of ``build`` and ``add`` are generated from :class:`indexer.job.IndexJob` (its
 field descriptions are the help, its defaults the defaults); the other commands that write an
 index take its ``--qdrant-*`` flags the same way. Bad input (a missing folder, a
 manifest without an image column, an unknown engine, a checkpoint that is not one) ends the
@@ -34,12 +34,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from indexer.build import build_index
 from indexer.engines import DEFAULT_ENGINE, ENGINES, open_index, publish
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
+from indexer.job import IndexJob, engine_options
 from indexer.merge import MergeError, merge_stores
 from indexer.quiet import quiet_libraries
-from indexer.runner import IndexJob, build_index, engine_options, run_index_job
+from indexer.runner import run_index_job
 from indexer.store import CorpusStore
 from model.backbones import BackboneLoadError
 from model.flags import add_model_flags, explain_validation_error, model_values

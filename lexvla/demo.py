@@ -140,7 +140,9 @@ def lucene_available() -> bool:
 def index_images(
     model: Any, checkpoint: Path, images: Path, workdir: Path, progress: bool
 ) -> dict[str, Path]:
-    from indexer.runner import IndexJob, build_index, open_store, run_index_job
+    from indexer.build import build_index
+    from indexer.job import IndexJob
+    from indexer.runner import open_store, run_index_job
 
     store = workdir / "store"
     job = IndexJob(

@@ -1,7 +1,7 @@
 """Command-line flags generated from the pydantic model a command fills.
 
 ``lexvla serve`` fills ``service.core.config.Settings``, ``lexvla index build|add`` fill
-``indexer.runner.IndexJob``: their flags, defaults, environment variables and ``--help`` all
+``indexer.job.IndexJob``: their flags, defaults, environment variables and ``--help`` all
 come from the model's fields, so a field added to the model is a flag at once and no default is
 written twice. A field ``batch_size`` becomes ``--batch-size``; a bool becomes ``--x`` /
 ``--no-x``; a ``Literal`` becomes a choice; a list takes several values; a field whose type is

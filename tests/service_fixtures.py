@@ -75,7 +75,8 @@ def write_images(folder: Path, n_extra: int = 0, start: int = 0) -> list[str]:
 
 def index_folder(model, folder: Path, store: Path, index: Path) -> None:
     """Index a folder into a store and a published memory index with the indexer's job runner."""
-    from indexer.runner import IndexJob, run_index_job
+    from indexer.job import IndexJob
+    from indexer.runner import run_index_job
 
     job = IndexJob(
         source=str(folder), store=str(store), checkpoint="unused", index=str(index),

@@ -15,8 +15,8 @@ import scipy.sparse as sp
 
 from indexer.engines import impact_kernels as kernels
 from indexer.engines import open_index, publish
-from indexer.engines.compact import CompactIndex, ImpactPruning, balanced_block_rows
-from indexer.engines.compact_block import Block, encode_ids
+from indexer.engines.compact import CompactIndex, ImpactPruning
+from indexer.engines.compact_block import Block, balanced_block_rows, encode_ids
 from indexer.engines.memory import MemoryIndex
 from indexer.filters import has_matrix
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from indexer.job import IndexJob
 from indexer.loader import ChunkTag, PrepareImages, image_loader
-from indexer.runner import IndexJob, run_index_job
+from indexer.runner import run_index_job
 from indexer.store import CorpusStore
 from model.data import SourceItem, iter_source
 from model.preprocessing import eval_transform, normalize, upright_rgb

@@ -64,25 +64,16 @@ def queries():
     return zipf_rows(8, 40, seed=9)[:, : len(Vocabulary.from_pieces(PIECES))].tocsr()
 
 
+def index_cli(command: str, tmp_path: Path, *args: str) -> int:
+    """``lexvla index COMMAND --store TMP/store --index TMP/ix ARGS...``; its exit status."""
+    where = ["--store", str(tmp_path / "store"), "--index", str(tmp_path / "ix")]
+    return index_main([command, *where, *args])
+
+
 def test_reindex_and_delete_through_the_cli(tmp_path, queries, capsys):
     ids, rows = make_store(tmp_path / "store", 700, seed=1)
-    assert (
-        index_main(
-            [
-                "reindex",
-                "--store",
-                str(tmp_path / "store"),
-                "--index",
-                str(tmp_path / "ix"),
-                "--engine",
-                "qdrant",
-                "--qdrant-datatype",
-                "float32",
-                "--no-qdrant-on-disk",
-            ]
-        )
-        == 0
-    )
+    qdrant = ["--engine", "qdrant", "--qdrant-datatype"]
+    assert index_cli("reindex", tmp_path, *qdrant, "float32", "--no-qdrant-on-disk") == 0
     index = open_index(tmp_path / "ix")
     manifest = json.loads((tmp_path / "ix" / "versions" / "v0001" / "index.json").read_text())
     assert manifest["engine"] == "qdrant" and manifest["count"] == 700
@@ -90,43 +81,18 @@ def test_reindex_and_delete_through_the_cli(tmp_path, queries, capsys):
     same_top(index, ids, rows, queries)
     assert not list((tmp_path / "ix" / "versions").glob(".build-qdrant*"))  # work files gone
     del index
-    assert (
-        index_main(
-            [
-                "delete",
-                "--store",
-                str(tmp_path / "store"),
-                "--index",
-                str(tmp_path / "ix"),
-                ids[0],
-                ids[1],
-            ]
-        )
-        == 0
-    )
+    assert index_cli("delete", tmp_path, ids[0], ids[1]) == 0
     assert "index: 2 deleted; published" in capsys.readouterr().out
     assert open_index(tmp_path / "ix").count() == 698
-    code = index_main(
-        [
-            "reindex",
-            "--store",
-            str(tmp_path / "store"),
-            "--index",
-            str(tmp_path / "ix"),
-            "--engine",
-            "qdrant",
-            "--qdrant-datatype",
-            "int4",
-        ]
-    )
-    assert code == 2 and "float32, float16, uint8" in capsys.readouterr().err
+    assert index_cli("reindex", tmp_path, *qdrant, "int4") == 2
+    assert "float32, float16, uint8" in capsys.readouterr().err
 
 
 KILLER = """
 import os, sys
 sys.path.insert(0, {repo!r})
 from indexer.engines import qdrant_backends
-from indexer.runner import build_index
+from indexer.build import build_index
 from indexer.store import CorpusStore
 
 calls = [0]

@@ -15,7 +15,8 @@ from PIL import Image
 
 from indexer import cli
 from indexer.engines import open_index
-from indexer.runner import IndexJob, run_index_job
+from indexer.job import IndexJob
+from indexer.runner import run_index_job
 from indexer.store import CorpusStore
 from lexvla.demo import lucene_available
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from indexer import cli
 from indexer.engines import open_index
+from indexer.job import IndexJob
 from indexer.merge import MergeError, merge_stores
-from indexer.runner import IndexJob, run_index_job, shard_of
+from indexer.runner import run_index_job, shard_of
 from indexer.store import CorpusStore
 
 

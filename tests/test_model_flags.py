@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from indexer import cli as index_cli
-from indexer.runner import IndexJob
+from indexer.job import IndexJob
 from model.flags import add_model_flags, model_values
 from service import cli as serve_cli
 from service.core.config import Settings

@@ -137,8 +137,8 @@ def test_served_lucene_index_agrees_with_the_exact_scores(
 ):
     from fastapi.testclient import TestClient
 
+    from indexer.build import build_index
     from indexer.engines.jvm import LuceneUnavailable, java_class
-    from indexer.runner import build_index
     from indexer.store import CorpusStore
     from service.main import create_app
 

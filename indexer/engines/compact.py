@@ -14,16 +14,9 @@ and the service re-scores the hits it returns from the corpus store's float rows
 ``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``: they are the
 complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
 
-**Search.** Score-at-a-time over impact-ordered lists (as in JASS and PISA): every posting of a
-segment adds the same contribution ``q_w * code * scale``, so a query reads, for each of its
-words, the segments whose contribution reaches a threshold ``t``, highest first. ``t = 0`` reads
-everything: exact search in quantised scores, the oracle of the pruned mode. Pruned search
-(:class:`ImpactPruning`) picks ``t`` so that a share of the query's postings is read (the
-*budget*, planned on per-word code histograms before anything is read), keeps the best
-``candidates`` partial scores, and re-scores them completely from the forward rows. The budget
-follows the query and the corpus (a share of what exact search would read), and a query for which
-pruning would cost as much as reading everything is searched exactly, so pruning is never slower
-than exact search. Recall against exact float32 search is measured in bench/index_search.py.
+**Search** (:mod:`indexer.engines.compact_search` has the details): score-at-a-time over
+impact-ordered lists, exact in quantised scores, or pruned (:class:`ImpactPruning`) to a share
+of the query's postings whose best partial scores are then re-scored completely.
 
 **Threads.** A search splits its blocks over ``threads`` threads (one accumulator per block,
 256 KiB, kept in L2). Searches, adds and deletes may run concurrently: readers take a snapshot of
@@ -51,7 +44,13 @@ import scipy.sparse as sp
 from indexer import filters as wf
 from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows, link_tree
-from indexer.engines.compact_block import MAX_ROWS, Block, encode_ids
+from indexer.engines.compact_block import (
+    MAX_ROWS,
+    Block,
+    balanced_block_rows,
+    encode_ids,
+    quantised_block,
+)
 from indexer.engines.compact_search import DEFAULT_PRUNING, ImpactPruning, Scorer, Snapshot
 
 ENGINE = "compact"
@@ -177,61 +176,14 @@ class CompactIndex:
         if not snap.blocks or len(words) == 0:
             return []
         settings = cast(ImpactPruning | None, self.pruning if pruning is _NO_PRUNING else pruning)
-        with self._scorer.searching():
-            return self._search(snap, words, weights, k + offset, offset, filters, settings)
-
-    def _search(
-        self,
-        snap: Snapshot,
-        words: np.ndarray,
-        weights: np.ndarray,
-        need: int,
-        offset: int,
-        filters: wf.WordFilter | None,
-        settings: ImpactPruning | None,
-    ) -> list[Hit]:
-        if wf.active(filters):
-            assert filters is not None
-            snap, allowed = self._filtered(snap, filters)
-            if allowed <= self._scorer.direct_limit(snap, words):  # few: score them all
-                docs = np.concatenate(
-                    [(b << 16) | np.flatnonzero(m) for b, m in enumerate(snap.live)]
-                )
-                return self._page(
-                    snap, docs, self._scorer.rescore(snap, docs, words, weights), offset, need
-                )
-        threshold, capacity = self._scorer.plan(snap, words, weights, settings, need)
-        heap_s, heap_d = self._scorer.score(snap, words, weights, threshold, capacity)
-        if threshold > 0 and filters is not None and len(heap_d) < need:
-            # a filter left too few partial scores to fill the page: read everything
-            heap_s, heap_d = self._scorer.score(snap, words, weights, 0.0, need)
-        elif threshold > 0:  # pruned: the partial scores only chose the candidates
-            heap_s = self._scorer.rescore(snap, heap_d, words, weights)
-        return self._page(snap, heap_d, heap_s, offset, need)
-
-    def _page(
-        self, snap: Snapshot, docs: np.ndarray, scores: np.ndarray, offset: int, need: int
-    ) -> list[Hit]:
-        keep = scores > 0
-        docs, scores = docs[keep], scores[keep]
-        order = np.lexsort((docs, -scores))[offset:need]
-        hits = [(self._id_of(snap, int(docs[i])), float(scores[i])) for i in order]
+        hits, docs = self._scorer.search(
+            snap, words, weights, k + offset, offset, filters, settings
+        )
         self._recent.page = (
             snap.blocks,
-            {h[0]: int(docs[i]) for h, i in zip(hits, order, strict=True)},
+            dict(zip((h[0] for h in hits), docs.tolist(), strict=True)),
         )
         return hits
-
-    def _filtered(self, snap: Snapshot, filters: wf.WordFilter) -> tuple[Snapshot, int]:
-        """The snapshot with the live masks narrowed to the images ``filters`` allow."""
-        filters.check(self.manifest.vocabulary_size)
-        live = [
-            m & wf.allowed_by_lists(filters, block.rows, block.having)
-            for block, m in zip(snap.blocks, snap.live, strict=True)
-        ]
-        return Snapshot(snap.blocks, snap.scales, live, snap.counts), sum(
-            int(m.sum()) for m in live
-        )
 
     def search_batch(
         self,
@@ -306,9 +258,6 @@ class CompactIndex:
         live = all(snap.live[int(d) >> 16][int(d) & 0xFFFF] for d in where)
         return where if live else None
 
-    def _id_of(self, snap: Snapshot, doc: int) -> str:
-        return bytes(snap.blocks[doc >> 16].ids[doc & 0xFFFF]).decode("utf-8")
-
     def _first_live(self, keys: np.ndarray, ids: list[str]) -> str | None:
         for b, block in enumerate(self._snap.blocks):
             rows = block.find(keys)
@@ -325,13 +274,13 @@ class CompactIndex:
             return
         rows = sp.vstack(self._pending_rows, format="csr", dtype=np.float32)
         rows.sort_indices()
-        ids = self._pending_ids
+        ids, v = self._pending_ids, self.manifest.vocabulary_size
         n_full = len(ids) - len(ids) % self.block_rows
         end = n_full if full_only else len(ids)
         new = []
         for start in range(0, end, self.block_rows):
             stop = min(end, start + self.block_rows)
-            new.append(self._quantised_block(ids[start:stop], rows[start:stop]))
+            new.append(quantised_block(ids[start:stop], rows[start:stop], v))
         self._pending_ids = ids[end:]
         self._pending_rows = [rows[end:]] if end < len(ids) else []
         sources: list[Path | None] = [None] * len(new)
@@ -346,16 +295,6 @@ class CompactIndex:
                 new[n] = (Block.load(spilled, mmap=True), scale, error)
                 sources[n] = spilled
         self._append_blocks(new, sources)
-
-    def _quantised_block(self, ids: list[str], rows: sp.csr_matrix) -> tuple[Block, float, float]:
-        top = float(rows.data.max()) if rows.nnz else 0.0
-        scale = top / (CODES - 1) if top > 0 else 1.0
-        indptr, words, codes, error = kernels.quantise_rows(
-            rows.indptr.astype(np.int64), rows.indices, rows.data, scale
-        )
-        v = self.manifest.vocabulary_size
-        block = Block.build(encode_ids(ids), indptr, words, codes, v, wf.has_matrix(rows))
-        return block, scale, float(error)
 
     def _append_blocks(
         self, new: list[tuple[Block, float, float]], sources: list[Path | None] | None = None
@@ -454,13 +393,3 @@ def compile_kernels() -> None:
     index.search(rows[0], 3)
     index.search(rows[0], 3, pruning=None)
     index.vectors_of(["0"])
-
-
-def balanced_block_rows(expected_rows: int | None, parallel: int = 2) -> int:
-    """Rows per block so that ``expected_rows`` fill blocks evenly, in a multiple of ``parallel``
-    blocks once there is more than one: 100k images make 2 blocks of 50k, not 65,536 + 34,464."""
-    if not expected_rows or expected_rows <= MAX_ROWS // 2:
-        return MAX_ROWS
-    blocks = -(-expected_rows // MAX_ROWS)
-    blocks = -(-blocks // parallel) * parallel
-    return -(-expected_rows // blocks)

@@ -38,10 +38,21 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from indexer import filters as wf
 from indexer.engines import impact_kernels as kernels
 
 MAX_ROWS = 1 << 16  # local ids are uint16
 _MADV_POPULATE_READ = 22  # linux/mman.h; not exported by Python's mmap module
+
+
+def balanced_block_rows(expected_rows: int | None, parallel: int = 2) -> int:
+    """Rows per block so that ``expected_rows`` fill blocks evenly, in a multiple of ``parallel``
+    blocks once there is more than one: 100k images make 2 blocks of 50k, not 65,536 + 34,464."""
+    if not expected_rows or expected_rows <= MAX_ROWS // 2:
+        return MAX_ROWS
+    blocks = -(-expected_rows // MAX_ROWS)
+    blocks = -(-blocks // parallel) * parallel
+    return -(-expected_rows // blocks)
 
 
 def encode_ids(ids: Sequence[str]) -> np.ndarray:
@@ -176,3 +187,17 @@ class Block:
             self.fwd_gap_ptr, self.fwd_gaps, self.fwd_ptr, self.fwd_codes, values, dense_query,
         )  # fmt: skip
         return scores
+
+
+def quantised_block(
+    ids: Sequence[str], rows: sp.csr_matrix, vocabulary_size: int
+) -> tuple[Block, float, float]:
+    """A block of float rows (word ids sorted within a row), quantised with the scale of the
+    engine's docstring: (the block, its scale, its largest |weight - dequantised weight|)."""
+    top = float(rows.data.max()) if rows.nnz else 0.0
+    scale = top / (kernels.CODES - 1) if top > 0 else 1.0
+    indptr, words, codes, error = kernels.quantise_rows(
+        rows.indptr.astype(np.int64), rows.indices, rows.data, scale
+    )
+    block = Block.build(encode_ids(ids), indptr, words, codes, vocabulary_size, wf.has_matrix(rows))
+    return block, scale, float(error)

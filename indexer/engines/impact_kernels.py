@@ -6,10 +6,10 @@ serve another data model (dense ANN) or run as separate servers. Every kernel is
 ``nogil=True``, so the service's threads run searches on every core at once, and ``cache=True``, so
 the compilation (a few seconds) happens once per machine rather than once per process.
 
-The layout the kernels read is documented in :mod:`indexer.engines.compact`. In short: a *block*
-holds up to 65,536 images with 16-bit local ids; within a block, each word's postings are split
-into *segments* of equal impact code (0-255), stored in decreasing code order, the image ids of a
-segment in increasing order. A query reads, for each of its words, a prefix of that word's
+The layout the kernels read is documented in :mod:`indexer.engines.compact_block`. In short: a
+*block* holds up to 65,536 images with 16-bit local ids; within a block, each word's postings are
+split into *segments* of equal impact code (0-255), stored in decreasing code order, the image ids
+of a segment in increasing order. A query reads, for each of its words, a prefix of that word's
 segments (the ones whose contribution ``query weight x impact`` is at least a threshold), adding
 one constant per segment into a float32 accumulator of the block (256 KiB, which stays in L2).
 """

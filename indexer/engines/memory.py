@@ -21,6 +21,7 @@ scores are always exact dot products; only the membership of the top k is approx
 measured as recall@10 against exact search in the benchmark. (A
 MaxScore-style safe bound rarely prunes here: with hundreds of query words the sum of the
 unread lists' upper bounds stays above the k-th score, so the approximation is the lever.)
+The scoring functions and :class:`Pruning` are in :mod:`indexer.engines.memory_search`.
 
 Word filters (:mod:`indexer.filters`) mask rows before the top-k: an image has word ``w`` when
 its weight in ``w``'s posting list reaches the image's strong-word cut (one float per image,
@@ -48,7 +49,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Self
 
@@ -65,24 +66,17 @@ from indexer.engines.base import (
     save_csr,
     top_k,
 )
+from indexer.engines.memory_search import (
+    Pruning,
+    brute_force_scores,
+    exact_scores,
+    impact_sorted_inverted,
+    pruned_scores,
+)
 from model.data.atomic import atomic_write_json
 
 ENGINE = "memory"
 _MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is rebuilt
-
-
-@dataclass(frozen=True)
-class Pruning:
-    """Approximate search settings; scores of the returned hits are still exact."""
-
-    # Defaults from bench/index_search.py at 1M synthetic images (2 cores): p50 13-23 ms,
-    # recall@10 1.0 on topical queries; 0.92-1.0 on structureless random ones (the worst case).
-    # A corpus whose query lists hold fewer than ``posting_budget`` entries is searched exactly.
-    query_words: int | None = None  # keep the query's heaviest words (None: all)
-    posting_depth: int | None = None  # entries read per impact-sorted list (None: all)
-    candidates: int = 2000  # best partial scores re-scored exactly
-    # total entries read over all lists, spent where query weight x impact is highest (None: off)
-    posting_budget: int | None = 1_000_000
 
 
 class MemoryIndex:
@@ -181,10 +175,10 @@ class MemoryIndex:
             allowed = self._allowed(filters, forward, inverted, delta)
         settings = pruning if pruning is not None else self.pruning
         if settings is None:
-            rows, scores = _exact(q, inverted)
+            rows, scores = exact_scores(q, inverted)
         else:
-            rows, scores = _pruned(q, settings, forward, inverted, allowed)
-        d_rows, d_scores = _brute_force(q, delta)
+            rows, scores = pruned_scores(q, settings, forward, inverted, allowed)
+        d_rows, d_scores = brute_force_scores(q, delta)
         rows = np.concatenate([rows, d_rows + forward.shape[0]])
         scores = np.concatenate([scores, d_scores])
         keep = (scores > 0) & live[rows]
@@ -326,92 +320,3 @@ class MemoryIndex:
         index._ids, index._row_of = ids, {i: n for n, i in enumerate(ids)}
         index._live = np.ones(len(ids), dtype=bool)
         return index
-
-
-# --- scoring ----------------------------------------------------------------------------------
-def _exact(q: sp.csr_matrix, inverted: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """All rows sharing a word with the query, and their exact scores."""
-    scores = sp.csr_matrix(q @ inverted)
-    return scores.indices.astype(np.int64), scores.data
-
-
-def _pruned(
-    q: sp.csr_matrix,
-    p: Pruning,
-    forward: sp.csr_matrix,
-    inverted: sp.csr_matrix,
-    allowed: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates from the heads of the heaviest query words' lists, re-scored exactly."""
-    n_base = forward.shape[0]
-    if n_base == 0 or q.nnz == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    order = np.argsort(-q.data, kind="stable")[: p.query_words]
-    starts = inverted.indptr[q.indices[order]]
-    ends = inverted.indptr[q.indices[order] + 1]
-    if p.posting_depth is not None:
-        ends = np.minimum(ends, starts + p.posting_depth)
-    if p.posting_budget is not None:
-        ends = _budget_ends(inverted.data, starts, ends, q.data[order], p.posting_budget)
-    spans = list(zip(starts, ends, q.data[order], strict=True))
-    postings = np.concatenate([inverted.indices[a:b] for a, b, _ in spans])
-    weights = np.concatenate([inverted.data[a:b] * w for a, b, w in spans])
-    partial = np.bincount(postings, weights, minlength=n_base)
-    if allowed is not None:  # candidates only among the images the filters allow
-        partial[~allowed[:n_base]] = 0
-    if n_base > p.candidates:
-        cand = np.argpartition(partial, n_base - p.candidates)[n_base - p.candidates :]
-    else:
-        cand = np.arange(n_base)
-    cand = np.sort(cand[partial[cand] > 0])
-    dense_q = np.zeros(q.shape[1], dtype=np.float32)
-    dense_q[q.indices] = q.data
-    return cand.astype(np.int64), forward[cand] @ dense_q
-
-
-def _budget_ends(
-    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, weights: np.ndarray, budget: int
-) -> np.ndarray:
-    """Cut every list where its contribution (query weight x impact) falls below one threshold.
-
-    The threshold is chosen so that about ``budget`` entries are read in all: heavy query words
-    read deep, light ones shallow. Depths are found on a grid of quarter-octave steps per list
-    (within ~19%), sampled from the impact-sorted lists, so no list is scanned to choose them.
-    """
-    lengths = ends - starts
-    if lengths.sum() <= budget:
-        return ends
-    top = max(1, int(lengths.max()))
-    steps = np.unique(np.round(2.0 ** np.arange(0, np.log2(top) + 0.25, 0.25)).astype(np.int64))
-    depth = np.minimum(steps[None, :], lengths[:, None])  # m x steps, entries read
-    sampled = data[starts[:, None] + np.maximum(depth - 1, 0)]  # impact at that depth
-    contribution = np.where(lengths[:, None] > 0, sampled * weights[:, None], 0.0)
-    lo, hi = 0.0, float(contribution.max())
-    for _ in range(30):  # bisect the threshold: entries read fall as it rises
-        mid = (lo + hi) / 2
-        read = np.where(contribution >= mid, depth, 0).max(axis=1).sum()
-        lo, hi = (mid, hi) if read > budget else (lo, mid)
-    read_per_list = np.where(contribution >= hi, depth, 0).max(axis=1)
-    return starts + read_per_list
-
-
-def _brute_force(q: sp.csr_matrix, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of the (few) rows not in the inverted index yet: positions and scores > 0."""
-    if rows.shape[0] == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    scores = np.asarray((rows @ q.T).todense()).ravel().astype(np.float32)
-    hit = np.flatnonzero(scores)
-    return hit.astype(np.int64), scores[hit]
-
-
-def impact_sorted_inverted(forward: sp.csr_matrix) -> sp.csr_matrix:
-    """Words x images CSR whose rows (posting lists) are in decreasing weight order."""
-    inverted = sp.csr_matrix(forward.T, dtype=np.float32).tocsr()
-    indptr, indices, data = inverted.indptr, inverted.indices, inverted.data
-    for w in np.flatnonzero(np.diff(indptr) > 1):
-        a, b = indptr[w], indptr[w + 1]
-        order = np.argsort(-data[a:b], kind="stable")
-        indices[a:b] = indices[a:b][order]
-        data[a:b] = data[a:b][order]
-    inverted.has_sorted_indices = False
-    return inverted

@@ -3,9 +3,10 @@
 One point per image: the sparse vector ``lex`` (vocabulary indices as dimensions, no IDF
 modifier, so a score is the plain dot product), and a payload with the image ``id``, its strong
 ``words`` (:mod:`indexer.filters`: integer vocabulary indices, with a lookup index, which word
-filters query) and the image's metadata when the caller passes it. Point ids are UUIDs derived
-from the image id (``uuid5``), so upserting the same images again changes nothing: a re-run or
-resumed job is idempotent. ``add`` refuses ids already in the index (the protocol's rule);
+filters query) and the image's metadata when the caller passes it
+(:mod:`indexer.engines.qdrant_points` turns rows into points and back). Point ids are UUIDs
+derived from the image id (``uuid5``), so upserting the same images again changes nothing: a
+re-run or resumed job is idempotent. ``add`` refuses ids already in the index (the protocol's rule);
 ``upsert`` is the idempotent write the indexing jobs use.
 
 Value types (``datatype``): ``float32`` (scores are the float32 dot products: ``exact``),
@@ -35,12 +36,7 @@ On disk (one version directory): ``index.json``; embedded: ``shard/`` (Qdrant Ed
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import shutil
-import tempfile
-import uuid
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,29 +45,32 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines.base import Hit, IndexManifest, IndexUnavailable, as_query_row, check_rows
-from indexer.engines.qdrant_backends import DATATYPES, EdgeBackend
-from indexer.engines.qdrant_server import (
-    ServerBackend,
-    ServerLayout,
-    check_identity,
-    connect,
-    identity,
+from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
+from indexer.engines.qdrant_backends import (
+    DATATYPES,
+    SHARD,
+    EdgeBackend,
+    copy_shard,
+    move_shard,
+    open_shard,
+    release_memory,
+    scratch_dir,
 )
-from indexer.filters import RULE, WordFilter, check_rule, strong_words
+from indexer.engines.qdrant_points import point_id, points, query_vectors, rows_of
+from indexer.engines.qdrant_server import (
+    ServerLayout,
+    attach_collection,
+    connect,
+    create_collection,
+    open_published,
+)
+from indexer.filters import RULE, WordFilter, check_rule
 
 ENGINE = "qdrant"
-SHARD = "shard"
-_NAMESPACE = uuid.UUID("7b1f3c52-6a0e-4f57-9d3c-1e5a2b8c4d60")  # fixed: point ids never move
 _BATCH = 256  # points per upsert request
 # Qdrant Edge keeps points in memory until they are flushed (measured: ~17 KB per LexVLA point,
 # never released by optimize() alone), so a build flushes every FLUSH_EVERY points.
 FLUSH_EVERY = 10_000
-
-
-def point_id(image_id: str) -> str:
-    """The point id of an image: stable across runs, machines and processes."""
-    return str(uuid.uuid5(_NAMESPACE, image_id))
 
 
 class QdrantIndex:
@@ -163,13 +162,10 @@ class QdrantIndex:
             replication_factor=replication_factor,
             write_consistency_factor=write_consistency_factor,
         )
-        server = ServerBackend(client, collection, where)
         layout = ServerLayout(
             shard_number, replication_factor, write_consistency_factor, on_disk, datatype
         )
-        server.create(layout, {"lexvla": identity(manifest)})
-        check_identity(server.metadata(), manifest, f"collection {collection!r}")
-        return cls(manifest, server)
+        return cls(manifest, create_collection(client, where, manifest, layout))
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -221,16 +217,7 @@ class QdrantIndex:
         rows.sort_indices()
         for start in range(0, len(ids), _BATCH):
             batch = range(start, min(len(ids), start + _BATCH))
-            vectors, payloads = [], []
-            for n in batch:
-                a, b = rows.indptr[n], rows.indptr[n + 1]
-                indices, data = rows.indices[a:b], rows.data[a:b]
-                vectors.append((indices.tolist(), data.tolist()))
-                extra = dict(metadata[n]) if metadata is not None else {}
-                payloads.append(
-                    {**extra, "id": ids[n], "words": strong_words(indices, data).tolist()}
-                )
-            self.backend.upsert([point_id(ids[n]) for n in batch], vectors, payloads)
+            self.backend.upsert(*points(ids, rows, metadata, batch))
             self._since_optimize += len(batch)
             self._since_flush += len(batch)
             if self._since_flush >= FLUSH_EVERY:  # unflushed points are held in memory
@@ -272,15 +259,7 @@ class QdrantIndex:
             filters.check(self.manifest.vocabulary_size)
         queries = sp.csr_matrix(queries, dtype=np.float32)
         queries.sum_duplicates()
-        sparse, which = [], []
-        for n in range(queries.shape[0]):
-            a, b = queries.indptr[n], queries.indptr[n + 1]
-            keep = queries.data[a:b] > 0
-            if keep.any():
-                sparse.append(
-                    (queries.indices[a:b][keep].tolist(), queries.data[a:b][keep].tolist())
-                )
-                which.append(n)
+        sparse, which = query_vectors(queries)
         results: list[list[Hit]] = [[] for _ in range(queries.shape[0])]
         if sparse:
             for n, hits in zip(which, self.backend.query(sparse, k, offset, filters), strict=True):
@@ -290,21 +269,7 @@ class QdrantIndex:
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
         pids = [point_id(str(i)) for i in ids]
         found = self.backend.retrieve(list(dict.fromkeys(pids))) if pids else {}
-        indptr, indices, data = [0], [], []
-        for image_id, pid in zip(ids, pids, strict=True):
-            if pid not in found:
-                raise KeyError(f"image {image_id!r} is not in the index")
-            cols, vals = found[pid]
-            order = np.argsort(cols, kind="stable")
-            indices.append(np.asarray(cols, dtype=np.int32)[order])
-            data.append(np.asarray(vals, dtype=np.float32)[order])
-            indptr.append(indptr[-1] + len(cols))
-        v = self.manifest.vocabulary_size
-        if not ids:
-            return sp.csr_matrix((0, v), dtype=np.float32)
-        return sp.csr_matrix(
-            (np.concatenate(data), np.concatenate(indices), indptr), shape=(len(ids), v)
-        )
+        return rows_of(ids, pids, found, self.manifest.vocabulary_size)
 
     # --- persistence --------------------------------------------------------------------------
     def optimize(self) -> None:
@@ -320,15 +285,9 @@ class QdrantIndex:
         path.mkdir(parents=True, exist_ok=True)
         if not self.server:
             self._writable()
-            self.backend.optimize()
-            self.backend.flush()
-            self.backend.close()
             assert self._shard_dir is not None
             target = path / SHARD
-            shutil.move(str(self._shard_dir), str(target))  # a rename on one filesystem
-            with contextlib.suppress(OSError):  # the work or temporary directory, now empty
-                self._shard_dir.parent.rmdir()
-            self.backend = EdgeBackend(target)
+            self.backend = move_shard(self.backend, self._shard_dir, target)
             self._shard_dir, self._owned = target, False
             self._own_scratch(None)
         self.manifest.count, self.manifest.deleted = self.count(), 0
@@ -386,16 +345,7 @@ class QdrantIndex:
         if client is None and not url:
             raise ValueError(f"{path} is a Qdrant server index: give its URL (LEXVLA_QDRANT_URL)")
         client, where = connect(url, api_key, timeout_s, tls_ca, client)
-        alias = params["alias"]
-        probe = ServerBackend(client, params["collection"], where)
-        if not probe.exists(alias):
-            raise IndexUnavailable(
-                f"{where} has no alias {alias!r} (published collection {params['collection']!r}); "
-                "publish an index there first (`lexvla index build --engine qdrant --qdrant-url ...`)"
-            )
-        check_identity(probe.metadata(alias), manifest, f"the collection behind alias {alias!r}")
-        backend = ServerBackend(client, params["collection"], where, read=alias)
-        return cls(manifest, backend)
+        return cls(manifest, open_published(client, where, manifest))
 
     @classmethod
     def attach(
@@ -410,39 +360,12 @@ class QdrantIndex:
     ) -> Self:
         """A server collection built earlier (e.g. by sharded jobs), described by its metadata."""
         client, where = connect(url, api_key, timeout_s, tls_ca, client)
-        backend = ServerBackend(client, collection, where)
-        found = backend.metadata().get("lexvla")
-        if not found:
-            raise ValueError(f"collection {collection!r} was not made by `lexvla index build`")
-        check_rule(found, f"collection {collection!r}")
-        params = {
-            "backend": "server",
-            "collection": collection,
-            "alias": alias,
-            "url": url,
-            "datatype": found.get("datatype", "float32"),
-            "rule": dict(RULE),
-        }
-        manifest = IndexManifest(
-            ENGINE,
-            found["vocabulary_hash"],
-            found["vocabulary_size"],
-            found.get("checkpoint_id", ""),
-            found.get("threshold"),
-            params=params,
-        )
-        return cls(manifest, backend)
+        return cls(*attach_collection(client, where, collection, alias, url))
 
     @classmethod
     def _open_embedded(cls, manifest: IndexManifest, shard: Path) -> Self:
-        try:
-            return cls(manifest, EdgeBackend(shard), shard, owned=False)
-        except Exception as exc:  # the shard is open in another process (its WAL is locked)
-            if "WAL" not in str(exc):
-                raise
-        scratch = scratch_dir()
-        shutil.copytree(shard, scratch / SHARD)
-        index = cls(manifest, EdgeBackend(scratch / SHARD), scratch / SHARD, owned=True)
+        backend, scratch = open_shard(shard)  # a copy when another process has it open
+        index = cls(manifest, backend, backend.path, owned=scratch is not None)
         index._own_scratch(scratch)
         return index
 
@@ -451,28 +374,7 @@ class QdrantIndex:
         if self.server or self._owned:
             return
         assert self._shard_dir is not None
-        scratch = scratch_dir()
-        self.backend.flush()
-        self.backend.close()
-        shutil.copytree(self._shard_dir, scratch / SHARD, ignore=shutil.ignore_patterns("*.lock"))
+        scratch = copy_shard(self.backend, self._shard_dir)
         self._shard_dir, self._owned = scratch / SHARD, True
         self._own_scratch(scratch)
         self.backend = EdgeBackend(scratch / SHARD)
-
-
-def scratch_dir() -> Path:
-    """A new temporary directory for a shard this process builds or copies."""
-    return Path(tempfile.mkdtemp(prefix="lexvla-qdrant-"))
-
-
-def release_memory() -> None:
-    """Give freed heap back to the OS (glibc keeps an optimisation's buffers otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def disk_bytes(path: str | Path) -> int:
-    """Bytes of the files under ``path`` (an index version or a shard), for benchmarks."""
-    return sum(
-        f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not os.path.islink(f)
-    )

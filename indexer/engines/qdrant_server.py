@@ -5,7 +5,10 @@ mode, ``QdrantClient(":memory:")``, the tests' stand-in for a server). A server 
 connection, times out or refuses the API key raises
 :class:`~indexer.engines.base.IndexUnavailable` with a message naming the URL and the cause; every
 other server error is re-raised as is. A collection records what it holds in its metadata
-(:func:`identity`), checked before anything is written to it or served from it.
+(:func:`identity`), checked before anything is written to it or served from it. The engine
+reaches a collection in one of three ways: :func:`create_collection` (a new index),
+:func:`open_published` (a published index, searched through its alias) and
+:func:`attach_collection` (one that sharded jobs built, to be published).
 """
 
 from __future__ import annotations
@@ -307,3 +310,60 @@ def check_identity(metadata: dict[str, Any], manifest: IndexManifest, what: str)
             f"{manifest.vocabulary_hash[:12]}; use another collection name (--qdrant-collection)"
         )
     check_rule(found, what)
+
+
+# --- a collection as an index -----------------------------------------------------------------
+def create_collection(
+    client: Any, where: str, manifest: IndexManifest, layout: ServerLayout
+) -> ServerBackend:
+    """The collection a new index writes (``manifest.params["collection"]``), created with
+    ``layout`` unless it exists; refused when it holds vectors of another vocabulary."""
+    collection = manifest.params["collection"]
+    server = ServerBackend(client, collection, where)
+    server.create(layout, {"lexvla": identity(manifest)})
+    check_identity(server.metadata(), manifest, f"collection {collection!r}")
+    return server
+
+
+def open_published(client: Any, where: str, manifest: IndexManifest) -> ServerBackend:
+    """A published server index: writes go to its collection, searches to its alias; refused
+    when the alias does not exist or names a collection of another vocabulary."""
+    params = manifest.params
+    alias = params["alias"]
+    probe = ServerBackend(client, params["collection"], where)
+    if not probe.exists(alias):
+        raise IndexUnavailable(
+            f"{where} has no alias {alias!r} (published collection {params['collection']!r}); "
+            "publish an index there first (`lexvla index build --engine qdrant --qdrant-url ...`)"
+        )
+    check_identity(probe.metadata(alias), manifest, f"the collection behind alias {alias!r}")
+    return ServerBackend(client, params["collection"], where, read=alias)
+
+
+def attach_collection(
+    client: Any, where: str, collection: str, alias: str, url: str | None
+) -> tuple[IndexManifest, ServerBackend]:
+    """A collection built earlier (e.g. by sharded jobs) and the manifest its metadata
+    (:func:`identity`) describes, to be published under ``alias``."""
+    backend = ServerBackend(client, collection, where)
+    found = backend.metadata().get("lexvla")
+    if not found:
+        raise ValueError(f"collection {collection!r} was not made by `lexvla index build`")
+    check_rule(found, f"collection {collection!r}")
+    params = {
+        "backend": "server",
+        "collection": collection,
+        "alias": alias,
+        "url": url,
+        "datatype": found.get("datatype", "float32"),
+        "rule": dict(RULE),
+    }
+    manifest = IndexManifest(
+        "qdrant",
+        found["vocabulary_hash"],
+        found["vocabulary_size"],
+        found.get("checkpoint_id", ""),
+        found.get("threshold"),
+        params=params,
+    )
+    return manifest, backend
