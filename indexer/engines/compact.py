@@ -248,7 +248,8 @@ class CompactIndex:
 
     def _recent_docs(self, snap: Snapshot, ids: Sequence[str]) -> np.ndarray | None:
         """Docs of ``ids`` when all are on this thread's last page and still live, else None."""
-        blocks, docs = getattr(self._recent, "page", (None, {}))
+        page: tuple[list[Block] | None, dict[str, int]] = getattr(self._recent, "page", (None, {}))
+        blocks, docs = page
         if blocks is not snap.blocks or not ids:
             return None
         try:
