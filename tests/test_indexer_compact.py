@@ -183,7 +183,7 @@ def test_add_delete_vectors_count(corpus):
     with pytest.raises(ValueError, match="already in the index"):
         index.add([ids[3]], rows[3])
     assert index.count() == 500
-    assert index.delete([ids[3], ids[4], "no-such-image"]) == 2
+    assert index.delete([ids[3], ids[4], "no-such-image", ids[4]]) == 2  # named twice: once
     assert index.count() == 498
     with pytest.raises(KeyError, match=ids[3]):
         index.vectors_of([ids[3]])

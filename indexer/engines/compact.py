@@ -130,7 +130,8 @@ class CompactIndex:
                 self._seal(full_only=True)
 
     def delete(self, ids: Iterable[str]) -> int:
-        keys = encode_ids([str(i) for i in ids])
+        """Delete ``ids`` (unknown ones ignored); how many images were deleted."""
+        keys = encode_ids(list(dict.fromkeys(str(i) for i in ids)))  # an id named twice: once
         with self._lock:
             self._seal()
             snap = self._snap
