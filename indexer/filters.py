@@ -13,15 +13,25 @@ to the image's own maximum, because rows are L2-normalised and an image about ma
 lower weights everywhere; capped at a top-N so a flat row cannot "have" hundreds of words, and so
 a payload of strong words (the Qdrant engine stores them) stays small.
 
-Why 0.6 and 32 (measured 2026-12-01, 2-core CPU): the tiny LexVLA trained by the
-``tiny-shapes`` preset (400 steps), 300 held-out shape images (seed 7), "has colour c" against
-the colours actually drawn: fraction 0.5 -> precision 0.79, recall 0.98 (~9 strong words per
-image); 0.6 -> 0.90 / 0.955 (~3); 0.7 -> 0.975 / 0.91 (~2); 0.8 -> 0.99 / 0.82. Present colours
-sit at a median 1.0 and a 5th percentile 0.62 of the image's largest weight, absent ones at a
-median 0.23 and a 95th percentile 0.56. 0.6 keeps exclusion reliable (few images that show the
-word slip through) without making ``+word`` drop most true matches. The top-32 cap never
-binds on that data; it bounds what a flatter real-photo row can claim. Both constants are
-recorded in every index manifest (``rule``); an index built with another rule is refused.
+Why 0.35 and 32 (measured 2026-12-01, 2-core CPU): the tiny LexVLA of ``lexvla demo``
+(``tiny-shapes``: pretrained backbones, 400 steps), its 300 held-out shape images (seed 7), "has
+word w" against what each image shows. Precision / recall for colour words and shape words:
+
+    fraction   colours        shapes       "a green triangle -star": stars in the top 10
+    0.6        0.998 / 0.922  0.947 / 0.815  1  (7 of the 111 star images slip through)
+    0.5        0.995 / 0.975  0.910 / 0.877  1
+    0.45       0.993 / 0.980  0.885 / 0.900  1
+    0.4        0.982 / 0.988  0.846 / 0.925  0  (the lowest star in that top 10 weighs 0.42)
+    0.35       0.966 / 0.988  0.819 / 0.942  0
+    0.3        0.946 / 0.992  0.792 / 0.955  0
+
+Shape words are the hard case: a small star weighs as little as 0.09 of its image's heaviest
+word, and shapes the model confuses weigh up to 1.0 on images without them. An exclusion that
+lets a faint star through fails the user who typed ``-star``, while an exclusion that also drops
+a few images without one costs little, so the cut sits below the F1 optimum (0.45-0.5) at 0.35,
+with margin below the 0.42 star. The top-32 cap never binds on that data (~8 words per image);
+it bounds what a flatter real-photo row can claim. Both constants are recorded in every index
+manifest (``rule``); an index built with another rule is refused (``lexvla index reindex``).
 
 Filter semantics (every engine, tested against the brute-force oracle :func:`allowed_rows`):
 ``exclude`` drops an image that has *any* excluded word; ``require`` keeps only images that have
@@ -36,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-STRONG_FRACTION = 0.6
+STRONG_FRACTION = 0.35
 STRONG_TOP = 32
 RULE = {"fraction": STRONG_FRACTION, "top": STRONG_TOP}
 _CHUNK_ENTRIES = 1 << 24  # row entries handled at once by strong_cuts (bounded memory)

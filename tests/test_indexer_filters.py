@@ -99,12 +99,13 @@ def test_rule_vectorised_equals_the_rule_per_row(data):
 
 
 def test_rule_is_relative_to_the_image_maximum():
-    row = np.array([1.0, 0.61, 0.59, 0.2], dtype=np.float32)
+    row = np.array([1.0, 0.36, 0.34, 0.2], dtype=np.float32)
+    assert wf.STRONG_FRACTION == 0.35
     assert wf.strong_words(np.arange(4), row).tolist() == [0, 1]
     assert wf.strong_words(np.arange(4), row * 0.01).tolist() == [0, 1]  # scale-free
     assert wf.strong_words(np.arange(4), np.zeros(0, np.float32)).tolist() == []
     cuts = wf.strong_cuts(sp.csr_matrix(np.vstack([row, np.zeros(4, np.float32)])))
-    assert cuts[0] == pytest.approx(0.6) and np.isinf(cuts[1])
+    assert cuts[0] == pytest.approx(0.35) and np.isinf(cuts[1])
 
 
 def test_strong_cuts_in_chunks_equal_one_pass(data, monkeypatch):
