@@ -7,7 +7,8 @@ prints them (``print_metrics``). The demo test asserts on the numbers, never on 
 - the query "a red circle" through the service itself: how many of the top 5 images show a red
   circle (and how many show something red and a circle: a bag of words cannot bind a colour to
   a kind, so "a red heart and a brown circle" has every word "a red circle" asks for), and each
-  hit's two largest word contributions;
+  hit's two largest word contributions; and the same with ``bind`` (re-ranked by the best patch
+  for the whole query: the words at one place);
 - the query "a green triangle -star": how many of its top 10 show a star (the filter's job);
 - how strong each shape word is on the images that show that shape, in the stored (sparse)
   vectors the index and any word filter read: its rank among the image's words and its weight
@@ -36,9 +37,12 @@ def evaluate_retrieval(model: Any, manifest: Path) -> dict[str, Any]:
     return evaluate(model, settings)
 
 
-def red_circle_check(client: Any, truth: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
-    """The top 5 of "a red circle" through ``/search``: which show a red circle, top words."""
-    found = client.post("/search", json={"query": RED_CIRCLE, "top_k": 5})
+def red_circle_check(
+    client: Any, truth: dict[str, list[dict[str, str]]], bind: bool = False
+) -> dict[str, Any]:
+    """The top 5 of "a red circle" through ``/search`` (``bind``: re-ranked by where the words
+    are, ``service.search.binding``): which show a red circle, top words."""
+    found = client.post("/search", json={"query": RED_CIRCLE, "top_k": 5, "bind": bind})
     found.raise_for_status()
     hits = []
     for hit in found.json()["hits"]:
@@ -140,6 +144,7 @@ def demo_metrics(
     return result | {
         "summary": summary,
         "red_circle": red_circle_check(client, truth),
+        "red_circle_bound": red_circle_check(client, truth, bind=True),
         "no_star": excluded_star_check(client, truth),
         "shape_words": shape_word_strength(ids, rows, truth, model.vocabulary),
     }
@@ -180,6 +185,11 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         f'"{RED_CIRCLE}": {check["red_circles_in_top5"]} of the top 5 show a red circle '
         f"({check['red_and_circle_in_top5']} something red and a circle); their two largest "
         "contributions: " + "; ".join("+".join(h["top_words"]) for h in check["hits"])
+    )
+    bound = metrics["red_circle_bound"]
+    print(
+        f'"{RED_CIRCLE}" with "bind": true (re-ranked by where its words are): '
+        f"{bound['red_circles_in_top5']} of the top 5 show a red circle"
     )
     stars = metrics["no_star"]
     print(

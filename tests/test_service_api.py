@@ -250,3 +250,46 @@ def test_not_ready_before_the_lifespan_has_run(tiny_model, service_settings):
     ready, search = asyncio.run(main())
     assert ready.status_code == 503 and ready.json()["detail"] == "waiting for: index, warmup"
     assert search.status_code == 503 and "starting" in search.json()["detail"]
+
+
+def test_bind_reranks_the_candidates_by_their_best_patch(client, tiny_model, service_corpus):
+    """``bind``: the lexical candidates ordered by the mean of the lexical score and the best
+    patch's score, each recomputed here from the model's patch vectors of the stored image; the
+    lexical score and its contributions stay what a plain search returns."""
+    from model.data import decode_bytes
+
+    body = {"query": "red circle", "mode": "words"}
+    plain = _search(client, **body, top_k=20)
+    bound = _search(client, **body, top_k=3, offset=1, bind=True)
+    q = np.zeros(len(tiny_model.vocabulary), np.float32)
+    for w in plain["query_words"]:
+        q[tiny_model.vocabulary.index(w["word"])] = w["weight"]
+    expected = []
+    for hit in plain["hits"]:
+        image = decode_bytes((service_corpus.images / hit["id"]).read_bytes()).image
+        patches = tiny_model.patch_vectors(tiny_model.preprocess([image]))[0].numpy()
+        per_patch = patches @ q
+        best = float(per_patch.max()) / float(np.linalg.norm(patches.max(axis=0)))
+        where = list(divmod(int(per_patch.argmax()), tiny_model.grid_size))
+        expected.append(((hit["score"] + best) / 2, hit, best, where))
+    expected.sort(key=lambda t: -t[0])
+    assert [h["id"] for h in bound["hits"]] == [t[1]["id"] for t in expected[1:4]]
+    assert [h["rank"] for h in bound["hits"]] == [2, 3, 4]
+    for hit, (_, lexical, best, where) in zip(bound["hits"], expected[1:4], strict=True):
+        assert (
+            hit["score"] == pytest.approx(lexical["score"]) and hit["matched"] == lexical["matched"]
+        )
+        assert hit["bound_score"] == pytest.approx(best, abs=2e-3)  # float16 patch cache
+        assert hit["bound_patch"] == where
+    assert all(h["bound_score"] is None for h in plain["hits"])
+
+
+def test_bind_without_the_images_is_a_clear_error(tiny_model, service_settings):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    settings = service_settings.model_copy(update={"store": None})
+    with TestClient(create_app(settings, model=tiny_model)) as client:
+        r = client.post("/search", json={"query": "red circle", "bind": True})
+    assert r.status_code == 422 and "bind needs the indexed images" in r.json()["detail"]

@@ -207,3 +207,25 @@ def test_filter_chips_switch_filters_off_and_on(browser, live_server):
     assert b.js("document.getElementById('query').value") == f"a red circle -{word}"
     again = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
     assert again == filtered
+
+
+def test_together_checkbox_sends_bind_and_shows_where(browser, live_server):
+    """The "together" box re-ranks by where the words are (``bind``): the cards follow the API's
+    bound order and say how strongly the words meet; the choice lives in the URL."""
+    b = browser
+    b.call("Page.enable")
+    bound = httpx.post(
+        live_server.url + "/search", json={"query": "a red circle", "top_k": 12, "bind": True}
+    ).json()["hits"]
+    b.call("Page.navigate", url=live_server.url + "/#q=a+red+circle&bind=1")
+    b.wait_for("document.body && document.body.dataset.ready === 'true'")
+    b.wait_for(f"document.querySelectorAll('#results .card').length === {len(bound)}")
+    assert b.js("document.getElementById('bind').checked") is True
+    cards = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
+    assert cards == [h["id"] for h in bound]
+    shown = b.js("document.querySelector('#results .card .bound').textContent")
+    assert f"together {bound[0]['bound_score']:.3f}" in shown
+    b.js("document.getElementById('bind').click()")  # off, then search again
+    b.js("document.getElementById('search-form').requestSubmit()")
+    b.wait_for("!decodeURIComponent(location.hash).includes('bind=1')")
+    b.wait_for("document.querySelector('#results .card .bound') === null")

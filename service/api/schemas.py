@@ -65,6 +65,13 @@ class SearchRequest(_QueryFields):
     query_words_limit: int | None = Field(
         100, ge=0, le=100_000, description="Query words listed, heaviest first (null: all)"
     )
+    bind: bool = Field(
+        False,
+        description="Re-rank the top LEXVLA_BIND_CANDIDATES hits by where their words are: the "
+        "mean of the lexical score and the best single patch's score (all the query's words at "
+        "one place), so 'a red circle' ranks a red circle above a red heart beside a circle; one "
+        "image-encoder pass per candidate not in the patch cache",
+    )
 
 
 class ExplainRequest(_QueryFields):
@@ -113,6 +120,12 @@ class SearchHit(BaseModel):
     matched: list[MatchedWord] = Field(description="Largest contributions first")
     other_matched_words: int = Field(0, description="Matched words not listed (matched_limit)")
     other_contribution: float = Field(0.0, description="Their summed contribution")
+    bound_score: float | None = Field(
+        None, description="bind: the best patch's score for the whole query (else null)"
+    )
+    bound_patch: list[int] | None = Field(
+        None, description="bind: that patch's [row, column] in the image's patch grid"
+    )
 
 
 class SearchTimings(BaseModel):

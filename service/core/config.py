@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         "(Linux; 0: same priority): the loop answers 429s and health checks promptly while they "
         "compute",
     )
+    bind_candidates: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="lexical hits a 'bind' search re-ranks by where their words are",
+    )
     rescore_factor: int = Field(
         default=4, ge=1, description="candidates per hit for approximate engines"
     )

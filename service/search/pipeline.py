@@ -33,7 +33,7 @@ from service.core.config import Settings
 from service.core.errors import InvalidInput
 from service.core.lru import LRUCache
 from service.core.metrics import Metrics
-from service.search import scoring
+from service.search import binding, scoring
 from service.search.batcher import MicroBatcher
 from service.search.images import decode_upload
 from service.search.indexes import IndexHandle
@@ -205,7 +205,7 @@ class SearchPipeline:
         page = Page(req.top_k, req.offset, req.min_score, req.matched_limit, req.query_words_limit)
         self.check_paging(page)
         q = await self.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
-        return await self.run_search(handle, q, req.mode, page, start)
+        return await self.run_search(handle, q, req.mode, page, start, req.bind)
 
     async def search_image(
         self,
@@ -222,8 +222,23 @@ class SearchPipeline:
         return await self.run_search(handle, q, "image", page, start)
 
     async def run_search(
-        self, handle: IndexHandle, q: QueryVector, mode: SearchMode, page: Page, start: float
+        self,
+        handle: IndexHandle,
+        q: QueryVector,
+        mode: SearchMode,
+        page: Page,
+        start: float,
+        bind: bool = False,
     ) -> SearchResponse:
+        shown = page
+        if bind:  # the lexical candidates first, the page after re-ranking them
+            if self.store is None:
+                raise InvalidInput(
+                    "bind needs the indexed images (LEXVLA_STORE) to read their patch vectors",
+                    loc=["body", "bind"],
+                )
+            wanted = max(page.offset + page.top_k, self.settings.bind_candidates)
+            page = Page(wanted, 0, page.min_score, page.matched_limit, page.query_words_limit)
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(
             self.search_executor,
@@ -255,6 +270,9 @@ class SearchPipeline:
             )
             for n, h in enumerate(outcome.hits)
         ]
+        if bind:
+            hits = await binding.bind(self.patches, q.row, hits, shown.offset, shown.top_k)
+            page = shown
         timings = SearchTimings(
             encode_ms=q.encode_ms,
             search_ms=outcome.search_ms,

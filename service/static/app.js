@@ -1,12 +1,12 @@
 // LexVLA search UI: plain JavaScript, no build step. State lives in the URL hash
-// (#q=...&mode=...&offset=...&open=<image id>&word=<word>&off=<filters>) so a view can be shared
+// (#q=...&mode=...&bind=1&offset=...&open=<image id>&word=<word>&off=<filters>) so a view can be shared
 // or reloaded. Word filters live in the query text (+word keeps only images that have the word,
 // -word drops them); the chips above the results switch each one off and on again.
 "use strict";
 
 const PAGE = 12;
 const $ = (id) => document.getElementById(id);
-const state = { query: "", mode: "model", offset: 0, open: null, word: null, imageHits: null, off: [] };
+const state = { query: "", mode: "model", bind: false, offset: 0, open: null, word: null, imageHits: null, off: [] };
 const FILTER_TOKEN = /^[+-]\S+$/;
 
 function el(tag, attrs = {}, text = "") {
@@ -37,6 +37,7 @@ function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
   state.query = p.get("q") || "";
   state.mode = p.get("mode") === "words" ? "words" : "model";
+  state.bind = p.get("bind") === "1";
   state.offset = Math.max(0, parseInt(p.get("offset") || "0", 10) || 0);
   state.open = p.get("open");
   state.word = p.get("word");
@@ -47,6 +48,7 @@ function writeHash() {
   const p = new URLSearchParams();
   if (state.query) p.set("q", state.query);
   if (state.mode !== "model") p.set("mode", state.mode);
+  if (state.bind) p.set("bind", "1");
   if (state.offset) p.set("offset", String(state.offset));
   if (state.open) p.set("open", state.open);
   if (state.word) p.set("word", state.word);
@@ -59,11 +61,12 @@ async function search() {
   if (!state.query.trim()) return;
   $("query").value = state.query;
   $("mode").value = state.mode;
+  $("bind").checked = state.bind;
   state.imageHits = null;
   setStatus("Searching…");
   writeHash();
   try {
-    const body = { query: state.query, mode: state.mode, top_k: PAGE, offset: state.offset, matched_limit: 12, query_words_limit: 40 };
+    const body = { query: state.query, mode: state.mode, bind: state.bind, top_k: PAGE, offset: state.offset, matched_limit: 12, query_words_limit: 40 };
     const result = await api("/search", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
@@ -152,6 +155,10 @@ function card(hit) {
   const meta = el("div", { class: "meta" });
   const head = el("div");
   head.append(el("span", { class: "score" }, hit.score.toFixed(4)), document.createTextNode(`  #${hit.rank}`));
+  if (hit.bound_score !== null && hit.bound_score !== undefined) {
+    const [row, col] = hit.bound_patch;
+    head.append(el("span", { class: "bound", title: `all the query's words at patch row ${row}, column ${col}` }, ` · together ${hit.bound_score.toFixed(3)}`));
+  }
   meta.append(head, el("div", { class: "id", title: hit.id }, hit.id));
   const chips = el("div", { class: "chips" });
   const top = hit.matched.length ? hit.matched[0].contribution : 1;
@@ -249,6 +256,7 @@ $("search-form").addEventListener("submit", (event) => {
   state.query = $("query").value;
   state.off = [];
   state.mode = $("mode").value;
+  state.bind = $("bind").checked;
   state.offset = 0;
   closeDetail();
   search();
