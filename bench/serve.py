@@ -34,48 +34,23 @@ import asyncio
 import json
 import os
 import platform
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.index_synthetic import VOCAB, cached_corpus, make_corpus  # noqa: E402
+from bench.serve_load import captions, row_text, run_load, run_wrk  # noqa: E402
 
-BACKOFF_MS = 50  # overload with wrk: a refused connection's wait (Retry-After says 1 s)
-# the load generator yields the cores to the server (on one small machine they share them)
-NICE = ["nice", "-n", "10"] if shutil.which("nice") else []
 LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "llama2-tokenizer"
-
-
-@dataclass
-class Result:
-    scenario: str
-    concurrency: int
-    requests: int
-    ok: int
-    rejected: int
-    errors: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    rejected_p50_ms: float  # how fast a 429 comes back (load shedding must be cheap)
-    server_ms: dict[str, float] = field(default_factory=dict)
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    workers: int = 1
-    rejected_p99_ms: float = 0.0
-    client: str = "python"
 
 
 def build_inputs(
@@ -169,82 +144,6 @@ def stop_server(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def captions(n: int, seed: int) -> list[str]:
-    """Distinct random captions from the tiny preset's words (no query is sent twice)."""
-    from model.tiny import tiny_words
-
-    core, general = tiny_words()
-    pool = core * 4 + general
-    rng = random.Random(seed)
-    out: set[str] = set()
-    while len(out) < n:
-        out.add("a " + " ".join(rng.choice(pool) for _ in range(rng.randint(3, 8))))
-    return sorted(out, key=lambda _: rng.random())
-
-
-async def run_load(
-    url: str, scenario: str, mode: str, texts: list[str], concurrency: int, max_seconds: float
-) -> Result:
-    latencies: list[float] = []
-    refusals: list[float] = []
-    stages: dict[str, list[float]] = {"encode_ms": [], "search_ms": [], "rescore_ms": []}
-    counts = {"ok": 0, "rejected": 0, "errors": 0}
-    kinds: dict[str, int] = {}
-
-    def error(kind: str) -> None:
-        counts["errors"] += 1
-        kinds[kind] = kinds.get(kind, 0) + 1
-
-    queue = list(reversed(texts))
-    deadline = time.perf_counter() + max_seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def client_loop(http: httpx.AsyncClient) -> None:
-        while queue and time.perf_counter() < deadline:
-            body = {"query": queue.pop(), "mode": mode, "top_k": 10, "query_words_limit": 10}
-            t0 = time.perf_counter()
-            try:
-                r = await http.post("/search", json=body)
-            except httpx.HTTPError as exc:
-                error(type(exc).__name__)
-                continue
-            elapsed = (time.perf_counter() - t0) * 1e3
-            if r.status_code == 200:
-                counts["ok"] += 1
-                latencies.append(elapsed)
-                for key in stages:
-                    stages[key].append(r.json()["timings"][key])
-            elif r.status_code == 429:
-                counts["rejected"] += 1
-                refusals.append(elapsed)
-                await asyncio.sleep(float(r.headers.get("retry-after", 1)))  # as told
-            else:
-                error(f"{r.status_code}: {r.text[:120]}")
-
-    start = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await asyncio.gather(*(client_loop(http) for _ in range(concurrency)))
-    seconds = time.perf_counter() - start
-    lat = np.array(latencies) if latencies else np.zeros(1)
-    return Result(
-        scenario=scenario,
-        concurrency=concurrency,
-        requests=sum(counts.values()),
-        ok=counts["ok"],
-        rejected=counts["rejected"],
-        errors=counts["errors"],
-        seconds=round(seconds, 2),
-        rps=round(counts["ok"] / seconds, 1),
-        p50_ms=round(float(np.percentile(lat, 50)), 1),
-        p90_ms=round(float(np.percentile(lat, 90)), 1),
-        p99_ms=round(float(np.percentile(lat, 99)), 1),
-        rejected_p50_ms=round(float(np.median(refusals)), 1) if refusals else 0.0,
-        rejected_p99_ms=round(float(np.percentile(refusals, 99)), 1) if refusals else 0.0,
-        server_ms={k: round(float(np.mean(v)), 2) if v else 0.0 for k, v in stages.items()},
-        error_kinds=kinds,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=100_000)
@@ -320,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                         ))  # fmt: skip
                     result.workers = workers
                     results.append(result)
-                    print(_row(result), flush=True)
+                    print(row_text(result), flush=True)
                     if result.error_kinds:
                         print(f"  errors: {result.error_kinds}", flush=True)
             finally:
@@ -339,95 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0
-
-
-def run_wrk(
-    url: str,
-    scenario: str,
-    mode: str,
-    texts: list[str],
-    concurrency: int,
-    seconds: float,
-    probe: bool = False,
-) -> Result:
-    """The same load from ``wrk`` (C, one thread): on a 2-core machine the Python client's own
-    CPU time caps what it can measure, wrk's barely does. No per-request server timings; 429s
-    and other non-2xx answers are counted together as ``rejected``.
-
-    With ``probe`` (the overload scenario), wrk keeps every admission slot of the server busy
-    (its refused connections wait ``BACKOFF_MS`` before retrying, as clients honouring
-    Retry-After do) and this process sends one more request at a time, ~20 per second, timing
-    each 429 it gets:
-    how fast a server whose slots are all taken by running searches refuses the next request (a
-    saturated Python client would time its own event loop instead)."""
-    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
-        bodies = Path(tmp) / "bodies.jsonl"
-        lines = (
-            json.dumps({"query": t, "mode": mode, "top_k": 10, "query_words_limit": 10})
-            for t in texts
-        )
-        bodies.write_text("\n".join(lines) + "\n")
-        summary = Path(tmp) / "summary.json"
-        command = [
-            *NICE, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-            "-s", str(ROOT / "bench" / "serve_wrk.lua"), url, "--", str(bodies),
-        ]  # fmt: skip
-        env = {**os.environ, "WRK_SUMMARY": str(summary)}
-        if probe:
-            env["WRK_BACKOFF_MS"] = str(BACKOFF_MS)
-        flood = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        refusals: list[float] = []
-        probe_ok = 0
-        if probe:
-            time.sleep(1.0)  # let the flood fill the server's admission slots
-            with httpx.Client(base_url=url, timeout=30) as http:
-                for text in texts[::-1]:
-                    if flood.poll() is not None:
-                        break
-                    body = {"query": text, "mode": mode, "top_k": 10}
-                    t0 = time.perf_counter()
-                    r = http.post("/search", json=body)
-                    elapsed = (time.perf_counter() - t0) * 1e3
-                    if r.status_code == 429:
-                        refusals.append(elapsed)
-                    else:
-                        probe_ok += r.status_code == 200
-                    time.sleep(0.05)
-        _, err = flood.communicate()
-        if flood.returncode != 0:
-            raise RuntimeError(f"wrk failed: {err.decode()[-500:]}")
-        w = json.loads(summary.read_text())
-    ok = w["requests"] - w["non_2xx"] - w["socket_errors"]
-    return Result(
-        scenario=scenario,
-        concurrency=concurrency,
-        requests=w["requests"] + len(refusals) + probe_ok,
-        ok=ok,
-        rejected=w["non_2xx"] + len(refusals),
-        errors=w["socket_errors"],
-        seconds=round(w["seconds"], 2),
-        rps=round(ok / w["seconds"], 1),
-        p50_ms=round(w["p50_ms"], 1),
-        p90_ms=round(w["p90_ms"], 1),
-        p99_ms=round(w["p99_ms"], 1),
-        rejected_p50_ms=round(float(np.median(refusals)), 1) if refusals else 0.0,
-        rejected_p99_ms=round(float(np.percentile(refusals, 99)), 1) if refusals else 0.0,
-        server_ms={"encode_ms": 0.0, "search_ms": 0.0, "rescore_ms": 0.0},
-        client="wrk+probe" if probe else "wrk",
-    )
-
-
-def _row(r: Result) -> str:
-    s = r.server_ms
-    return (
-        f"{r.scenario:9s} {r.client:9s} w={r.workers} c={r.concurrency:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  "
-        f"p90 {r.p90_ms:6.1f}  p99 {r.p99_ms:6.1f}  ok {r.ok}  429 {r.rejected} "
-        f"(p50 {r.rejected_p50_ms:.1f} / p99 {r.rejected_p99_ms:.1f} ms)  err {r.errors}  "
-        f"| server: encode {s['encode_ms']:.1f}  search {s['search_ms']:.1f}  "
-        f"rescore {s['rescore_ms']:.1f} ms"
-    )
 
 
 def _free_port() -> int:
