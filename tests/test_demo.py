@@ -31,7 +31,8 @@ def test_demo_numbers(full_demo):
     # a bag of words cannot bind colours to kinds: all 5 show red and a circle, 4 a red circle
     assert red["red_and_circle_in_top5"] == 5 and red["red_circles_in_top5"] >= 4
     # re-ranked by where the words are (one patch with both): all 5 are red circles
-    assert metrics["red_circle_bound"]["red_circles_in_top5"] == 5
+    bound = metrics["red_circle_bound"]
+    assert bound["red_circles_in_top5"] == 5 and bound["red_and_circle_lead_every_hit"]
     assert metrics["no_star"]["hits"] == 10 and metrics["no_star"]["with_star"] == 0
     words = metrics["shape_words"]
     assert set(words) == {"circle", "square", "triangle", "star", "heart"}
