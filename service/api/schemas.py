@@ -121,10 +121,10 @@ class SearchHit(BaseModel):
     other_matched_words: int = Field(0, description="Matched words not listed (matched_limit)")
     other_contribution: float = Field(0.0, description="Their summed contribution")
     bound_score: float | None = Field(
-        None, description="bind: the best patch's score for the whole query (else null)"
+        default=None, description="bind: the best patch's score for the whole query (else null)"
     )
     bound_patch: list[int] | None = Field(
-        None, description="bind: that patch's [row, column] in the image's patch grid"
+        default=None, description="bind: that patch's [row, column] in the image's patch grid"
     )
 
 
