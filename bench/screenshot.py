@@ -4,7 +4,8 @@
 
 Serves the demo's index with ``python -m service`` on a free loopback port, opens the UI in
 headless Chromium (Debian's ``chromium``; the DevTools client of ``tests/test_service_ui.py``),
-searches "a red circle", opens the first result and shows the heat map of ``--word`` (default
+searches "a red circle" with the *together* box ticked (``bind``; ``--no-bind``: without), opens
+the first result and shows the heat map of ``--word`` (default
 ``circle``), then saves a 1400 x 900 screenshot. Needs no network.
 """
 
@@ -33,6 +34,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "ui.png")
     ap.add_argument("--query", default="a red circle")
     ap.add_argument("--word", default="circle", help="the word whose heat map is shown")
+    ap.add_argument(
+        "--no-bind", action="store_true", help="leave the UI's 'together' box (bind) unticked"
+    )
     args = ap.parse_args()
     checkpoint = latest_checkpoint(args.workdir / "run")
     if checkpoint is None:
@@ -53,7 +57,7 @@ def main() -> int:
         try:
             wait_ready(url.rstrip("/"), server, log)
             browser = Browser(Path(tmp) / "profile")
-            shoot(browser, url, args.query, args.word, args.out)
+            shoot(browser, url, args.query, args.word, args.out, bind=not args.no_bind)
         finally:
             if browser is not None:
                 browser.close()
@@ -62,9 +66,10 @@ def main() -> int:
     return 0
 
 
-def shoot(b: Browser, url: str, query: str, word: str, out: Path) -> None:
+def shoot(b: Browser, url: str, query: str, word: str, out: Path, bind: bool = True) -> None:
     b.open_ui(url)
     b.js(f"document.getElementById('query').value = {json.dumps(query)}")
+    b.js(f"document.getElementById('bind').checked = {json.dumps(bind)}")
     b.js("document.getElementById('search-form').requestSubmit()")
     b.wait_for("document.querySelectorAll('#results .card').length")
     b.wait_for(
