@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     if scenario == "overload" and args.client == "wrk":
                         # 4x every worker's admission slots; a refused wrk connection backs off
                         # BACKOFF_MS (serve_wrk.lua) instead of re-sending at once, so the slots
-                        # stay full without a storm of 429s, and the probe overflows them
+                        # stay full with fewer instant re-sends, and the probe overflows them
                         concurrency = 4 * args.concurrency * workers
                     # warm-up (not measured): the first batches pay one-off costs
                     warm = captions(4 * concurrency, seed=1000 + n)

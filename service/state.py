@@ -65,14 +65,13 @@ class ServiceState:
     async def start(self) -> None:
         """Load and check what is missing, then serve; may run again after :meth:`stop`."""
         s = self.settings
-        nice = (lower_priority, (s.worker_nice,))
+        nice = (s.worker_nice,)  # both pools' threads run below the event loop
         self.model_executor = ThreadPoolExecutor(
-            1, thread_name_prefix="lexvla-model", initializer=nice[0], initargs=nice[1]
+            1, "lexvla-model", initializer=lower_priority, initargs=nice
         )
         self.search_executor = ThreadPoolExecutor(
-            s.search_threads, thread_name_prefix="lexvla-search", initializer=nice[0],
-            initargs=nice[1],
-        )  # fmt: skip
+            s.search_threads, "lexvla-search", initializer=lower_priority, initargs=nice
+        )
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
         sys.setswitchinterval(s.gil_switch_ms / 1e3)  # process-wide: the event loop's latency
@@ -165,7 +164,7 @@ def load_model(settings: Settings) -> LexicalModel:
 
 def lower_priority(increment: int) -> None:
     """Lower this thread's CPU priority by ``increment`` nice levels (Linux: nice is per thread;
-    threads it starts, such as the engine's and torch's pools, inherit it). On a busy machine
+    threads it starts, such as the compact engine's pool, inherit it). On a busy machine
     the event loop thread, left at the process's priority, then gets a core back within a
     scheduler slice even while every search and model thread is runnable, so 429s, health
     checks and finished answers are not queued behind them."""

@@ -158,7 +158,10 @@ def test_temporary_shard_copies_are_removed_and_saved_ones_kept(data, tmp_path, 
     ids, rows, _ = data
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    scratch = lambda: sorted(p.name for p in (tmp_path / "tmp").iterdir())  # noqa: E731
+
+    def scratch() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "tmp").iterdir())
+
     built = QdrantIndex.create(V, HASH)  # no workdir: a temporary shard
     built.add(ids[:50], rows[:50])
     assert len(scratch()) == 1

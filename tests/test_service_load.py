@@ -316,7 +316,7 @@ def test_search_and_model_threads_run_below_the_event_loop(tiny_model, service_s
         with TestClient(app) as client:
             assert client.get("/readyz").status_code == 200
             state = app.state.service
-            loop_nice = client.portal.call(lambda: asyncio.sleep(0, nice()))
+            loop_nice = client.portal.call(nice)  # a plain function runs in the loop's thread
             search = state.search_executor.submit(nice).result()
             model = state.model_executor.submit(nice).result()
             child = state.search_executor.submit(nice_of_a_thread_started_here).result()

@@ -1,7 +1,7 @@
 """The web UI in headless Chromium, driven over the DevTools protocol against a live server.
 
-Skipped where Debian's ``chromium`` is not installed (``apt-get install chromium``). Set
-``LEXVLA_UI_SCREENSHOT=docs/ui.png`` to also keep the screenshot (the README's picture).
+Skipped where Debian's ``chromium`` is not installed (``apt-get install chromium``). The
+README's picture is made from the demo by ``bench/screenshot.py``, with this module's client.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import base64
 import io
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -165,9 +164,6 @@ def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_serve
     shot = b.screenshot()
     _not_blank(shot)
     assert shot.size == (1400, 900)
-    keep = os.environ.get("LEXVLA_UI_SCREENSHOT")
-    if keep:
-        shot.save(keep)
 
     # search by uploading an image
     b.js("document.getElementById('close').click()")
@@ -197,8 +193,6 @@ def test_filter_chips_switch_filters_off_and_on(browser, live_server):
     filtered = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
     b.js(f"{chip}.click()")  # off: the query loses -word, the chip stays, struck through
     b.wait_for(f"{chip} && {chip}.classList.contains('off')")
-    if os.environ.get("LEXVLA_UI_FILTER_SCREENSHOT"):
-        b.screenshot().save(os.environ["LEXVLA_UI_FILTER_SCREENSHOT"])
     assert b.js("document.getElementById('query').value") == "a red circle"
     assert f"-{word}" in b.js("decodeURIComponent(location.hash)")  # kept as off=...
     b.wait_for(f"document.querySelectorAll('#results .card').length === {len(hits[:12])}")
@@ -213,12 +207,10 @@ def test_together_checkbox_sends_bind_and_shows_where(browser, live_server):
     """The "together" box re-ranks by where the words are (``bind``): the cards follow the API's
     bound order and say how strongly the words meet; the choice lives in the URL."""
     b = browser
-    b.call("Page.enable")
     bound = httpx.post(
         live_server.url + "/search", json={"query": "a red circle", "top_k": 12, "bind": True}
     ).json()["hits"]
-    b.call("Page.navigate", url=live_server.url + "/#q=a+red+circle&bind=1")
-    b.wait_for("document.body && document.body.dataset.ready === 'true'")
+    b.open_ui(live_server.url + "/#q=a+red+circle&bind=1")
     b.wait_for(f"document.querySelectorAll('#results .card').length === {len(bound)}")
     assert b.js("document.getElementById('bind').checked") is True
     cards = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")

@@ -35,11 +35,10 @@ def bound_score(grid: PatchGrid, query: sp.csr_matrix) -> tuple[float, int]:
     """(bound score, index of the best patch) of one image's patch vectors for a 1 x V query."""
     weights = np.asarray(query.data, dtype=np.float32)
     per_patch = grid.vectors[:, query.indices].astype(np.float32) @ weights
-    pooled = float(np.linalg.norm(grid.vectors.max(axis=0).astype(np.float32)))
     best = int(np.argmax(per_patch)) if len(per_patch) else 0
-    if pooled <= 0 or not len(per_patch):
+    if grid.pooled_norm <= 0 or not len(per_patch):
         return 0.0, best
-    return float(per_patch[best]) / pooled, best
+    return float(per_patch[best]) / grid.pooled_norm, best
 
 
 async def bind(

@@ -11,6 +11,7 @@ PNGs the UI then fetches, cost one model call. Concurrent requests for the same 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class PatchGrid:
     grid_size: int
     source: PatchSource
     image: Any  # the decoded RGB image (heat maps are drawn over it)
+    pooled_norm: float  # ||max over patches||: the image vector's scale before normalising
     ms: float = 0.0  # time it took to compute (0 when it came from the cache)
 
     def word(self, index: int) -> np.ndarray:
@@ -71,7 +73,7 @@ class PatchMaps:
         cached = self.cache.get(key)
         self.metrics.cache_lookup("patches", cached is not None)
         if cached is not None:
-            return PatchGrid(cached.vectors, cached.grid_size, cached.source, cached.image)
+            return dataclasses.replace(cached, ms=0.0)
         future = self._pending.get(key)
         if future is None:
             future = asyncio.ensure_future(self._compute(store, image_id))
@@ -89,11 +91,14 @@ class PatchMaps:
                 load_rgb, store, image_id, self.max_pixels, size
             )
             loop = asyncio.get_running_loop()
-            vectors = await loop.run_in_executor(self.executor, self._patch_vectors, image)
+            vectors, pooled_norm = await loop.run_in_executor(
+                self.executor, self._patch_vectors, image
+            )
         ms = (time.perf_counter() - start) * 1e3
-        return PatchGrid(vectors, int(self.model.grid_size), source, image, ms)
+        return PatchGrid(vectors, int(self.model.grid_size), source, image, pooled_norm, ms)
 
-    def _patch_vectors(self, image: Any) -> np.ndarray:
+    def _patch_vectors(self, image: Any) -> tuple[np.ndarray, float]:
+        """Model thread: the (L, V) float16 patch vectors and the norm of their maximum."""
         pixels = self.model.preprocess([image])
-        out = self.model.patch_vectors(pixels)[0]
-        return out.float().cpu().numpy().astype(np.float16)
+        out = self.model.patch_vectors(pixels)[0].float()
+        return out.cpu().numpy().astype(np.float16), float(out.max(dim=0).values.norm())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import scipy.sparse as sp
 
@@ -230,15 +230,15 @@ class SearchPipeline:
         start: float,
         bind: bool = False,
     ) -> SearchResponse:
-        shown = page
-        if bind:  # the lexical candidates first, the page after re-ranking them
+        fetch = page  # what the index is asked for: the page, or bind's lexical candidates
+        if bind:
             if self.store is None:
                 raise InvalidInput(
                     "bind needs the indexed images (LEXVLA_STORE) to read their patch vectors",
                     loc=["body", "bind"],
                 )
             wanted = max(page.offset + page.top_k, self.settings.bind_candidates)
-            page = Page(wanted, 0, page.min_score, page.matched_limit, page.query_words_limit)
+            fetch = replace(page, top_k=wanted, offset=0)
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(
             self.search_executor,
@@ -247,10 +247,10 @@ class SearchPipeline:
                 self.score_store,
                 self.vocabulary,
                 q.row,
-                top_k=page.top_k,
-                offset=page.offset,
-                min_score=page.min_score,
-                matched_limit=page.matched_limit,
+                top_k=fetch.top_k,
+                offset=fetch.offset,
+                min_score=fetch.min_score,
+                matched_limit=fetch.matched_limit,
                 rescore_factor=self.settings.rescore_factor,
                 filters=q.filters,
             ),
@@ -259,7 +259,7 @@ class SearchPipeline:
         self.metrics.stage_seconds.labels("rescore").observe(outcome.rescore_ms / 1e3)
         hits = [
             SearchHit(
-                rank=page.offset + n + 1,
+                rank=fetch.offset + n + 1,
                 id=h.id,
                 score=h.score,
                 image_url=image_url(h.id),
@@ -271,8 +271,7 @@ class SearchPipeline:
             for n, h in enumerate(outcome.hits)
         ]
         if bind:
-            hits = await binding.bind(self.patches, q.row, hits, shown.offset, shown.top_k)
-            page = shown
+            hits = await binding.bind(self.patches, q.row, hits, page.offset, page.top_k)
         timings = SearchTimings(
             encode_ms=q.encode_ms,
             search_ms=outcome.search_ms,
