@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -100,6 +101,7 @@ class ServiceState:
         if s.warmup:
             await self.warm_up()
         self.warmed_up = True
+        freeze_heap(s.gc_freeze)
         log.info(
             "serving index %s (%s engine, %d images) with %s",
             handle.version,
@@ -121,6 +123,8 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.warmed_up = False
+        if self.settings.gc_freeze:
+            gc.unfreeze()  # what the service held may be collected again
         if self.pipeline is not None:
             await self.pipeline.batcher.stop()
         for executor in (self.model_executor, self.search_executor):
@@ -136,6 +140,7 @@ class ServiceState:
         assert self.holder is not None and self.model is not None
         previous = self.holder.current
         current = await self.holder.reload(self.model.vocabulary.hash, version)
+        freeze_heap(self.settings.gc_freeze)  # the new version's objects; the old one's freed
         images = await asyncio.to_thread(current.count)
         self.metrics.index_images.set(images)
         self.metrics.index_reloads.inc()
@@ -160,6 +165,30 @@ def load_model(settings: Settings) -> LexicalModel:
         sizes = sorted({1, settings.batch_size})
         model.text.enable_static_queries(sizes).warm_up()  # captured once, before serving
     return model
+
+
+def freeze_heap(enabled: bool) -> None:
+    """Collect once, then move every surviving object into the permanent generation.
+
+    Python's full (generation 2) collection walks every tracked object. With a model, its
+    tokenizer and an index loaded that is millions of objects, and each full collection, which
+    the allocations of ordinary requests trigger every few seconds under load, held the GIL
+    for 100-300 ms (measured at 1M images): every request in flight, 429s included, waited
+    that long. Frozen objects are still freed by reference counting; only reference cycles among
+    them wait for :func:`gc.unfreeze`, which runs at stop, and before each re-freeze after an
+    index swap so that the old version's cycles are collected.
+    """
+    if not enabled:
+        return
+    start = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "froze %d objects in %.0f ms (gc.freeze)",
+        gc.get_freeze_count(),
+        (time.perf_counter() - start) * 1e3,
+    )
 
 
 def lower_priority(increment: int) -> None:

@@ -106,3 +106,27 @@ def test_start_sets_the_gil_switch_interval_and_settings_travel_to_workers(
     for key, value in settings_environment(custom).items():
         monkeypatch.setenv(key, value)
     assert Settings() == custom and Settings().api_key.get_secret_value() == "secret"
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_serving_freezes_the_loaded_heap_out_of_full_collections(
+    tiny_model, service_settings, freeze
+):
+    """With gc_freeze the objects loaded before serving (model, index) are in the permanent
+    generation, so a full collection does not walk them; stopping hands them back."""
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    gc.unfreeze()
+    settings = service_settings.model_copy(update={"gc_freeze": freeze})
+    with TestClient(create_app(settings, model=tiny_model)) as client:
+        assert client.get("/readyz").json()["ready"]
+        frozen = gc.get_freeze_count()
+        assert (frozen > 10_000) if freeze else frozen == 0  # the torch model alone is more
+        walked = any(o is tiny_model for o in gc.get_objects())
+        assert walked is not freeze  # full collections skip the model only when frozen
+    assert gc.get_freeze_count() == 0
+    assert any(o is tiny_model for o in gc.get_objects())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import threading
 import time
@@ -272,6 +273,8 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
         state.pipeline.batcher.encode_batch = encode
 
         assert swap.status_code == 200, swap.text
+        # the new version was frozen out of full collections too (settings.gc_freeze)
+        assert not any(o is state.holder.current for o in gc.get_objects())
         assert swap.json() == {
             "previous": "v0001", "current": "v0002", "engine": "compact",
             "images": len(service_corpus.ids) + 2,
