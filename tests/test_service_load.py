@@ -325,3 +325,43 @@ def test_search_and_model_threads_run_below_the_event_loop(tiny_model, service_s
             child = state.search_executor.submit(nice_of_a_thread_started_here).result()
         expected = min(19, loop_nice + increment)
         assert (search, model, child) == (expected, expected, expected), increment
+
+
+def test_the_app_sheds_outside_its_middleware_and_records_its_429s(tiny_model, service_settings):
+    """The limit is the outermost layer of the app (service.main.SheddingApp): with its one
+    slot taken, a search is refused at once; health stays served; the 429 is counted and timed
+    in the request metrics, and the slot comes back."""
+    from fastapi.testclient import TestClient
+
+    from service.core.middleware import ConcurrencyLimitMiddleware
+    from service.main import create_app
+
+    settings = service_settings.model_copy(update={"max_concurrency": 1, "retry_after_s": 2})
+    app = create_app(settings, model=tiny_model)
+    with TestClient(app) as client:
+        assert isinstance(app.middleware_stack, ConcurrencyLimitMiddleware)
+        state = app.state.service
+        release, entered = threading.Event(), threading.Event()
+        encode = state.pipeline.batcher.encode_batch
+
+        def held_encode(texts):
+            entered.set()
+            release.wait(10)
+            return encode(texts)
+
+        state.pipeline.batcher.encode_batch = held_encode
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/search", json={"query": "a red circle"})
+            assert entered.wait(10)
+            refused = client.post("/search", json={"query": "a blue square"})
+            health = client.get("/healthz")
+            release.set()
+            held = pending.result(timeout=30)
+        state.pipeline.batcher.encode_batch = encode
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+        assert "limit 1" in refused.json()["detail"]
+        assert health.status_code == 200 and held.status_code == 200
+        text = client.get("/metrics").text
+        assert "lexvla_rejected_total 1.0" in text
+        assert 'seconds_count{method="POST",route="unmatched",status="429"} 1.0' in text
+        assert client.post("/search", json={"query": "a blue square"}).status_code == 200

@@ -4,7 +4,8 @@ Load shedding. A service that queues without bound answers every request late on
 behind, then falls over; clip-retrieval's public back end did at ~10 QPS. Here at most
 ``max_concurrency`` requests are served at once; the next one is answered 429 at once with a
 ``Retry-After`` header, and costs nothing. Health, readiness and metrics are never shed, so
-monitoring keeps working under overload.
+monitoring keeps working under overload. The app places it outside every other layer
+(``service.main.SheddingApp``), so it records its own 429s in the request metrics.
 
 Body limits. A ``Content-Length`` over the limit is refused before the body is read; a chunked
 body is counted as it streams and refused when it passes the limit (the HTTPException raised
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,19 +43,14 @@ class ConcurrencyLimitMiddleware:
         self.retry_after_s = retry_after_s
         self.metrics = metrics
         self.in_flight = 0
+        self._shed_seconds: dict[str, Any] = {}  # per method: the 429s' histogram child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            self.metrics.rejected.inc()
-            detail = (
-                f"server busy: {self.in_flight} requests in flight (limit {self.limit}, "
-                f"LEXVLA_MAX_CONCURRENCY); retry after {self.retry_after_s} s"
-            )
-            headers = {"retry-after": str(self.retry_after_s)}
-            await _send_json(send, 429, {"detail": detail, "errors": []}, headers)
+            await self._refuse(scope, send)
             return
         self.in_flight += 1
         self.metrics.in_flight.inc()
@@ -78,6 +75,23 @@ class ConcurrencyLimitMiddleware:
             await self.app(scope, receive, send_and_release)
         finally:
             release()
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        start = time.perf_counter()
+        self.metrics.rejected.inc()
+        detail = (
+            f"server busy: {self.in_flight} requests in flight (limit {self.limit}, "
+            f"LEXVLA_MAX_CONCURRENCY); retry after {self.retry_after_s} s"
+        )
+        headers = {"retry-after": str(self.retry_after_s)}
+        await _send_json(send, 429, {"detail": detail, "errors": []}, headers)
+        method = scope["method"]
+        child = self._shed_seconds.get(method)
+        if child is None:  # labels() costs a few microseconds: looked up once per method
+            child = self._shed_seconds[method] = self.metrics.request_seconds.labels(
+                method, "unmatched", "429"
+            )
+        child.observe(time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:
