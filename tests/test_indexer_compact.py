@@ -78,23 +78,55 @@ def test_block_layout_matches_its_rows():
     ids = encode_ids([str(i) for i in range(300)])
     block = Block.build(ids, rows.indptr, rows.indices, codes, V, has_matrix(rows))
     dense = rows.toarray()
-    start = 0
     for w in range(V):
-        last_code = 256
+        last_code, ids_of_word = 256, []
         for s in range(block.word_seg[w], block.word_seg[w + 1]):
-            end = int(block.seg_end[s])
-            docs, code = block.post[start:end], int(block.seg_code[s])
-            assert code < last_code and np.all(np.diff(docs.astype(int)) > 0)
-            assert np.all(dense[docs, w] == code)
-            last_code, start = code, end
-        assert sorted(np.flatnonzero(dense[:, w])) == sorted(
-            block.post[block.seg_end[block.word_seg[w] - 1] if block.word_seg[w] else 0 : start]
-        )
+            docs, code = block.segment(s), int(block.seg_code[s])
+            assert code < last_code and np.all(np.diff(docs) > 0)
+            assert np.all(dense[docs, w] == code) and len(docs) == block.seg_count[s] + 1
+            last_code = code
+            ids_of_word += docs.tolist()
+        assert sorted(np.flatnonzero(dense[:, w])) == sorted(ids_of_word)
+    assert block.postings == rows.nnz
     indptr, words, back = block.decode(np.array([5, 0, 299]))
     for n, r in enumerate([5, 0, 299]):
         a, b = indptr[n], indptr[n + 1]
         np.testing.assert_array_equal(words[a:b], rows[r].indices)
         np.testing.assert_array_equal(back[a:b], codes[rows.indptr[r] : rows.indptr[r + 1]])
+
+
+def test_segments_take_the_smaller_encoding_and_gaps_escape():
+    """Dense segments are byte gaps (with the 0 escape for a gap over 255), sparse ones 16-bit
+    ids at an even offset; both decode to their ids and the scorer reads both alike."""
+    n = 4000
+    dense = np.zeros((n, 3), dtype=np.float32)
+    dense[:, 0] = 9  # every row: gaps of 1
+    dense[np.r_[0:1000, 1599:4000], 1] = 5  # gaps of 1, one jump of 600 (an escape)
+    dense[::400, 2] = 3  # gaps of 400: 16-bit ids
+    rows = sp.csr_matrix(dense)
+    block = Block.build(
+        encode_ids([str(i) for i in range(n)]), rows.indptr, rows.indices,
+        rows.data.astype(np.uint8), 3, has_matrix(rows),
+    )  # fmt: skip
+    kinds = (block.seg_end & kernels.DELTA) != 0
+    np.testing.assert_array_equal(kinds, [True, True, False])
+    assert block.post.nbytes < 2 * block.postings * 0.6  # vs 2 bytes per 16-bit id
+    ends = (block.seg_end & kernels.END_MASK).astype(np.int64)
+    escape = block.post[ends[0] : ends[1]]
+    assert (escape == 0).sum() == 1  # the jump from row 999 to 1599
+    assert ends[1] % 2 == 1 and ends[2] % 2 == 0  # the 16-bit segment was padded to even
+    for w in range(3):
+        np.testing.assert_array_equal(block.segment(w), np.flatnonzero(dense[:, w]))
+    index = CompactIndex.create(3, pruning=None)
+    index.add([f"r{i}" for i in range(n)], rows)
+    weights = np.array([[0.5, 0.25, 1.0]], dtype=np.float32)
+    hits = index.search(sp.csr_matrix(weights), 5)
+    truth = (dense @ weights.T).ravel()
+    assert [h[0] for h in hits] == [f"r{i}" for i in (0, 400, 800, 1600, 2000)]
+    bound = index.error_bound(sp.csr_matrix(weights))
+    assert all(abs(score - truth[0]) <= bound for _, score in hits)
+    second = index.search(sp.csr_matrix(np.array([[0.0, 1.0, 0.0]], dtype=np.float32)), 4000)
+    assert sorted(int(h[0][1:]) for h in second) == np.flatnonzero(dense[:, 1]).tolist()
 
 
 def test_forward_gaps_escape_large_jumps():
@@ -210,6 +242,18 @@ def test_save_open_mmap_and_versions_share_blocks(tmp_path, corpus, pair):
     reopened = open_index(tmp_path / "index")
     assert reopened.count() == len(ids) - 1
     assert json.loads((second / "index.json").read_text())["deleted"] == 1
+
+
+def test_an_index_of_another_block_layout_is_refused(tmp_path, corpus):
+    ids, rows, _ = corpus
+    index = CompactIndex.create(V)
+    index.add(ids[:100], rows[:100])
+    manifest = publish(index, tmp_path / "index") / "index.json"
+    meta = json.loads(manifest.read_text())
+    del meta["params"]["layout"]  # as written before byte-gap segments
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"block layout 1.*lexvla index reindex"):
+        open_index(tmp_path / "index")
 
 
 def test_two_processes_share_one_mapped_index(tmp_path, corpus, pair):

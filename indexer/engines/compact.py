@@ -45,6 +45,7 @@ from indexer import filters as wf
 from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows, link_tree
 from indexer.engines.compact_block import (
+    LAYOUT,
     MAX_ROWS,
     Block,
     balanced_block_rows,
@@ -304,7 +305,7 @@ class CompactIndex:
         snap = self._snap
         counts = snap.counts.copy()
         for block, _, _ in new:
-            kernels.add_segment_counts(block.seg_code, block.seg_end, block.word_seg, counts, 1)
+            kernels.add_segment_counts(block.seg_code, block.seg_count, block.word_seg, counts, 1)
         self._snap = Snapshot(
             snap.blocks + [b for b, _, _ in new],
             np.concatenate([snap.scales, [s for _, s, _ in new]]),
@@ -346,6 +347,7 @@ class CompactIndex:
             "pruning": asdict(self.pruning) if self.pruning else None,
             "block_rows": self.block_rows,
             "rule": wf.RULE,  # the word filters' rule the blocks' strong words were taken with
+            "layout": LAYOUT,  # the blocks' file layout (compact_block.LAYOUT)
             "blocks": entries,
         }
         self.manifest.save(path)
@@ -361,6 +363,12 @@ class CompactIndex:
         if manifest.engine != ENGINE:
             raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
         wf.check_rule(manifest.params, f"the compact index at {path}")
+        layout = manifest.params.get("layout", 1)
+        if layout != LAYOUT:
+            raise ValueError(
+                f"the compact index at {path} has block layout {layout}, this code reads layout "
+                f"{LAYOUT}; rebuild the index from the store (`lexvla index reindex`)"
+            )
         saved = manifest.params.get("pruning")
         index = cls(
             manifest, ImpactPruning(**saved) if saved else None,

@@ -225,7 +225,8 @@ class Scorer:
         for b in group:
             block = snap.blocks[b]
             size = kernels.score_block(
-                block.post, block.seg_code, block.seg_end, block.word_seg, values[b], words,
+                block.post, block.post16, block.seg_code, block.seg_end, block.word_seg, values[b],
+                words,
                 weights, min_codes[b], snap.live[b], b << 16, acc, heap_s, heap_d, size,
             )  # fmt: skip
         return heap_s[:size], heap_d[:size]
