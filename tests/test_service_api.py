@@ -284,6 +284,42 @@ def test_bind_reranks_the_candidates_by_their_best_patch(client, tiny_model, ser
     assert all(h["bound_score"] is None for h in plain["hits"])
 
 
+def test_bind_keeps_bound_scores_not_grids_and_leaves_the_heat_maps_cached(service_app, client):
+    """A repeated bound search costs no encoder pass (its bound scores are cached per image and
+    query), and its candidates do not evict the patch vectors an explanation cached."""
+    pipeline = service_app.state.service.pipeline
+    calls = []
+    compute = pipeline.patches._patch_vectors
+
+    def counted(image):
+        calls.append(1)
+        return compute(image)
+
+    pipeline.patches._patch_vectors = counted
+    try:
+        pipeline.patches.cache.clear()
+        pipeline.binder.cache.clear()
+        explained = client.post(
+            "/explain", json={"query": "a red circle", "image_id": "red-circle.png"}
+        )
+        assert explained.status_code == 200 and len(calls) == 1
+        kept = set(pipeline.patches.cache._items)
+        body = {"query": "blue square", "mode": "words", "bind": True}
+        first = _search(client, **body, top_k=5)
+        computed = len(calls)
+        assert computed > 1 and set(pipeline.patches.cache._items) == kept  # nothing evicted
+        again = _search(client, **body, offset=2, top_k=3)
+        assert len(calls) == computed  # every candidate's bound score came from the cache
+        assert [h["id"] for h in again["hits"]] == [h["id"] for h in first["hits"]][2:5]
+        assert [h["bound_score"] for h in again["hits"]] == [
+            h["bound_score"] for h in first["hits"]
+        ][2:5]
+        heat = client.get("/explain/red-circle.png/heatmap.png", params={"word": "red"})
+        assert heat.status_code == 200 and len(calls) == computed  # still cached
+    finally:
+        pipeline.patches._patch_vectors = compute
+
+
 def test_bind_without_the_images_is_a_clear_error(tiny_model, service_settings):
     from fastapi.testclient import TestClient
 

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         le=200,
         description="lexical hits a 'bind' search re-ranks by where their words are",
     )
+    bind_cache_size: int = Field(
+        default=4096,
+        ge=0,
+        description="bound scores kept (one per image and query, for bind's re-ranking)",
+    )
     rescore_factor: int = Field(
         default=4, ge=1, description="candidates per hit for approximate engines"
     )

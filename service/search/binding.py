@@ -16,8 +16,11 @@ keeps its lexical ``score`` (still the sum of its word contributions) and report
 ``bound_score`` and the patch (row, column) where the query's words meet.
 
 Ours, not the paper's: a re-ranking over the model's own patch vectors, measured on the demo
-(docs/lab-notes.md). It costs one image-encoder pass per candidate that is not in the patch
-cache (``LEXVLA_PATCH_CACHE_SIZE``), so it is off by default.
+(docs/lab-notes.md). It costs one image-encoder pass per candidate, so it is off by default. The
+bound scores are kept per (image, query) (``LEXVLA_BIND_CACHE_SIZE``: a few numbers each, where
+the patch vectors are megabytes), so paging through or repeating a bound search costs no encoder
+pass; the candidates' patch vectors are read through the patch cache without being added to it,
+so a bound search does not evict the heat maps of ``/explain``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from service.api.schemas import SearchHit
+from service.core.lru import LRUCache
+from service.core.metrics import Metrics
 from service.search.patches import PatchGrid, PatchMaps
 
 
@@ -41,20 +46,43 @@ def bound_score(grid: PatchGrid, query: sp.csr_matrix) -> tuple[float, int]:
     return float(per_patch[best]) / grid.pooled_norm, best
 
 
-async def bind(
-    patches: PatchMaps, query: sp.csr_matrix, hits: list[SearchHit], offset: int, top_k: int
-) -> list[SearchHit]:
-    """``hits`` (the lexical top candidates, best first) ordered by the mean of the lexical and
-    the bound score (ties: lexical order), cut to ``offset:offset + top_k``, ranks renumbered."""
-    grids = await asyncio.gather(*(patches.get(h.id) for h in hits))
-    scored = []
-    for n, (hit, grid) in enumerate(zip(hits, grids, strict=True)):
-        bound, patch = bound_score(grid, query)
-        row, column = divmod(patch, grid.grid_size)
-        scored.append((-(hit.score + bound) / 2, n, hit, bound, [row, column]))
-    scored.sort(key=lambda t: (t[0], t[1]))
-    page = scored[offset : offset + top_k]
-    return [
-        hit.model_copy(update={"rank": offset + i + 1, "bound_score": bound, "bound_patch": where})
-        for i, (_, _, hit, bound, where) in enumerate(page)
-    ]
+class Binder:
+    """Bound scores of images for queries, computed from their patch vectors and cached."""
+
+    def __init__(self, patches: PatchMaps, metrics: Metrics, cache_size: int = 4096):
+        self.patches = patches
+        self.metrics = metrics
+        self.cache: LRUCache[tuple[float, list[int]]] = LRUCache(cache_size)
+
+    async def bound(self, image_id: str, query: sp.csr_matrix) -> tuple[float, list[int]]:
+        """(bound score, [row, column] of the best patch) of one stored image for a query."""
+        key = (*self.patches.key(image_id), query.indices.tobytes(), query.data.tobytes())
+        cached = self.cache.get(key)
+        self.metrics.cache_lookup("bound", cached is not None)
+        if cached is not None:
+            return cached
+        grid = await self.patches.get(image_id, keep=False)
+        score, patch = bound_score(grid, query)
+        found = (score, list(divmod(patch, grid.grid_size)))
+        self.cache.put(key, found)
+        return found
+
+    async def bind(
+        self, query: sp.csr_matrix, hits: list[SearchHit], offset: int, top_k: int
+    ) -> list[SearchHit]:
+        """``hits`` (the lexical top candidates, best first) ordered by the mean of the lexical
+        and the bound score (ties: lexical order), cut to ``offset:offset + top_k``, ranks
+        renumbered."""
+        bounds = await asyncio.gather(*(self.bound(h.id, query) for h in hits))
+        scored = [
+            (-(hit.score + bound) / 2, n, hit, bound, where)
+            for n, (hit, (bound, where)) in enumerate(zip(hits, bounds, strict=True))
+        ]
+        scored.sort(key=lambda t: (t[0], t[1]))
+        page = scored[offset : offset + top_k]
+        return [
+            hit.model_copy(
+                update={"rank": offset + i + 1, "bound_score": bound, "bound_patch": where}
+            )
+            for i, (_, _, hit, bound, where) in enumerate(page)
+        ]

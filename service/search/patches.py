@@ -62,14 +62,21 @@ class PatchMaps:
         self.cache: LRUCache[PatchGrid] = LRUCache(cache_size)
         self._pending: dict[tuple[str, str], asyncio.Future[PatchGrid]] = {}
 
-    async def get(self, image_id: str) -> PatchGrid:
-        """Patch vectors of a stored image (NotFound if the image or the store is missing)."""
+    def key(self, image_id: str) -> tuple[str, str]:
+        """(id, content hash) of a stored image: what cached results of its patches are keyed by
+        (NotFound if the image or the store is missing)."""
         store = require_store(self.store, "a heat map")
         try:
-            sha = store.metadata(image_id).sha256
+            return image_id, store.metadata(image_id).sha256
         except KeyError:
             raise NotFound(f"no image {image_id!r} in the corpus store") from None
-        key = (image_id, sha)
+
+    async def get(self, image_id: str, keep: bool = True) -> PatchGrid:
+        """Patch vectors of a stored image (NotFound if the image or the store is missing).
+        ``keep=False`` uses the cache but does not add to it: a caller that needs many images
+        once (bind's candidates) must not evict the heat maps an explanation is drawing."""
+        key = self.key(image_id)
+        store = require_store(self.store, "a heat map")
         cached = self.cache.get(key)
         self.metrics.cache_lookup("patches", cached is not None)
         if cached is not None:
@@ -80,7 +87,8 @@ class PatchMaps:
             self._pending[key] = future
             future.add_done_callback(lambda _: self._pending.pop(key, None))
         grid = await asyncio.shield(future)
-        self.cache.put(key, grid)
+        if keep:
+            self.cache.put(key, grid)
         return grid
 
     async def _compute(self, store: CorpusStore, image_id: str) -> PatchGrid:

@@ -114,6 +114,7 @@ class SearchPipeline:
             settings.patch_cache_size,
             settings.max_image_pixels,
         )
+        self.binder = binding.Binder(self.patches, metrics, settings.bind_cache_size)
 
     # --- query vectors ------------------------------------------------------------------------
     async def query_vector(
@@ -271,7 +272,7 @@ class SearchPipeline:
             for n, h in enumerate(outcome.hits)
         ]
         if bind:
-            hits = await binding.bind(self.patches, q.row, hits, page.offset, page.top_k)
+            hits = await self.binder.bind(q.row, hits, page.offset, page.top_k)
         timings = SearchTimings(
             encode_ms=q.encode_ms,
             search_ms=outcome.search_ms,
