@@ -244,6 +244,50 @@ def test_save_open_mmap_and_versions_share_blocks(tmp_path, corpus, pair):
     assert json.loads((second / "index.json").read_text())["deleted"] == 1
 
 
+def test_merge_groups_take_runs_of_small_blocks_that_fit():
+    from indexer.engines.compact_merge import merge_groups
+
+    assert merge_groups([100, 200, 3000, 400, 0, 900, 1200, 1000], 2500) == [[0, 1], [3, 4, 5, 6]]
+    assert merge_groups([2500, 2500, 1000], 2500) == []  # one small block: nothing to merge
+
+
+def test_publishing_merges_small_blocks_and_search_stays_within_the_bound(tmp_path, corpus):
+    """Incremental adds leave small blocks; publishing merges them (deleted rows dropped) and
+    the merged index answers as the unmerged one did, within the quantisation bound."""
+    from indexer import filters as wf
+
+    ids, rows, queries = corpus
+    index = CompactIndex.create(V, pruning=None)
+    index.block_rows = 2500
+    for start in range(0, 3000, 300):  # ten adds of 300 images: ten small blocks
+        index.add(ids[start : start + 300], rows[start : start + 300])
+        index.build()
+    assert len(index._snap.blocks) == 10
+    assert index.delete(ids[10:20] + ids[600:900]) == 310  # one block left with no live image
+    before = [index.search(queries[n], 10) for n in range(20)]
+    having = wf.WordFilter(require=[int(rows[0].indices[np.argmax(rows[0].data)])])
+    filtered = index.search(queries[0], 50, filters=having)
+    opened = open_index(publish(index, tmp_path / "index"))
+    assert opened.count() == 3000 - 310
+    # blocks 0-8 (2,390 live rows) fill one block, in order, dead rows dropped; 9 did not fit
+    assert [b.rows for b in opened._snap.blocks] == [2390, 300]
+    exact = rows.toarray().astype(np.float64)
+    for n in range(20):
+        after = opened.search(queries[n], 10)
+        bound = opened.error_bound(queries[n])
+        scores = exact @ queries[n].toarray().ravel()
+        for image_id, score in after:
+            assert abs(score - scores[ids.index(image_id)]) <= bound
+        overlap = {i for i, _ in after} & {i for i, _ in before[n]}
+        assert len(overlap) >= 9
+    assert {i for i, _ in opened.search(queries[0], 50, filters=having)} == {i for i, _ in filtered}
+    with pytest.raises(KeyError):
+        opened.vectors_of([ids[650]])
+    np.testing.assert_allclose(
+        opened.vectors_of([ids[2000]]).toarray(), rows[2000].toarray(), atol=max(opened._errors)
+    )
+
+
 def test_an_index_of_another_block_layout_is_refused(tmp_path, corpus):
     ids, rows, _ = corpus
     index = CompactIndex.create(V)

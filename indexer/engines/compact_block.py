@@ -222,14 +222,19 @@ class Block:
 
 
 def quantised_block(
-    ids: Sequence[str], rows: sp.csr_matrix, vocabulary_size: int
+    ids: Sequence[str],
+    rows: sp.csr_matrix,
+    vocabulary_size: int,
+    has: sp.csr_matrix | None = None,
 ) -> tuple[Block, float, float]:
     """A block of float rows (word ids sorted within a row), quantised with the scale of the
-    engine's docstring: (the block, its scale, its largest |weight - dequantised weight|)."""
+    engine's docstring: (the block, its scale, its largest |weight - dequantised weight|).
+    ``has`` (rows x words) gives the words each row has; by default they come from ``rows``."""
     top = float(rows.data.max()) if rows.nnz else 0.0
     scale = top / (kernels.CODES - 1) if top > 0 else 1.0
     indptr, words, codes, error = kernels.quantise_rows(
         rows.indptr.astype(np.int64), rows.indices, rows.data, scale
     )
-    block = Block.build(encode_ids(ids), indptr, words, codes, vocabulary_size, wf.has_matrix(rows))
+    strong = wf.has_matrix(rows) if has is None else has
+    block = Block.build(encode_ids(ids), indptr, words, codes, vocabulary_size, strong)
     return block, scale, float(error)
