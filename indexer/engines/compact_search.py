@@ -165,17 +165,17 @@ class Scorer:
         """(contribution threshold, heap capacity): threshold 0 is exact search."""
         if settings is None:
             return 0.0, need
-        counts = snap.counts[words]
-        total = int(counts.sum())
         candidates = settings.candidates_for(len(words), need)
-        budget = max(settings.min_postings, int(settings.budget * total))
         postings = sum(b.postings for b in snap.blocks)
         rows = sum(b.rows for b in snap.blocks)
         rescoring = candidates * RESCORE_COST * postings / max(rows, 1)
-        if budget + rescoring >= total:
-            return 0.0, need  # reading everything is as cheap: exact
         reference = np.arange(CODES, dtype=np.float64) * float(snap.scales.max())
-        threshold, _ = kernels.plan_threshold(counts, weights.astype(np.float64), reference, budget)
+        threshold, _, _ = kernels.plan_threshold(
+            snap.counts, words, weights.astype(np.float64), reference, settings.budget,
+            settings.min_postings, rescoring,
+        )  # fmt: skip
+        if threshold <= 0:
+            return 0.0, need  # reading everything is as cheap: exact
         return float(threshold), candidates
 
     def direct_limit(self, snap: Snapshot, words: np.ndarray) -> int:

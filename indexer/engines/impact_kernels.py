@@ -217,23 +217,31 @@ def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - com
 
 # --- searching --------------------------------------------------------------------------------
 @_jit
-def plan_threshold(query_counts, weights, values, budget):  # pragma: no cover - compiled
-    """The contribution threshold ``t`` at which about ``budget`` postings are read in all.
+def plan_threshold(counts, words, weights, values, share, least, extra):  # pragma: no cover
+    """The contribution threshold ``t`` at which about a ``share`` of the query's postings (at
+    least ``least``) are read in all; 0 (exact search) when the postings read would be all of
+    them, or, with ``extra`` (the cost of re-scoring, in postings) added, at least all of them.
 
-    Word ``i`` (weight ``weights[i]``) reads its postings whose ``weights[i] * values[code] >= t``;
-    ``query_counts[i, c]`` holds how many postings of code ``c`` it has. ``t`` is bisected in log
-    space until the postings read fit the budget. Returns (t, postings read at t); t = 0 when
-    everything fits.
+    Word ``words[i]`` (weight ``weights[i]``) reads its postings whose ``weights[i] *
+    values[code] >= t``; ``counts[w, c]`` holds how many postings of code ``c`` word ``w`` has
+    (read in place: the planning costs ~0.3 ms at 300 query words). ``t`` is bisected in log
+    space, 24 steps (a relative precision of ~1e-6 over the query's range of contributions).
+    Returns (t, postings read at t, postings of the query).
     """
-    m = len(weights)
-    suffix = np.zeros((m, CODES + 1), np.int64)  # postings of word i with code >= c
+    m = len(words)
+    suffix = np.empty((m, CODES + 1), np.int64)  # postings of word i with code >= c
     total = 0
     for i in range(m):
+        row = counts[words[i]]
+        acc = 0
+        suffix[i, CODES] = 0
         for c in range(CODES - 1, -1, -1):
-            suffix[i, c] = suffix[i, c + 1] + query_counts[i, c]
-        total += suffix[i, 0]
-    if total <= budget:
-        return 0.0, total
+            acc += row[c]
+            suffix[i, c] = acc
+        total += acc
+    budget = max(least, np.int64(share * total))
+    if budget + extra >= total:
+        return 0.0, total, total
     hi = 0.0
     lo = np.inf
     for i in range(m):
@@ -241,14 +249,14 @@ def plan_threshold(query_counts, weights, values, budget):  # pragma: no cover -
             hi = max(hi, weights[i] * values[CODES - 1])
             lo = min(lo, weights[i] * values[1])  # code 0 is never stored
     lo_log, hi_log = np.log(lo), np.log(hi) + 1e-6
-    for _ in range(40):
+    for _ in range(24):
         mid = (lo_log + hi_log) / 2
         if _postings_read(suffix, weights, values, np.exp(mid)) > budget:
             lo_log = mid
         else:
             hi_log = mid
     t = np.exp(hi_log)
-    return t, _postings_read(suffix, weights, values, t)
+    return t, _postings_read(suffix, weights, values, t), total
 
 
 @_jit
