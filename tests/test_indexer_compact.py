@@ -110,6 +110,8 @@ def test_segments_take_the_smaller_encoding_and_gaps_escape():
     )  # fmt: skip
     kinds = (block.seg_end & kernels.DELTA) != 0
     np.testing.assert_array_equal(kinds, [True, True, False])
+    clean = (block.seg_end & kernels.CLEAN) != 0
+    np.testing.assert_array_equal(clean, [True, False, False])  # word 1's gaps have an escape
     assert block.post.nbytes < 2 * block.postings * 0.6  # vs 2 bytes per 16-bit id
     ends = (block.seg_end & kernels.END_MASK).astype(np.int64)
     escape = block.post[ends[0] : ends[1]]

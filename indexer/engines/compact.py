@@ -52,7 +52,7 @@ from indexer.engines.compact_block import (
     encode_ids,
     quantised_block,
 )
-from indexer.engines.compact_merge import merge_groups, merged_block
+from indexer.engines.compact_merge import merge_small
 from indexer.engines.compact_search import DEFAULT_PRUNING, ImpactPruning, Scorer, Snapshot
 
 ENGINE = "compact"
@@ -306,7 +306,7 @@ class CompactIndex:
         snap = self._snap
         counts = snap.counts.copy()
         for block, _, _ in new:
-            add_counts(block, counts, 1)
+            block.add_counts(counts, 1)
         self._snap = Snapshot(
             snap.blocks + [b for b, _, _ in new],
             np.concatenate([snap.scales, [s for _, s, _ in new]]),
@@ -322,38 +322,12 @@ class CompactIndex:
         blocks fewer the index has. :meth:`save` calls it."""
         with self._lock:
             self._seal()
-            snap = self._snap
-            groups = merge_groups([int(m.sum()) for m in snap.live], self.block_rows)
-            starts = {g[0]: g for g in groups}
-            merged = {b for g in groups for b in g}
-            counts = snap.counts.copy()
-            kept: list[tuple[Block, float, np.ndarray, float, Path | None]] = []
-            for b, block in enumerate(snap.blocks):
-                if b not in merged:
-                    kept.append(
-                        (block, float(snap.scales[b]), snap.live[b], self._errors[b], self._sources[b])
-                    )  # fmt: skip
-                    continue
-                add_counts(block, counts, -1)
-                group = starts.get(b)
-                if group is None or not any(snap.live[i].any() for i in group):
-                    continue  # merged into the group's first block, or nothing live: dropped
-                new, scale, error = merged_block(
-                    [snap.blocks[i] for i in group], [float(snap.scales[i]) for i in group],
-                    [snap.live[i] for i in group], [self._errors[i] for i in group],
-                    self.manifest.vocabulary_size,
-                )  # fmt: skip
-                add_counts(new, counts, 1)
-                kept.append((new, scale, np.ones(new.rows, dtype=bool), error, None))
-            if not groups:
+            merged = merge_small(self._snap, self._errors, self._sources, self.block_rows)
+            if merged is None:
                 return 0
-            self._snap = Snapshot(
-                [k[0] for k in kept], np.array([k[1] for k in kept], dtype=np.float64),
-                [k[2] for k in kept], counts,
-            )  # fmt: skip
-            self._errors = [k[3] for k in kept]
-            self._sources = [k[4] for k in kept]
-            return len(snap.blocks) - len(kept)
+            before = len(self._snap.blocks)
+            self._snap, self._errors, self._sources = merged
+            return before - len(self._snap.blocks)
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -431,11 +405,6 @@ class CompactIndex:
                 live[b] = np.load(mask)
         index._snap.live[:] = live
         return index
-
-
-def add_counts(block: Block, counts: np.ndarray, sign: int) -> None:
-    """Add (``sign`` 1) or remove (-1) a block's postings in the planning counts (V x 256)."""
-    kernels.add_segment_counts(block.seg_code, block.seg_count, block.word_seg, counts, sign)
 
 
 def compile_kernels() -> None:

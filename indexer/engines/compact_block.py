@@ -11,7 +11,7 @@ directory (``.npy``, memory-mapped when the index is opened with ``mmap``):
                                        16-bit ids, whichever is smaller (below)
 ``seg_code``    uint8 [segments]       the impact code (1-255) of each segment
 ``seg_end``     uint32 [segments]      end offset of each segment in ``post`` (bytes); bit 31
-                                       set: the segment is byte gaps
+                                       set: the segment is byte gaps, bit 30: none escapes
 ``seg_count``   uint16 [segments]      postings of each segment, minus one
 ``word_seg``    uint32 [V + 1]         word ``w``'s segments are ``word_seg[w]:word_seg[w + 1]``
 ``fwd_gaps``    uint8 [~postings]      forward rows, word ids as gaps from the previous id
@@ -73,7 +73,7 @@ def encode_ids(ids: Sequence[str]) -> np.ndarray:
 
 
 LAYOUT = 2  # 1: post as uint16 ids (before byte-gap segments); refused with a rebuild message
-MAX_BYTES = 1 << 31  # seg_end's offsets are 31 bits
+MAX_BYTES = 1 << 30  # seg_end's offsets are 30 bits
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Block:
         if 3 * len(words) >= MAX_BYTES:  # bytes <= 2 per posting + 1 pad per segment
             raise ValueError(
                 f"a block of {len(ids)} rows with {len(words):,} postings is too dense for the "
-                "compact layout (31-bit offsets); build the index with fewer rows per block"
+                "compact layout (30-bit offsets); build the index with fewer rows per block"
             )
         ids16, seg_code, seg_postings, word_seg = kernels.build_block(
             indptr, words, codes, vocabulary_size
@@ -196,6 +196,10 @@ class Block:
         safe = np.minimum(pos, self.rows - 1)
         found = (pos < self.rows) & (self.ids_sorted[safe] == keys)
         return np.where(found, self.ids_rows[safe], -1).astype(np.int64)
+
+    def add_counts(self, counts: np.ndarray, sign: int) -> None:
+        """Add (``sign`` 1) or remove (-1) this block's postings in planning counts (V x 256)."""
+        kernels.add_segment_counts(self.seg_code, self.seg_count, self.word_seg, counts, sign)
 
     def segment(self, s: int) -> np.ndarray:
         """The local image ids of segment ``s`` (increasing)."""

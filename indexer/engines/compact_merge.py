@@ -18,10 +18,13 @@ and after a merge.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.compact_block import Block, quantised_block
+from indexer.engines.compact_search import Snapshot
 
 
 def merge_groups(live_rows: list[int], block_rows: int) -> list[list[int]]:
@@ -67,3 +70,36 @@ def merged_block(
         ids, rows, vocabulary_size, has=sp.csr_matrix(sp.vstack(strong, format="csr"))
     )
     return merged, scale, error + max(errors)
+
+
+def merge_small(
+    snap: Snapshot, errors: list[float], sources: list[Path | None], block_rows: int
+) -> tuple[Snapshot, list[float], list[Path | None]] | None:
+    """The snapshot with its runs of small blocks merged (:func:`merge_groups`), with the
+    blocks' errors and source folders (None: not on disk yet); None when nothing merges."""
+    groups = merge_groups([int(m.sum()) for m in snap.live], block_rows)
+    if not groups:
+        return None
+    starts = {g[0]: g for g in groups}
+    merged = {b for g in groups for b in g}
+    counts = snap.counts.copy()
+    kept: list[tuple[Block, float, np.ndarray, float, Path | None]] = []
+    for b, block in enumerate(snap.blocks):
+        if b not in merged:
+            kept.append((block, float(snap.scales[b]), snap.live[b], errors[b], sources[b]))
+            continue
+        block.add_counts(counts, -1)
+        group = starts.get(b)
+        if group is None or not any(snap.live[i].any() for i in group):
+            continue  # merged into its group's first block, or nothing live: dropped
+        new, scale, error = merged_block(
+            [snap.blocks[i] for i in group], [float(snap.scales[i]) for i in group],
+            [snap.live[i] for i in group], [errors[i] for i in group], len(snap.counts),
+        )  # fmt: skip
+        new.add_counts(counts, 1)
+        kept.append((new, scale, np.ones(new.rows, dtype=bool), error, None))
+    merged_snap = Snapshot(
+        [k[0] for k in kept], np.array([k[1] for k in kept], dtype=np.float64),
+        [k[2] for k in kept], counts,
+    )  # fmt: skip
+    return merged_snap, [k[3] for k in kept], [k[4] for k in kept]
