@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import shutil
 import threading
@@ -229,6 +230,28 @@ def test_a_slot_is_free_once_the_answer_is_sent():
 
 
 # --- index hot swap -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def held_in_the_model(state):
+    """Hold every query that reaches the model until ``release`` is set; ``entered`` is set
+    when one arrives."""
+    release, entered = threading.Event(), threading.Event()
+    encode = state.pipeline.batcher.encode_batch
+
+    def held_encode(texts):
+        entered.set()
+        release.wait(10)
+        return encode(texts)
+
+    state.pipeline.batcher.encode_batch = held_encode
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        state.pipeline.batcher.encode_batch = encode
+
+
 def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_version(
     tiny_model, service_corpus, service_settings, tmp_path
 ):
@@ -253,16 +276,7 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
         index_folder(tiny_model, root / "images", root / "store", root / "index")
 
         # a request that is inside the model when the swap happens
-        release, entered = threading.Event(), threading.Event()
-        encode = state.pipeline.batcher.encode_batch
-
-        def held_encode(texts):
-            entered.set()
-            release.wait(10)
-            return encode(texts)
-
-        state.pipeline.batcher.encode_batch = held_encode
-        with ThreadPoolExecutor(1) as pool:
+        with held_in_the_model(state) as (entered, release), ThreadPoolExecutor(1) as pool:
             pending = pool.submit(
                 client.post, "/search", json={"query": "a green triangle", "top_k": 50}
             )
@@ -270,7 +284,6 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
             swap = client.post("/admin/reload", headers={"Authorization": "Bearer test-key"})
             release.set()
             in_flight = pending.result(timeout=30)
-        state.pipeline.batcher.encode_batch = encode
 
         assert swap.status_code == 200, swap.text
         # the new version was frozen out of full collections too (settings.gc_freeze)
@@ -341,23 +354,13 @@ def test_the_app_sheds_outside_its_middleware_and_records_its_429s(tiny_model, s
     with TestClient(app) as client:
         assert isinstance(app.middleware_stack, ConcurrencyLimitMiddleware)
         state = app.state.service
-        release, entered = threading.Event(), threading.Event()
-        encode = state.pipeline.batcher.encode_batch
-
-        def held_encode(texts):
-            entered.set()
-            release.wait(10)
-            return encode(texts)
-
-        state.pipeline.batcher.encode_batch = held_encode
-        with ThreadPoolExecutor(1) as pool:
+        with held_in_the_model(state) as (entered, release), ThreadPoolExecutor(1) as pool:
             pending = pool.submit(client.post, "/search", json={"query": "a red circle"})
             assert entered.wait(10)
             refused = client.post("/search", json={"query": "a blue square"})
             health = client.get("/healthz")
             release.set()
             held = pending.result(timeout=30)
-        state.pipeline.batcher.encode_batch = encode
         assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
         assert "limit 1" in refused.json()["detail"]
         assert health.status_code == 200 and held.status_code == 200

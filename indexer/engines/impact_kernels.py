@@ -331,19 +331,19 @@ def score_block(  # pragma: no cover - compiled
                 end &= mask
                 doc = np.uintp(0) - one  # wraps to the row before 0; the first gap fixes it
                 if clean:  # no escape: a loop without the branch (~30% faster per posting)
-                    for p in range(start, end):
-                        doc += np.uintp(post8[p])
+                    for byte in range(start, end):
+                        doc += np.uintp(post8[byte])
                         acc[doc] += contribution
                     start = end
                     continue
                 p = start
                 while p < end:
-                    d = np.uintp(post8[p])
-                    if d == 0:  # escape: the id itself follows
+                    gap = np.uintp(post8[p])
+                    if gap == 0:  # escape: the id itself follows
                         doc = np.uintp(post8[p + one]) | (np.uintp(post8[p + two]) << eight)
                         p += three
                     else:
-                        doc += d
+                        doc += gap
                         p += one
                     acc[doc] += contribution
             else:
