@@ -27,15 +27,16 @@ directory (``.npy``, memory-mapped when the index is opened with ``mmap``):
                                        strong_ptr[w + 1]]``, taken from the float rows at build
 ==============  =====================  ===========================================================
 
-Segment encodings (:func:`indexer.engines.impact_kernels.pack_segments`). A segment's ids are
+Segment encodings (:func:`indexer.engines.block_kernels.pack_segments`). A segment's ids are
 a random-looking subset of the block's rows, so a segment of ``n`` ids has gaps of about
 ``65,536 / n``. The long, low-impact segments of common words have small gaps; a byte per gap
 stores them, with an escape (0, then the id in two bytes) for a rare gap over 255. The other
 segments keep 16-bit ids, at an even offset so that the scorer reads them as ``uint16``. On the
 1M-image benchmark corpora (bench/index_search.py), 30% of the postings of the structureless
 "random" one are in byte-gap segments: its inverted lists take 1.70 bytes per posting instead of
-2, and the index 3.82 GB instead of 4.06. Pruned search reads mostly the short high-impact
-segments and runs as fast as before; exact search, which reads every segment, 10-20% slower.
+2, and the index 3.82 GB instead of 4.06. Segments without an escape are flagged and scored by
+a loop without the escape branch. With the planner of the same change, pruned search ran as fast
+as on 16-bit ids and exact search, which reads every segment, 0-13% slower (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer import filters as wf
-from indexer.engines import impact_kernels as kernels
+from indexer.engines import block_kernels as kernels
+from indexer.engines import impact_kernels
 
 MAX_ROWS = 1 << 16  # local ids are uint16
 _MADV_POPULATE_READ = 22  # linux/mman.h; not exported by Python's mmap module
@@ -218,7 +220,7 @@ class Block:
 
     def rescore(self, rows: np.ndarray, values: np.ndarray, dense_query: np.ndarray) -> np.ndarray:
         """Quantised scores of ``rows`` against a dense float32 query."""
-        scores, _ = kernels.rescore(
+        scores, _ = impact_kernels.rescore(
             np.asarray(rows, dtype=np.int64),
             self.fwd_gap_ptr, self.fwd_gaps, self.fwd_ptr, self.fwd_codes, values, dense_query,
         )  # fmt: skip

@@ -2,9 +2,8 @@
 
 Every ``lexvla index add`` seals its images into new blocks, the last one partial, and deletes
 only clear live bits. After many small adds an index holds many small blocks: each costs a
-kernel call, a heap scan and its own copy of the per-word tables in every search, and a block
-gives its long segments short gaps (byte-gap segments, :mod:`indexer.engines.compact_block`)
-only when it is full. Before an index is saved, runs of blocks with under half a block of live
+kernel call, a heap scan and its own per-word tables in every search, and its deleted rows stay
+on disk. Before an index is saved, runs of blocks with under half a block of live
 images are merged into full ones (Lucene merges its small segments the same way), and their
 deleted rows are dropped on the way.
 

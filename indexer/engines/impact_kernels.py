@@ -6,7 +6,8 @@ serve another data model (dense ANN) or run as separate servers. Every kernel is
 ``nogil=True``, so the service's threads run searches on every core at once, and ``cache=True``, so
 the compilation (a few seconds) happens once per machine rather than once per process.
 
-The layout the kernels read is documented in :mod:`indexer.engines.compact_block`. In short: a
+The kernels that build and decode blocks are in :mod:`indexer.engines.block_kernels`; the
+layout is documented in :mod:`indexer.engines.compact_block`. In short: a
 *block* holds up to 65,536 images with 16-bit local ids; within a block, each word's postings are
 split into *segments* of equal impact code (0-255), stored in decreasing code order, the image ids
 of a segment in increasing order. A query reads, for each of its words, a prefix of that word's
@@ -19,205 +20,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-CODES = 256
-DELTA = np.int64(1 << 31)  # seg_end bit: the segment is stored as byte gaps
-CLEAN = np.int64(1 << 30)  # seg_end bit: ... and none of them escapes
-END_MASK = np.int64((1 << 30) - 1)
-ESCAPE_RARITY = 20  # a byte-gap segment has at most 1 escape in this many gaps (pack_segments)
+from indexer.engines.block_kernels import CLEAN, CODES, END_MASK
+
 _jit = nb.njit(nogil=True, cache=True)  # GIL released; compiled once per machine (cached)
 
 
-# --- building ---------------------------------------------------------------------------------
-@_jit
-def build_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
-    """Inverted block of rows ``indptr`` (local ids 0..n-1) -> (post, seg_code, seg_end, word_seg).
-
-    A counting sort on (word, code descending): one pass to count, one to place, so image ids come
-    out increasing within each segment without a comparison sort.
-    """
-    n = len(indptr) - 1
-    first, last = indptr[0], indptr[n]
-    keys = vocabulary_size * CODES
-    counts = np.zeros(keys, np.int64)
-    for i in range(first, last):
-        counts[words[i] * CODES + (CODES - 1 - codes[i])] += 1
-    n_seg = 0
-    for key in range(keys):
-        if counts[key] > 0:
-            n_seg += 1
-    seg_code = np.empty(n_seg, np.uint8)
-    seg_end = np.empty(n_seg, np.uint32)
-    word_seg = np.empty(vocabulary_size + 1, np.uint32)
-    offsets = np.empty(keys, np.int64)
-    pos = 0
-    s = 0
-    for w in range(vocabulary_size):
-        word_seg[w] = s
-        for c in range(CODES):
-            key = w * CODES + c
-            offsets[key] = pos
-            if counts[key] > 0:
-                pos += counts[key]
-                seg_code[s] = CODES - 1 - c
-                seg_end[s] = pos
-                s += 1
-    word_seg[vocabulary_size] = s
-    post = np.empty(last - first, np.uint16)
-    for d in range(n):
-        for i in range(indptr[d], indptr[d + 1]):
-            key = words[i] * CODES + (CODES - 1 - codes[i])
-            post[offsets[key]] = d
-            offsets[key] += 1
-    return post, seg_code, seg_end, word_seg
-
-
-@_jit
-def pack_segments(post, seg_end):  # pragma: no cover - compiled
-    """Segments of 16-bit ids (``post``, ends ``seg_end`` in postings) -> the stored bytes.
-
-    A segment whose ids are close together (the long, low-impact segments of common words) is
-    stored as byte gaps, 1-255 from the previous id (the first from -1), a larger gap as 0 then
-    the id in two little-endian bytes; the others as 16-bit little-endian ids at an even offset.
-    A segment takes byte gaps when that is smaller and at most 1 in ``ESCAPE_RARITY`` of its
-    gaps escapes: each escape is a branch the scorer mispredicts, and with up to half of them
-    escaping (the smallest form), exact search was 1.7x slower (measured at 1M). Returns (bytes, padded to an even length; end offset
-    of each segment in bytes, with ``DELTA`` set for byte gaps and ``CLEAN`` too when none
-    escapes; postings of each segment - 1).
-    """
-    n_seg = len(seg_end)
-    out = np.zeros(2 * len(post) + n_seg + 2, np.uint8)
-    ends = np.empty(n_seg, np.uint32)
-    counts = np.empty(n_seg, np.uint16)
-    o = np.int64(0)
-    start = np.int64(0)
-    for s in range(n_seg):
-        end = np.int64(seg_end[s])
-        escapes = 0
-        prev = np.int64(-1)
-        for p in range(start, end):
-            doc = np.int64(post[p])
-            if doc - prev > 255:
-                escapes += 1
-            prev = doc
-        n = end - start
-        if n + 2 * escapes < 2 * n and escapes * ESCAPE_RARITY <= n:
-            prev = np.int64(-1)
-            for p in range(start, end):
-                doc = np.int64(post[p])
-                if doc - prev > 255:
-                    out[o + 1] = doc & 0xFF
-                    out[o + 2] = doc >> 8
-                    o += 3  # out[o] stays 0: the escape
-                else:
-                    out[o] = doc - prev
-                    o += 1
-                prev = doc
-            ends[s] = o | DELTA | (CLEAN if escapes == 0 else 0)
-        else:
-            o += o & 1  # 16-bit ids start at an even offset (the pad byte stays 0)
-            for p in range(start, end):
-                doc = np.int64(post[p])
-                out[o] = doc & 0xFF
-                out[o + 1] = doc >> 8
-                o += 2
-            ends[s] = o
-        counts[s] = n - 1
-        start = end
-    o += o & 1
-    return out[:o].copy(), ends, counts
-
-
-@_jit
-def segment_ids(post8, post16, seg_end, s):  # pragma: no cover - compiled
-    """The image ids (local, increasing) of segment ``s`` of a block."""
-    start = np.int64(0) if s == 0 else np.int64(seg_end[s - 1]) & END_MASK
-    end = np.int64(seg_end[s])
-    if end & DELTA:
-        end &= END_MASK
-        out = np.empty(end - start, np.int64)
-        n = 0
-        doc = np.int64(-1)
-        p = start
-        while p < end:
-            d = np.int64(post8[p])
-            if d == 0:
-                doc = np.int64(post8[p + 1]) | (np.int64(post8[p + 2]) << 8)
-                p += 3
-            else:
-                doc += d
-                p += 1
-            out[n] = doc
-            n += 1
-        return out[:n].copy()
-    return post16[(start + 1) >> 1 : end >> 1].astype(np.int64)
-
-
-@_jit
-def add_segment_counts(seg_code, seg_count, word_seg, counts, sign):  # pragma: no cover
-    """``counts[w, code] += sign * postings`` for every segment of a block (the planning stats)."""
-    for w in range(len(word_seg) - 1):
-        for s in range(word_seg[w], word_seg[w + 1]):
-            counts[w, seg_code[s]] += sign * (np.int64(seg_count[s]) + 1)
-
-
-@_jit
-def encode_gaps(indptr, words):  # pragma: no cover - compiled
-    """Forward rows' sorted word ids as byte gaps; gaps >= 255 escape to 255 + 2 bytes.
-
-    Returns (bytes, byte offset of each row). LexVLA rows hold ~1,000 of ~17k words, so most
-    gaps are below 255 and a word id costs about one byte instead of two.
-    """
-    n = len(indptr) - 1
-    out = np.empty(3 * (indptr[n] - indptr[0]) + 1, np.uint8)
-    ptr = np.empty(n + 1, np.int64)
-    p = 0
-    for d in range(n):
-        ptr[d] = p
-        prev = -1
-        for i in range(indptr[d], indptr[d + 1]):
-            gap = words[i] - prev - 1
-            prev = words[i]
-            if gap < 255:
-                out[p] = gap
-                p += 1
-            else:
-                out[p] = 255
-                out[p + 1] = gap & 0xFF
-                out[p + 2] = gap >> 8
-                p += 3
-    ptr[n] = p
-    return out[:p].copy(), ptr
-
-
-@_jit
-def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - compiled
-    """Word ids and codes of forward rows ``docs`` (CSR parts: indptr, words, codes)."""
-    total = 0
-    for d in docs:
-        total += code_ptr[d + 1] - code_ptr[d]
-    indptr = np.zeros(len(docs) + 1, np.int64)
-    words = np.empty(total, np.int32)
-    out_codes = np.empty(total, np.uint8)
-    o = 0
-    for r in range(len(docs)):
-        d = docs[r]
-        p = gap_ptr[d]
-        w = np.int64(-1)
-        for j in range(code_ptr[d], code_ptr[d + 1]):
-            g = np.int64(gaps[p])
-            p += 1
-            if g == 255:
-                g = np.int64(gaps[p]) | (np.int64(gaps[p + 1]) << 8)
-                p += 2
-            w += g + 1
-            words[o] = w
-            out_codes[o] = codes[j]
-            o += 1
-        indptr[r + 1] = o
-    return indptr, words, out_codes
-
-
-# --- searching --------------------------------------------------------------------------------
 @_jit
 def plan_threshold(counts, words, weights, values, share, least, extra):  # pragma: no cover
     """The contribution threshold ``t`` at which about a ``share`` of the query's postings (at
@@ -226,7 +33,7 @@ def plan_threshold(counts, words, weights, values, share, least, extra):  # prag
 
     Word ``words[i]`` (weight ``weights[i]``) reads its postings whose ``weights[i] *
     values[code] >= t``; ``counts[w, c]`` holds how many postings of code ``c`` word ``w`` has
-    (read in place: the planning costs ~0.3 ms at 300 query words). ``t`` is bisected in log
+    (read in place: the planning cost 0.4 ms at 300 query words at 1M images). ``t`` is bisected in log
     space, 24 steps (a relative precision of ~1e-6 over the query's range of contributions).
     Returns (t, postings read at t, postings of the query).
     """
@@ -271,28 +78,6 @@ def _postings_read(suffix, weights, values, threshold):  # pragma: no cover - co
 
 
 @_jit
-def quantise_rows(indptr, indices, data, scale):  # pragma: no cover - compiled
-    """Float CSR rows -> (indptr, words, codes) with codes round(w / scale) in 1..255 (code 0
-    dropped), and the largest |w - code * scale| over every weight, dropped ones included."""
-    n = len(indptr) - 1
-    out_ptr = np.zeros(n + 1, np.int64)
-    words = np.empty(indptr[n] - indptr[0], np.int32)
-    codes = np.empty(indptr[n] - indptr[0], np.uint8)
-    worst = 0.0
-    o = 0
-    for r in range(n):
-        for i in range(indptr[r], indptr[r + 1]):
-            c = min(np.rint(data[i] / scale), CODES - 1)
-            worst = max(worst, abs(data[i] - c * scale))
-            if c > 0:
-                words[o] = indices[i]
-                codes[o] = np.uint8(c)
-                o += 1
-        out_ptr[r + 1] = o
-    return out_ptr, words[:o].copy(), codes[:o].copy(), worst
-
-
-@_jit
 def score_block(  # pragma: no cover - compiled
     post8, post16, seg_code, seg_end, word_seg, values, words, weights, min_codes, live, doc_base,
     acc, heap_s, heap_d, size,
@@ -330,7 +115,7 @@ def score_block(  # pragma: no cover - compiled
                 clean = end & clean_bit
                 end &= mask
                 doc = np.uintp(0) - one  # wraps to the row before 0; the first gap fixes it
-                if clean:  # no escape: a loop without the branch (~30% faster per posting)
+                if clean:  # no escape: no branch (15-30% less per posting, measured)
                     for byte in range(start, end):
                         doc += np.uintp(post8[byte])
                         acc[doc] += contribution

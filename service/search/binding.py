@@ -56,12 +56,13 @@ class Binder:
 
     async def bound(self, image_id: str, query: sp.csr_matrix) -> tuple[float, list[int]]:
         """(bound score, [row, column] of the best patch) of one stored image for a query."""
-        key = (*self.patches.key(image_id), query.indices.tobytes(), query.data.tobytes())
+        image = self.patches.key(image_id)
+        key = (*image, query.indices.tobytes(), query.data.tobytes())
         cached = self.cache.get(key)
         self.metrics.cache_lookup("bound", cached is not None)
         if cached is not None:
             return cached
-        grid = await self.patches.get(image_id, keep=False)
+        grid = await self.patches.get(image_id, keep=False, key=image)
         score, patch = bound_score(grid, query)
         found = (score, list(divmod(patch, grid.grid_size)))
         self.cache.put(key, found)

@@ -71,11 +71,14 @@ class PatchMaps:
         except KeyError:
             raise NotFound(f"no image {image_id!r} in the corpus store") from None
 
-    async def get(self, image_id: str, keep: bool = True) -> PatchGrid:
+    async def get(
+        self, image_id: str, keep: bool = True, key: tuple[str, str] | None = None
+    ) -> PatchGrid:
         """Patch vectors of a stored image (NotFound if the image or the store is missing).
         ``keep=False`` uses the cache but does not add to it: a caller that needs many images
-        once (bind's candidates) must not evict the heat maps an explanation is drawing."""
-        key = self.key(image_id)
+        once (bind's candidates) must not evict the heat maps an explanation is drawing.
+        ``key``: the image's :meth:`key`, when the caller has already looked it up."""
+        key = key if key is not None else self.key(image_id)
         store = require_store(self.store, "a heat map")
         cached = self.cache.get(key)
         self.metrics.cache_lookup("patches", cached is not None)
