@@ -80,39 +80,53 @@ def dense_query(query: sp.csr_matrix) -> np.ndarray:
     return q
 
 
-def contributions(
-    q: np.ndarray, indices: np.ndarray, data: np.ndarray, vocabulary: Vocabulary
-) -> list[Contribution]:
-    """Matched words of one image row (``indices``/``data``), largest contribution first."""
+def scored_hit(
+    image_id: str,
+    q: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    vocabulary: Vocabulary,
+    limit: int | None = None,
+) -> ScoredHit:
+    """The exact score of one image row (``indices``/``data``) and its matched words, largest
+    contribution first; only the first ``limit`` are listed, the rest counted and summed.
+
+    Written with numpy so that only the listed words become Python objects: a LexVLA image
+    matches hundreds of a model query's words, and building an object for each one was most of
+    what the search threads did while holding the GIL (py-spy under overload at 1M images),
+    which delayed the event loop's 429s. Sums run smallest first and sequentially, so the
+    score does not depend on where the list is cut.
+    """
     qw = q[indices]
     hit = qw > 0
     idx, qv, dv = indices[hit], qw[hit], data[hit].astype(np.float64)
     values = qv * dv
     order = np.lexsort((idx, -values))
-    return [
-        Contribution(
-            int(idx[i]), vocabulary.words[int(idx[i])], float(qv[i]), float(dv[i]), float(values[i])
+    head = order if limit is None else order[:limit]
+    words = vocabulary.words
+    matched = [
+        Contribution(i, words[i], a, b, c)
+        for i, a, b, c in zip(
+            idx[head].tolist(), qv[head].tolist(), dv[head].tolist(), values[head].tolist(),
+            strict=True,
         )
-        for i in order
-    ]
+    ]  # fmt: skip
+    rest = order[len(head) :]
+    return ScoredHit(
+        image_id, _ascending_sum(values[order]), matched, len(rest), _ascending_sum(values[rest])
+    )
+
+
+def _ascending_sum(descending: np.ndarray) -> float:
+    """Sum, smallest first, one addition at a time (cumsum: no pairwise reordering)."""
+    return float(np.cumsum(descending[::-1])[-1]) if len(descending) else 0.0
 
 
 def explain_row(
     query: sp.csr_matrix, row: sp.csr_matrix, vocabulary: Vocabulary, limit: int | None = None
 ) -> ScoredHit:
     """Score and contributions of one image row (the ``id`` is filled in by the caller)."""
-    all_matched = contributions(dense_query(query), row.indices, row.data, vocabulary)
-    return _hit("", all_matched, limit)
-
-
-def _hit(image_id: str, matched: list[Contribution], limit: int | None) -> ScoredHit:
-    # summed smallest first, so the total does not depend on where the list is cut
-    score = float(sum(c.contribution for c in reversed(matched)))
-    if limit is None or limit >= len(matched):
-        return ScoredHit(image_id, score, matched)
-    rest = matched[limit:]
-    other = float(sum(c.contribution for c in reversed(rest)))
-    return ScoredHit(image_id, score, matched[:limit], len(rest), other)
+    return scored_hit("", dense_query(query), row.indices, row.data, vocabulary, limit)
 
 
 def row_vectors(index: SearchIndex, store: CorpusStore | None, ids: list[str]) -> sp.csr_matrix:
@@ -167,8 +181,11 @@ def search(
             rows, ids = rows[order], [ids[i] for i in order]
         for n, image_id in enumerate(ids):
             a, b = rows.indptr[n], rows.indptr[n + 1]
-            matched = contributions(q, rows.indices[a:b], rows.data[a:b], vocabulary)
-            hits.append(_hit(image_id, matched, matched_limit))
+            hits.append(
+                scored_hit(
+                    image_id, q, rows.indices[a:b], rows.data[a:b], vocabulary, matched_limit
+                )
+            )
         hits.sort(key=lambda h: -h.score)  # stable: engine order breaks float-level ties
         hits = [h for h in hits if h.score >= min_score]
     done = time.perf_counter()

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from indexer.engines.base import IndexManifest
 from indexer.engines.memory import MemoryIndex, Pruning
+from indexer.scoring import scored_hit
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 from service.search import heatmap, scoring
@@ -87,6 +88,37 @@ class ApproximateEngine:
 
     def count(self):
         return self.oracle.count()
+
+
+@pytest.mark.parametrize("limit", [None, 0, 2, 3, 5, 100])
+def test_a_hit_lists_its_heaviest_words_and_sums_the_rest(vocab, limit):
+    """Score and matched words against a plain loop: contributions q_j * d_j, heaviest first,
+    ties by word index; the score the smallest-first sum over every matched word wherever the
+    list is cut, and the unlisted words counted and summed the same way."""
+    q = np.array([0.0, 0.5, 0.0, 2.0, 1.0, 0.25, 0.5, 0.0])
+    indices = np.array([1, 2, 3, 4, 5, 6], dtype=np.int32)  # word 2 is not in the query
+    data = np.array([2.0, 9.0, 0.5, 1.0, 0.5, 2.0], dtype=np.float32)
+    expected = sorted(
+        ((int(j), float(q[j]) * float(d)) for j, d in zip(indices, data, strict=True) if q[j] > 0),
+        key=lambda item: (-item[1], item[0]),
+    )  # (1, 1.0), (3, 1.0), (4, 1.0), (6, 1.0), (5, 0.125)
+    hit = scored_hit("img", q, indices, data, vocab, limit)
+    listed = expected if limit is None else expected[:limit]
+    rest = expected[len(listed) :]
+    assert [(c.index, c.contribution) for c in hit.matched] == listed
+    assert [c.word for c in hit.matched] == [vocab.words[j] for j, _ in listed]
+    assert [c.query_weight * c.image_weight for c in hit.matched] == [v for _, v in listed]
+    assert hit.score == sum(v for _, v in reversed(expected)) == 4.125
+    assert (hit.other_words, hit.other_contribution) == (
+        len(rest),
+        sum(v for _, v in reversed(rest)),
+    )
+
+
+def test_a_row_without_matched_words_scores_zero(vocab):
+    q = np.zeros(len(PIECES))
+    hit = scored_hit("img", q, np.array([1, 2], dtype=np.int32), np.ones(2, np.float32), vocab, 1)
+    assert (hit.score, hit.matched, hit.other_words, hit.other_contribution) == (0.0, [], 0, 0.0)
 
 
 def test_approximate_candidates_are_rescored_exactly_from_the_store(tiny_model, service_corpus):
