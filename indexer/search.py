@@ -51,9 +51,9 @@ def parser() -> argparse.ArgumentParser:
 def query_row(model: LexicalModel, text: str, mode: str) -> sp.csr_matrix:
     """The sparse query vector of ``text`` (as the service builds it for that mode)."""
     if mode == "words":
-        from model import bag_of_words
+        from model import bag_of_words_row
 
-        return sp.csr_matrix(bag_of_words([text], model.tokenizer, model.vocabulary).numpy())
+        return bag_of_words_row(text, model.tokenizer, model.vocabulary)
     return model.sparsify(model.encode_texts([text]))
 
 

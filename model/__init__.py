@@ -19,6 +19,7 @@ _EXPORTS = {
     "Vocabulary": ".vocabulary",
     "VocabularyMismatchError": ".vocabulary",
     "bag_of_words": ".bag_of_words",
+    "bag_of_words_row": ".bag_of_words",
     "default_threshold": ".sparsify",
     "load_preset": ".config",
     "preset_names": ".config",
@@ -33,6 +34,7 @@ __all__ = [
     "Vocabulary",
     "VocabularyMismatchError",
     "bag_of_words",
+    "bag_of_words_row",
     "default_threshold",
     "load_preset",
     "preset_names",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .bag_of_words import bag_of_words
+    from .bag_of_words import bag_of_words, bag_of_words_row
     from .checkpoint import CheckpointError
     from .config import LexVLAConfig, load_preset, preset_names
     from .lexvla import LexVLA

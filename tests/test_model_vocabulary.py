@@ -62,3 +62,30 @@ def test_real_llama2_tokenizer_gives_17234_words(llama2_tokenizer_dir):
     continuation = {p for p in v.pieces if not p.startswith("▁")}
     assert len(initial & continuation) == 3124  # words present twice, shown distinctly
     assert v.words[v.index("dog")] == "dog" and "·dog" in v
+
+
+def test_bag_of_words_row_is_the_sparse_form_of_bag_of_words(llama2_tokenizer_dir, flickr_sample):
+    """The service's torch-free words-mode row: the same float32 values as ``bag_of_words``."""
+    import csv
+
+    import numpy as np
+    from transformers import LlamaTokenizer
+
+    from model.bag_of_words import bag_of_words, bag_of_words_row
+
+    tok = LlamaTokenizer.from_pretrained(str(llama2_tokenizer_dir))
+    v = Vocabulary.from_tokenizer(tok)
+    with open(flickr_sample / "captions.csv", newline="") as f:
+        captions = [row["caption"] for row in csv.DictReader(f)][:200]
+    texts = [*captions, "Dog dog DOG cat", "", "!!! 123", "a " * 300]
+    dense = bag_of_words(texts, tok, v).numpy()
+    for text, expected in zip(texts, dense, strict=True):
+        row = bag_of_words_row(text, tok, v)
+        assert row.shape == (1, len(v)) and row.dtype == np.float32 and row.has_sorted_indices
+        assert np.array_equal(row.toarray()[0], expected)
+    repeated = bag_of_words_row("Dog dog DOG cat", tok, v)
+    assert dict(zip(repeated.indices.tolist(), repeated.data.tolist(), strict=True)) == {
+        v.index("dog"): np.float32(3) / np.sqrt(np.float32(10)),  # counts 3 and 1, norm sqrt(10)
+        v.index("cat"): np.float32(1) / np.sqrt(np.float32(10)),
+    }
+    assert bag_of_words_row("!!! 123", tok, v).nnz == 0

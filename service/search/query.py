@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from indexer.filters import WordFilter
 from indexer.scoring import top_words as top_words  # the routes import it from here
-from model import bag_of_words
+from model import bag_of_words_row
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 
@@ -141,6 +141,4 @@ def apply_edits(row: sp.csr_matrix, edits: QueryEdits) -> sp.csr_matrix:
 
 def words_vector(text: str, tokenizer: Any, vocabulary: Vocabulary) -> sp.csr_matrix:
     """Mode ``words``: the text's own vocabulary words, no language model (1 x V CSR)."""
-    dense = bag_of_words([text], tokenizer, vocabulary)[0].numpy()
-    nz = np.flatnonzero(dense > 0)
-    return row_from_weights(dict(zip(nz.tolist(), dense[nz].tolist(), strict=True)), dense.size)
+    return bag_of_words_row(text, tokenizer, vocabulary)
