@@ -9,12 +9,9 @@ refuses an index or store built with another vocabulary than the model's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +22,7 @@ from indexer.store import CorpusStore
 from model.protocols import LexicalModel
 from service.core.config import Settings
 from service.core.metrics import Metrics
+from service.core.threads import lower_priority, set_time_slice
 from service.search.indexes import (
     IndexHandle,
     IndexHolder,
@@ -76,6 +74,7 @@ class ServiceState:
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
         sys.setswitchinterval(s.gil_switch_ms / 1e3)  # process-wide: the event loop's latency
+        set_time_slice(s.loop_slice_us)  # this is the loop's thread; the pools reset theirs
         if self.model is None:
             self.model = await asyncio.to_thread(load_model, s)
         vocabulary = self.model.vocabulary
@@ -189,15 +188,3 @@ def freeze_heap(enabled: bool) -> None:
         gc.get_freeze_count(),
         (time.perf_counter() - start) * 1e3,
     )
-
-
-def lower_priority(increment: int) -> None:
-    """Lower this thread's CPU priority by ``increment`` nice levels (Linux: nice is per thread;
-    threads it starts, such as the compact engine's pool, inherit it). On a busy machine
-    the event loop thread, left at the process's priority, then gets a core back within a
-    scheduler slice even while every search and model thread is runnable, so 429s, health
-    checks and finished answers are not queued behind them."""
-    if increment <= 0:
-        return
-    with contextlib.suppress(AttributeError, OSError):  # not Linux/Unix, or not permitted
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), increment)

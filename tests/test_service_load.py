@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -338,6 +339,58 @@ def test_search_and_model_threads_run_below_the_event_loop(tiny_model, service_s
             child = state.search_executor.submit(nice_of_a_thread_started_here).result()
         expected = min(19, loop_nice + increment)
         assert (search, model, child) == (expected, expected, expected), increment
+
+
+def test_the_event_loop_asks_for_a_short_time_slice_and_the_pools_keep_the_default(
+    tiny_model, service_settings
+):
+    """LEXVLA_LOOP_SLICE_US: the loop's thread asks the kernel for that slice (Linux 6.12+
+    EEVDF), and the search and model threads, and threads they start, for the default (they
+    would otherwise inherit the loop's); 0 leaves the loop at the default too."""
+    from fastapi.testclient import TestClient
+
+    from service.core.threads import set_time_slice, time_slice_us
+    from service.main import create_app
+
+    if not _kernel_takes_slices():
+        pytest.skip("this kernel does not report or take per-thread time slices")
+    default = time_slice_us()  # this thread never asked for one
+
+    def started_here() -> float | None:
+        seen: list[float | None] = []
+        thread = threading.Thread(target=lambda: seen.append(time_slice_us()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    for slice_us in (300.0, 0.0):
+        settings = service_settings.model_copy(update={"loop_slice_us": slice_us})
+        app = create_app(settings, model=tiny_model)
+        with TestClient(app) as client:
+            assert client.get("/readyz").status_code == 200
+            state = app.state.service
+            loop = client.portal.call(time_slice_us)  # a plain function runs in the loop's thread
+            search = state.search_executor.submit(time_slice_us).result()
+            model = state.model_executor.submit(time_slice_us).result()
+            child = state.search_executor.submit(started_here).result()
+            client.portal.call(set_time_slice, 0)  # the portal's thread serves other tests
+        assert (loop, search, model, child) == (slice_us or default, default, default, default)
+    assert default != 300.0
+
+
+def _kernel_takes_slices() -> bool:
+    """True if a thread here can set its slice and read it back (a throwaway thread)."""
+    from service.core.threads import set_time_slice, time_slice_us
+
+    seen: list[float | None] = []
+
+    def attempt() -> None:
+        seen.append(time_slice_us() if set_time_slice(250) else None)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return seen == [250.0]
 
 
 def test_the_app_sheds_outside_its_middleware_and_records_its_429s(tiny_model, service_settings):

@@ -126,6 +126,14 @@ class Settings(BaseSettings):
         "(Linux; 0: same priority): the loop answers 429s and health checks promptly while they "
         "compute",
     )
+    loop_slice_us: float = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="CPU time slice the event loop thread asks of the kernel, microseconds "
+        "(Linux 6.12+; 0: the kernel's default): a shorter slice lets it preempt the search "
+        "and model threads as soon as a request arrives",
+    )
     bind_candidates: int = Field(
         default=20,
         ge=1,
