@@ -49,6 +49,7 @@ class Result:
     workers: int = 1
     rejected_p99_ms: float = 0.0
     client: str = "python"
+    probe_admitted: int = 0  # overload: the probe's requests that a worker with a free slot took
 
 
 def captions(n: int, seed: int) -> list[str]:
@@ -143,7 +144,9 @@ def run_wrk(
     With ``probe`` (the overload scenario), wrk keeps every admission slot of the server busy
     (its refused connections wait ``BACKOFF_MS`` before retrying, as clients honouring
     Retry-After do) and this process sends one more request at a time, ~40 per second, on one
-    kept-alive connection (:class:`Probe`), timing each 429 it gets:
+    kept-alive connection (:class:`Probe`), timing each 429 it gets. With several workers the
+    kernel gives each connection to one of them, and one with a free slot admits the probe; after
+    an admitted request the probe opens a new connection (their count is ``probe_admitted``):
     how fast a server whose slots are all taken by running searches refuses the next request (a
     saturated Python client would time its own event loop instead)."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
@@ -175,8 +178,9 @@ def run_wrk(
                     status, elapsed = http.post_search({"query": text, "mode": mode, "top_k": 10})
                     if status == 429:
                         refusals.append(elapsed)
-                    else:
-                        probe_ok += status == 200
+                    else:  # a worker with a free slot took it: try another connection, which
+                        probe_ok += status == 200  # the kernel may give to a full worker
+                        http.close()
                     time.sleep(0.02)
         _, err = flood.communicate()
         if flood.returncode != 0:
@@ -199,6 +203,7 @@ def run_wrk(
         rejected_p99_ms=round(float(np.percentile(refusals, 99)), 1) if refusals else 0.0,
         server_ms={"encode_ms": 0.0, "search_ms": 0.0, "rescore_ms": 0.0},
         client="wrk+probe" if probe else "wrk",
+        probe_admitted=probe_ok,
     )
 
 
@@ -220,8 +225,13 @@ class Probe:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; the next request opens a new one."""
         if self.sock is not None:
             self.sock.close()
+            self.sock = None
 
     def post_search(self, body: dict) -> tuple[int, float]:
         """(status, milliseconds) of one request; reconnects if the server closed the line."""
@@ -268,10 +278,11 @@ class Probe:
 
 def row_text(r: Result) -> str:
     s = r.server_ms
+    probe = f"probe admitted {r.probe_admitted}  " if r.client == "wrk+probe" else ""
     return (
         f"{r.scenario:9s} {r.client:9s} w={r.workers} c={r.concurrency:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  "
         f"p90 {r.p90_ms:6.1f}  p99 {r.p99_ms:6.1f}  ok {r.ok}  429 {r.rejected} "
-        f"(p50 {r.rejected_p50_ms:.1f} / p99 {r.rejected_p99_ms:.1f} ms)  err {r.errors}  "
+        f"(p50 {r.rejected_p50_ms:.1f} / p99 {r.rejected_p99_ms:.1f} ms)  err {r.errors}  {probe}"
         f"| server: encode {s['encode_ms']:.1f}  search {s['search_ms']:.1f}  "
         f"rescore {s['rescore_ms']:.1f} ms"
     )
