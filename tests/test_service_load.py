@@ -307,38 +307,45 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
         assert back.json()["current"] == "v0001"
 
 
-# --- thread priorities --------------------------------------------------------------------------
+# --- thread priorities ---------------------------------------------------------------------------
+def _in_a_new_thread(probe):
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(probe()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def _seen_by_the_service_threads(tiny_model, settings, probe) -> tuple:
+    """``probe()`` in the event loop's thread, a search thread, the model thread, and a thread
+    that a search thread starts, of a service started with ``settings``."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    app = create_app(settings, model=tiny_model)
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        state = app.state.service
+        loop = client.portal.call(probe)  # a plain function runs in the loop's thread
+        search = state.search_executor.submit(probe).result()
+        model = state.model_executor.submit(probe).result()
+        child = state.search_executor.submit(_in_a_new_thread, probe).result()
+    return loop, search, model, child
+
+
 def test_search_and_model_threads_run_below_the_event_loop(tiny_model, service_settings):
     """LEXVLA_WORKER_NICE: the search and model threads (and threads they start) run that many
     nice levels below the event loop thread; 0 leaves them level (Linux: nice is per thread)."""
     import os
 
-    from fastapi.testclient import TestClient
-
-    from service.main import create_app
-
     def nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    def nice_of_a_thread_started_here() -> int:
-        seen: list[int] = []
-        thread = threading.Thread(target=lambda: seen.append(nice()))
-        thread.start()
-        thread.join()
-        return seen[0]
-
     for increment in (7, 0):
         settings = service_settings.model_copy(update={"worker_nice": increment})
-        app = create_app(settings, model=tiny_model)
-        with TestClient(app) as client:
-            assert client.get("/readyz").status_code == 200
-            state = app.state.service
-            loop_nice = client.portal.call(nice)  # a plain function runs in the loop's thread
-            search = state.search_executor.submit(nice).result()
-            model = state.model_executor.submit(nice).result()
-            child = state.search_executor.submit(nice_of_a_thread_started_here).result()
-        expected = min(19, loop_nice + increment)
-        assert (search, model, child) == (expected, expected, expected), increment
+        loop, *pools = _seen_by_the_service_threads(tiny_model, settings, nice)
+        assert pools == [min(19, loop + increment)] * 3, increment
 
 
 def test_the_event_loop_asks_for_a_short_time_slice_and_the_pools_keep_the_default(
@@ -347,50 +354,17 @@ def test_the_event_loop_asks_for_a_short_time_slice_and_the_pools_keep_the_defau
     """LEXVLA_LOOP_SLICE_US: the loop's thread asks the kernel for that slice (Linux 6.12+
     EEVDF), and the search and model threads, and threads they start, for the default (they
     would otherwise inherit the loop's); 0 leaves the loop at the default too."""
-    from fastapi.testclient import TestClient
-
     from service.core.threads import set_time_slice, time_slice_us
-    from service.main import create_app
 
-    if not _kernel_takes_slices():
-        pytest.skip("this kernel does not report or take per-thread time slices")
+    taken = _in_a_new_thread(lambda: time_slice_us() if set_time_slice(250) else None)
+    if taken != 250.0:
+        pytest.skip("this kernel does not take or report per-thread time slices")
     default = time_slice_us()  # this thread never asked for one
-
-    def started_here() -> float | None:
-        seen: list[float | None] = []
-        thread = threading.Thread(target=lambda: seen.append(time_slice_us()))
-        thread.start()
-        thread.join()
-        return seen[0]
-
+    assert default != 300.0
     for slice_us in (300.0, 0.0):
         settings = service_settings.model_copy(update={"loop_slice_us": slice_us})
-        app = create_app(settings, model=tiny_model)
-        with TestClient(app) as client:
-            assert client.get("/readyz").status_code == 200
-            state = app.state.service
-            loop = client.portal.call(time_slice_us)  # a plain function runs in the loop's thread
-            search = state.search_executor.submit(time_slice_us).result()
-            model = state.model_executor.submit(time_slice_us).result()
-            child = state.search_executor.submit(started_here).result()
-            client.portal.call(set_time_slice, 0)  # the portal's thread serves other tests
-        assert (loop, search, model, child) == (slice_us or default, default, default, default)
-    assert default != 300.0
-
-
-def _kernel_takes_slices() -> bool:
-    """True if a thread here can set its slice and read it back (a throwaway thread)."""
-    from service.core.threads import set_time_slice, time_slice_us
-
-    seen: list[float | None] = []
-
-    def attempt() -> None:
-        seen.append(time_slice_us() if set_time_slice(250) else None)
-
-    thread = threading.Thread(target=attempt)
-    thread.start()
-    thread.join()
-    return seen == [250.0]
+        seen = _seen_by_the_service_threads(tiny_model, settings, time_slice_us)
+        assert seen == (slice_us or default, default, default, default), slice_us
 
 
 def test_the_app_sheds_outside_its_middleware_and_records_its_429s(tiny_model, service_settings):
