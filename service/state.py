@@ -74,7 +74,9 @@ class ServiceState:
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
         sys.setswitchinterval(s.gil_switch_ms / 1e3)  # process-wide: the event loop's latency
-        set_time_slice(s.loop_slice_us)  # this is the loop's thread; the pools reset theirs
+        # this is the loop's thread; the pools reset theirs
+        if not set_time_slice(s.loop_slice_us) and s.loop_slice_us:
+            log.debug("the kernel did not take LEXVLA_LOOP_SLICE_US (needs Linux 6.12+)")
         if self.model is None:
             self.model = await asyncio.to_thread(load_model, s)
         vocabulary = self.model.vocabulary
