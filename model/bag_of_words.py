@@ -53,4 +53,4 @@ def word_weights(
     weights = counts.astype(np.float32)
     if len(weights):
         weights /= np.sqrt(np.sum(weights * weights, dtype=np.float32))
-    return indices.astype(np.int32), weights
+    return indices, weights  # np.unique keeps int32

@@ -23,7 +23,7 @@ of the query's postings whose best partial scores are then re-scored completely.
 the block list and live masks under ``_lock`` and score without it; writers build new arrays and
 swap them in under the lock (copy-on-write), so a search never sees half a change.
 
-**On disk** (one version directory): ``index.json`` (manifest; ``params.blocks`` lists the blocks
+**On disk** (one version directory, :mod:`indexer.engines.compact_files`): ``index.json`` (manifest; ``params.blocks`` lists the blocks
 with their scales), ``blocks/bNNNNNN/*.npy`` (immutable: a new version hard-links the blocks it
 shares with the one it came from) and ``live/bNNNNNN.npy`` for blocks with deletions.
 """
@@ -43,7 +43,7 @@ import scipy.sparse as sp
 
 from indexer import filters as wf
 from indexer.engines import impact_kernels as kernels
-from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows, link_tree
+from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
 from indexer.engines.compact_block import (
     LAYOUT,
     MAX_ROWS,
@@ -52,6 +52,7 @@ from indexer.engines.compact_block import (
     encode_ids,
     quantised_block,
 )
+from indexer.engines.compact_files import check_layout, read_blocks, write_blocks
 from indexer.engines.compact_merge import merge_small
 from indexer.engines.compact_search import DEFAULT_PRUNING, ImpactPruning, Scorer, Snapshot
 
@@ -301,7 +302,7 @@ class CompactIndex:
         self._append_blocks(new, sources)
 
     def _append_blocks(
-        self, new: list[tuple[Block, float, float]], sources: list[Path | None] | None = None
+        self, new: list[tuple[Block, float, float]], sources: Sequence[Path | None] | None = None
     ) -> None:
         snap = self._snap
         counts = snap.counts.copy()
@@ -314,7 +315,7 @@ class CompactIndex:
             counts,
         )
         self._errors += [e for _, _, e in new]
-        self._sources += sources or [None] * len(new)
+        self._sources += list(sources) if sources else [None] * len(new)
 
     def merge_small_blocks(self) -> int:
         """Merge runs of blocks holding under half a block of live images into full blocks,
@@ -338,22 +339,7 @@ class CompactIndex:
         with self._lock:
             self.merge_small_blocks()
             snap, sources = self._snap, list(self._sources)
-        entries = []
-        for b, block in enumerate(snap.blocks):
-            name = f"b{b:06d}"
-            target = path / "blocks" / name
-            source = sources[b]
-            if source is not None:
-                link_tree(source, target)
-            else:
-                block.save(target)
-            if not snap.live[b].all():
-                (path / "live").mkdir(exist_ok=True)
-                np.save(path / "live" / f"{name}.npy", snap.live[b])
-            entries.append(
-                {"name": name, "rows": block.rows, "postings": block.postings,
-                 "scale": float(snap.scales[b]), "error": self._errors[b]}
-            )  # fmt: skip
+        entries = write_blocks(path, snap, sources, self._errors)
         live = sum(int(m.sum()) for m in snap.live)
         self.manifest.count = live
         self.manifest.deleted = sum(b.rows for b in snap.blocks) - live
@@ -362,7 +348,7 @@ class CompactIndex:
             "pruning": asdict(self.pruning) if self.pruning else None,
             "block_rows": self.block_rows,
             "rule": wf.RULE,  # the word filters' rule the blocks' strong words were taken with
-            "layout": LAYOUT,  # the blocks' file layout (compact_block.LAYOUT)
+            "layout": LAYOUT,  # the blocks' file layout (compact_files.check_layout)
             "blocks": entries,
         }
         self.manifest.save(path)
@@ -378,32 +364,16 @@ class CompactIndex:
         if manifest.engine != ENGINE:
             raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
         wf.check_rule(manifest.params, f"the compact index at {path}")
-        layout = manifest.params.get("layout", 1)
-        if layout != LAYOUT:
-            raise ValueError(
-                f"the compact index at {path} has block layout {layout}, this code reads layout "
-                f"{LAYOUT}; rebuild the index from the store (`lexvla index reindex`)"
-            )
+        check_layout(manifest.params, path)
         saved = manifest.params.get("pruning")
         index = cls(
             manifest, ImpactPruning(**saved) if saved else None,
             manifest.params.get("block_rows", MAX_ROWS), threads,
         )  # fmt: skip
-        new, sources = [], []
-        for entry in manifest.params.get("blocks", []):
-            source = path / "blocks" / entry["name"]
-            block = Block.load(source, mmap)
-            if mmap and populate:
-                block.populate()
-            new.append((block, entry["scale"], entry["error"]))
-            sources.append(source)
+        new, sources, masks = read_blocks(path, manifest.params.get("blocks", []), mmap, populate)
         index._append_blocks(new, sources)
-        live = list(index._snap.live)
-        for b, entry in enumerate(manifest.params.get("blocks", [])):
-            mask = path / "live" / f"{entry['name']}.npy"
-            if mask.is_file():
-                live[b] = np.load(mask)
-        index._snap.live[:] = live
+        for b, mask in masks.items():
+            index._snap.live[b] = mask
         return index
 
 

@@ -170,7 +170,7 @@ class Scorer:
         rows = sum(b.rows for b in snap.blocks)
         rescoring = candidates * RESCORE_COST * postings / max(rows, 1)
         reference = np.arange(CODES, dtype=np.float64) * float(snap.scales.max())
-        threshold, _, _ = kernels.plan_threshold(
+        threshold = kernels.plan_threshold(
             snap.counts, words, weights.astype(np.float64), reference, settings.budget,
             settings.min_postings, rescoring,
         )  # fmt: skip

@@ -7,12 +7,12 @@ millisecond each time a request arrives. Two per-thread knobs of the Linux sched
 - **nice** (:func:`lower_priority`): the search and model threads run ``LEXVLA_WORKER_NICE``
   levels below the loop, so the loop gets most of a core when it needs one.
 - **the time slice** (:func:`set_time_slice`): since Linux 6.12 (EEVDF) a thread may ask for a
-  shorter slice than the default (~3 ms), and a waking thread with a shorter slice preempts the
-  running one instead of waiting for its slice to end. Measured on the 2-core development
-  machine under the overload flood: a thread that sleeps 1 ms woke 1.1-1.7 ms late at p99 with
-  the default slice and 0.12-0.34 ms late with a 100 us one. The loop asks for
-  ``LEXVLA_LOOP_SLICE_US``; the pools' threads reset theirs to the default, since threads
-  inherit the slice of the thread that starts them.
+  shorter slice than the default (the kernel reported 1.4 ms on the 2-core development machine),
+  and a waking thread with a shorter slice preempts the running one instead of waiting for its
+  slice to end. Measured on that machine under the overload flood: a thread that sleeps 1 ms
+  woke 1.1-1.7 ms late at p99 with the default slice and 0.12-0.34 ms late with a 100 us one.
+  The loop asks for ``LEXVLA_LOOP_SLICE_US``; the pools' threads reset theirs to the default,
+  since threads inherit the slice of the thread that starts them.
 
 Python's ``os`` module has ``setpriority`` but no ``sched_setattr``, which sets the slice, so
 that system call is made through ``ctypes``. Both are best effort: on another system, an older
@@ -47,14 +47,32 @@ class _SchedAttr(ctypes.Structure):
     ]
 
 
-def _syscalls() -> tuple[int, int] | None:
-    if not sys.platform.startswith("linux"):
+def _libc_calls() -> tuple[ctypes.CDLL, int, int] | None:
+    """(libc, sched_setattr number, sched_getattr number), or None off Linux or on an
+    architecture without a known number."""
+    numbers = _SYSCALLS.get(platform.machine()) if sys.platform.startswith("linux") else None
+    if numbers is None:
         return None
-    return _SYSCALLS.get(platform.machine())
+    try:
+        return ctypes.CDLL(None, use_errno=True), *numbers
+    except OSError:
+        return None
 
 
 def _this_thread_nice() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def _this_thread_attr() -> _SchedAttr | None:
+    """The calling thread's scheduling attributes (``sched_getattr``), or None."""
+    calls = _libc_calls()
+    if calls is None:
+        return None
+    libc, _, get = calls
+    attr = _SchedAttr()
+    if libc.syscall(get, threading.get_native_id(), ctypes.byref(attr), ctypes.sizeof(attr), 0):
+        return None
+    return attr
 
 
 def set_time_slice(microseconds: float) -> bool:
@@ -62,42 +80,23 @@ def set_time_slice(microseconds: float) -> bool:
     default; the kernel keeps it within 0.1-100 ms). True if the kernel took the request.
 
     Only threads of the normal policy are changed, and their nice level is kept."""
-    calls = _syscalls()
-    if calls is None:
+    current, calls = _this_thread_attr(), _libc_calls()
+    if current is None or calls is None or current.sched_policy != 0:  # SCHED_OTHER only
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        tid = threading.get_native_id()
-        current = _SchedAttr()
-        if libc.syscall(calls[1], tid, ctypes.byref(current), ctypes.sizeof(current), 0) != 0:
-            return False
-        if current.sched_policy != 0:  # SCHED_OTHER only: leave real-time or batch threads be
-            return False
-        attr = _SchedAttr(
-            size=ctypes.sizeof(_SchedAttr),
-            sched_nice=_this_thread_nice(),
-            sched_runtime=int(microseconds * 1000),
-        )
-        return bool(libc.syscall(calls[0], tid, ctypes.byref(attr), 0) == 0)
-    except (AttributeError, OSError):
-        return False
+    libc, set_, _ = calls
+    attr = _SchedAttr(
+        size=ctypes.sizeof(_SchedAttr),
+        sched_nice=_this_thread_nice(),
+        sched_runtime=int(microseconds * 1000),
+    )
+    return libc.syscall(set_, threading.get_native_id(), ctypes.byref(attr), 0) == 0
 
 
 def time_slice_us() -> float | None:
     """The calling thread's slice in microseconds as the kernel reports it (its default where
     none was asked for), or None where it cannot say (not Linux, or no ``sched_getattr``)."""
-    calls = _syscalls()
-    if calls is None:
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        attr = _SchedAttr()
-        tid = threading.get_native_id()
-        if libc.syscall(calls[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-            return None
-        return attr.sched_runtime / 1000
-    except (AttributeError, OSError):
-        return None
+    attr = _this_thread_attr()
+    return None if attr is None else attr.sched_runtime / 1000
 
 
 def lower_priority(increment: int) -> None:

@@ -54,10 +54,13 @@ class Binder:
         self.metrics = metrics
         self.cache: LRUCache[tuple[float, list[int]]] = LRUCache(cache_size)
 
-    async def bound(self, image_id: str, query: sp.csr_matrix) -> tuple[float, list[int]]:
-        """(bound score, [row, column] of the best patch) of one stored image for a query."""
+    async def bound(
+        self, image_id: str, query: sp.csr_matrix, query_key: tuple[bytes, bytes]
+    ) -> tuple[float, list[int]]:
+        """(bound score, [row, column] of the best patch) of one stored image for a query
+        (``query_key``: its indices' and values' bytes, which the cache is keyed by)."""
         image = self.patches.key(image_id)
-        key = (*image, query.indices.tobytes(), query.data.tobytes())
+        key = (*image, *query_key)
         cached = self.cache.get(key)
         self.metrics.cache_lookup("bound", cached is not None)
         if cached is not None:
@@ -74,7 +77,8 @@ class Binder:
         """``hits`` (the lexical top candidates, best first) ordered by the mean of the lexical
         and the bound score (ties: lexical order), cut to ``offset:offset + top_k``, ranks
         renumbered."""
-        bounds = await asyncio.gather(*(self.bound(h.id, query) for h in hits))
+        query_key = (query.indices.tobytes(), query.data.tobytes())
+        bounds = await asyncio.gather(*(self.bound(h.id, query, query_key) for h in hits))
         scored = [
             (-(hit.score + bound) / 2, n, hit, bound, where)
             for n, (hit, (bound, where)) in enumerate(zip(hits, bounds, strict=True))

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from indexer.filters import STRONG_FRACTION, STRONG_TOP, WordFilter
 from indexer.store import CorpusStore
+from model import bag_of_words_row
 from model.protocols import LexicalModel
 from service.api.schemas import (
     AppliedFilters,
@@ -43,7 +44,6 @@ from service.search.query import (
     resolve_edits,
     split_filters,
     top_words,
-    words_vector,
 )
 from service.search.urls import image_url, thumbnail_url
 
@@ -150,7 +150,7 @@ class SearchPipeline:
         cached = self.words_cache.get(text)
         self.metrics.cache_lookup("words", cached is not None)
         if cached is None:
-            cached = words_vector(text, self.model.tokenizer, self.vocabulary)
+            cached = bag_of_words_row(text, self.model.tokenizer, self.vocabulary)
             self.words_cache.put(text, cached)
         return cached
 

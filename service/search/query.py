@@ -30,14 +30,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from indexer.filters import WordFilter
 from indexer.scoring import top_words as top_words  # the routes import it from here
-from model import bag_of_words_row
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 
@@ -137,8 +135,3 @@ def apply_edits(row: sp.csr_matrix, edits: QueryEdits) -> sp.csr_matrix:
     for i in edits.exclude:
         weights.pop(i, None)
     return row_from_weights(weights, row.shape[1])
-
-
-def words_vector(text: str, tokenizer: Any, vocabulary: Vocabulary) -> sp.csr_matrix:
-    """Mode ``words``: the text's own vocabulary words, no language model (1 x V CSR)."""
-    return bag_of_words_row(text, tokenizer, vocabulary)
