@@ -220,11 +220,10 @@ class Block:
 
     def rescore(self, rows: np.ndarray, values: np.ndarray, dense_query: np.ndarray) -> np.ndarray:
         """Quantised scores of ``rows`` against a dense float32 query."""
-        scores, _ = impact_kernels.rescore(
+        return impact_kernels.rescore(
             np.asarray(rows, dtype=np.int64),
             self.fwd_gap_ptr, self.fwd_gaps, self.fwd_ptr, self.fwd_codes, values, dense_query,
         )  # fmt: skip
-        return scores
 
 
 def quantised_block(
