@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -119,6 +120,35 @@ def test_pruning_is_never_planned_when_exact_costs_no_more(pair, corpus):
         10,
     )
     assert compact.search(q, 10) == compact.search(q, 10, pruning=None)
+
+
+def test_long_queries_read_a_smaller_share_of_their_postings(pair):
+    """Past ``long_words`` query words the planned share falls as (long_words / words) **
+    falloff; the plan reads that share of the query's postings (within the codes' steps)."""
+    compact, _ = pair
+    default = ImpactPruning()
+    assert default.budget_for(30) == default.budget_for(100) == default.budget
+    assert default.budget_for(300) == pytest.approx(0.1 * (1 / 3) ** 0.2)  # 0.080
+    assert default.budget_for(200) > default.budget_for(300) > default.budget_for(1000)
+    assert ImpactPruning(falloff=0.0).budget_for(300) == default.budget
+    rng = np.random.default_rng(7)
+    words = np.sort(rng.choice(V, 300, replace=False))
+    weights = rng.exponential(0.05, 300).astype(np.float32)
+    snap = compact._snapshot()
+    reference = np.arange(256) * snap.scales.max()
+
+    def share_read(pruning: ImpactPruning) -> float:
+        threshold, _ = compact._scorer.plan(snap, words, weights, pruning, 10)
+        read = [
+            snap.counts[w, weight * reference >= threshold].sum()
+            for w, weight in zip(words, weights.astype(np.float64), strict=True)
+        ]
+        return float(np.sum(read) / snap.counts[words].sum())
+
+    falling = ImpactPruning(min_postings=0, candidates=10, per_word=0.0)  # little to re-score
+    flat = dataclasses.replace(falling, falloff=0.0)
+    assert 0.9 * flat.budget <= share_read(flat) <= flat.budget
+    assert 0.9 * falling.budget_for(300) <= share_read(falling) <= falling.budget_for(300)
 
 
 def test_paging_threads_and_batches_agree(corpus, pair):
@@ -353,3 +383,26 @@ def test_search_kernels_release_the_gil():
     for module, name in called:
         kernel = getattr(module, name)
         assert kernel.targetoptions.get("nogil") is True, name
+
+
+def test_prefetch_emits_the_instruction_and_changes_nothing():
+    """The kernels' prefetch is a hand-written intrinsic: it must compile to a real prefetch
+    (else it is silently a no-op), never fault past an array's end, and leave results as they
+    are."""
+    import numba as nb
+
+    from indexer.engines.prefetch import prefetch
+
+    @nb.njit(nogil=True)
+    def summed(a):  # pragma: no cover - compiled
+        s = 0
+        for i in range(len(a)):
+            prefetch(a, i + 4096)  # far past the end: a hint, not a load
+            s += a[i]
+        return s
+
+    a = np.arange(1000, dtype=np.int64)
+    assert summed(a) == a.sum()
+    if os.uname().machine == "x86_64":
+        assembly = summed.inspect_asm(summed.signatures[0])
+        assert "prefetcht0" in assembly
