@@ -250,6 +250,24 @@ def test_an_index_of_another_block_layout_is_refused(tmp_path, corpus):
         open_index(tmp_path / "index")
 
 
+def test_saved_pruning_settings_old_and_unknown(tmp_path, corpus):
+    """An index saved before the long-query falloff opens with its defaults; one saved by a
+    later version with settings this one lacks is refused with a message, not a TypeError."""
+    ids, rows, _ = corpus
+    index = CompactIndex.create(V, pruning=ImpactPruning(budget=0.2))
+    index.add(ids[:100], rows[:100])
+    manifest = publish(index, tmp_path / "index") / "index.json"
+    meta = json.loads(manifest.read_text())
+    for field in ("long_words", "falloff"):
+        del meta["params"]["pruning"][field]
+    manifest.write_text(json.dumps(meta))
+    assert open_index(tmp_path / "index").pruning == ImpactPruning(budget=0.2)
+    meta["params"]["pruning"]["stop_early"] = True
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"does not know \(stop_early\).*upgrade lexvla"):
+        open_index(tmp_path / "index")
+
+
 def test_two_processes_share_one_mapped_index(tmp_path, corpus, pair):
     _, _, queries = corpus
     compact, _ = pair

@@ -367,7 +367,7 @@ class CompactIndex:
         check_layout(manifest.params, path)
         saved = manifest.params.get("pruning")
         index = cls(
-            manifest, ImpactPruning(**saved) if saved else None,
+            manifest, ImpactPruning.saved(saved, f"the compact index at {path}") if saved else None,
             manifest.params.get("block_rows", MAX_ROWS), threads,
         )  # fmt: skip
         new, sources, masks = read_blocks(path, manifest.params.get("blocks", []), mmap, populate)

@@ -21,6 +21,7 @@ exactly those are re-scored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,17 @@ class ImpactPruning:
     def candidates_for(self, words: int, need: int) -> int:
         wanted = min(self.max_candidates, max(self.candidates, int(self.per_word * words)))
         return max(need, wanted)
+
+    @classmethod
+    def saved(cls, settings: dict[str, Any], where: str) -> ImpactPruning:
+        """The settings an index was saved with; fields this version lacks are refused."""
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"{where} was saved with pruning settings this version of lexvla does not know "
+                f"({', '.join(unknown)}): upgrade lexvla, or rebuild the index with this one"
+            )
+        return cls(**settings)
 
     def budget_for(self, words: int) -> float:
         """The share of its postings a query of ``words`` words reads."""
