@@ -16,8 +16,9 @@ hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-# The service tests' fixtures (corpus, app, client, live server) live in their own module.
-pytest_plugins = ["service_fixtures"]
+# The service tests' fixtures (corpus, app, client, live server) and the compact engine's
+# (corpus, pair) live in their own modules.
+pytest_plugins = ["service_fixtures", "compact_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

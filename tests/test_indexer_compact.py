@@ -1,71 +1,19 @@
-"""indexer.engines.compact: the quantised impact index against the exact memory engine."""
+"""indexer.engines.compact: the quantised impact index against the exact memory engine
+(scores, pruning, writes, concurrency, kernels). Its files on disk: test_indexer_compact_files.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from compact_fixtures import V
 
-from indexer.engines import block_kernels, impact_kernels, open_index, publish
+from indexer.engines import block_kernels, impact_kernels
 from indexer.engines.compact import CompactIndex, ImpactPruning
 from indexer.engines.compact_block import balanced_block_rows
-from indexer.engines.memory import MemoryIndex
-
-V = 2000
-ROOT = Path(__file__).resolve().parent.parent
-
-
-P = 1.0 / (np.arange(V) + 5.0)
-P /= P.sum()  # Zipf word popularity
-
-
-def topical_rows(n: int, seed: int, active: int = 150) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Unit rows: Zipf background words plus a few strong words of one of 50 topics each, so
-    that top-10s are decided by real score gaps (as for LexVLA images), not by noise."""
-    rng = np.random.default_rng(seed)
-    p = P
-    topic_words = rng.choice(V, size=(50, 8), replace=False)
-    topics = rng.integers(0, 50, size=n)
-    dense = np.zeros((n, V), dtype=np.float32)
-    for r in range(n):
-        words = rng.choice(V, size=active, replace=False, p=p)
-        dense[r, words] = rng.lognormal(-3.5, 0.8, size=active)
-        strong = topic_words[topics[r]][rng.random(8) < 0.7]
-        dense[r, strong] = rng.lognormal(-1.5, 0.4, size=len(strong))
-    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
-    return sp.csr_matrix(dense), topic_words
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    rows, topic_words = topical_rows(6000, seed=0)
-    rng = np.random.default_rng(1)
-    queries = np.zeros((60, V), dtype=np.float32)
-    for i in range(60):
-        queries[i, topic_words[i % 50][:5]] = rng.uniform(0.3, 1.0, 5)
-        queries[i, rng.choice(V, 40, replace=False, p=P)] += rng.exponential(0.05, 40)
-    ids = [f"img-{i:05d}" for i in range(rows.shape[0])]
-    return ids, rows, sp.csr_matrix(queries)
-
-
-@pytest.fixture(scope="module")
-def pair(corpus):
-    ids, rows, _ = corpus
-    compact = CompactIndex.create(V, pruning=None, threads=2)
-    compact.block_rows = 2500  # several blocks, one of them partial
-    for start in range(0, len(ids), 1000):
-        compact.add(ids[start : start + 1000], rows[start : start + 1000])
-    memory = MemoryIndex.create(V)
-    memory.add(ids, rows)
-    return compact, memory
 
 
 def test_exact_search_is_within_the_quantisation_bound_of_float32(corpus, pair):
@@ -183,113 +131,6 @@ def test_add_delete_vectors_count(corpus):
     assert np.abs(back - rows[[3, 10]].toarray()).max() <= scale / 2 + 1e-7
 
 
-def test_save_open_mmap_and_versions_share_blocks(tmp_path, corpus, pair):
-    ids, _, queries = corpus
-    compact, _ = pair
-    first = publish(compact, tmp_path / "index")
-    opened = open_index(tmp_path / "index")
-    assert isinstance(opened, CompactIndex) and opened.count() == len(ids)
-    post = opened._snap.blocks[0].post  # an ndarray view of the file's map (cheap to unbox)
-    assert type(post) is np.ndarray and isinstance(post.base, np.memmap)
-    for n in range(5):
-        assert opened.search(queries[n], 10) == compact.search(queries[n], 10)
-    assert opened.delete([ids[0]]) == 1
-    second = publish(opened, tmp_path / "index")
-    block = "blocks/b000000/post.npy"
-    assert os.stat(first / block).st_ino == os.stat(second / block).st_ino  # hard-linked
-    reopened = open_index(tmp_path / "index")
-    assert reopened.count() == len(ids) - 1
-    assert json.loads((second / "index.json").read_text())["deleted"] == 1
-
-
-def test_publishing_merges_small_blocks_and_search_stays_within_the_bound(tmp_path, corpus):
-    """Incremental adds leave small blocks; publishing merges them (deleted rows dropped) and
-    the merged index answers as the unmerged one did, within the quantisation bound."""
-    from indexer import filters as wf
-
-    ids, rows, queries = corpus
-    index = CompactIndex.create(V, pruning=None)
-    index.block_rows = 2500
-    for start in range(0, 3000, 300):  # ten adds of 300 images: ten small blocks
-        index.add(ids[start : start + 300], rows[start : start + 300])
-        index.build()
-    assert len(index._snap.blocks) == 10
-    assert index.delete(ids[10:20] + ids[600:900]) == 310  # one block left with no live image
-    before = [index.search(queries[n], 10) for n in range(20)]
-    having = wf.WordFilter(require=[int(rows[0].indices[np.argmax(rows[0].data)])])
-    filtered = index.search(queries[0], 50, filters=having)
-    opened = open_index(publish(index, tmp_path / "index"))
-    assert opened.count() == 3000 - 310
-    # blocks 0-8 (2,390 live rows) fill one block, in order, dead rows dropped; 9 did not fit
-    assert [b.rows for b in opened._snap.blocks] == [2390, 300]
-    exact = rows.toarray().astype(np.float64)
-    for n in range(20):
-        after = opened.search(queries[n], 10)
-        bound = opened.error_bound(queries[n])
-        scores = exact @ queries[n].toarray().ravel()
-        for image_id, score in after:
-            assert abs(score - scores[ids.index(image_id)]) <= bound
-        overlap = {i for i, _ in after} & {i for i, _ in before[n]}
-        assert len(overlap) >= 9
-    assert {i for i, _ in opened.search(queries[0], 50, filters=having)} == {i for i, _ in filtered}
-    with pytest.raises(KeyError):
-        opened.vectors_of([ids[650]])
-    np.testing.assert_allclose(
-        opened.vectors_of([ids[2000]]).toarray(), rows[2000].toarray(), atol=max(opened._errors)
-    )
-
-
-def test_an_index_of_another_block_layout_is_refused(tmp_path, corpus):
-    ids, rows, _ = corpus
-    index = CompactIndex.create(V)
-    index.add(ids[:100], rows[:100])
-    manifest = publish(index, tmp_path / "index") / "index.json"
-    meta = json.loads(manifest.read_text())
-    del meta["params"]["layout"]  # as written before byte-gap segments
-    manifest.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"block layout 1.*lexvla index reindex"):
-        open_index(tmp_path / "index")
-
-
-def test_saved_pruning_settings_old_and_unknown(tmp_path, corpus):
-    """An index saved before the long-query falloff opens with its defaults; one saved by a
-    later version with settings this one lacks is refused with a message, not a TypeError."""
-    ids, rows, _ = corpus
-    index = CompactIndex.create(V, pruning=ImpactPruning(budget=0.2))
-    index.add(ids[:100], rows[:100])
-    manifest = publish(index, tmp_path / "index") / "index.json"
-    meta = json.loads(manifest.read_text())
-    for field in ("long_words", "falloff"):
-        del meta["params"]["pruning"][field]
-    manifest.write_text(json.dumps(meta))
-    assert open_index(tmp_path / "index").pruning == ImpactPruning(budget=0.2)
-    meta["params"]["pruning"]["stop_early"] = True
-    manifest.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"does not know \(stop_early\).*upgrade lexvla"):
-        open_index(tmp_path / "index")
-
-
-def test_two_processes_share_one_mapped_index(tmp_path, corpus, pair):
-    _, _, queries = corpus
-    compact, _ = pair
-    path = publish(compact, tmp_path / "index")
-    sp.save_npz(tmp_path / "q.npz", queries[:5])
-    script = (
-        "import json, sys, scipy.sparse as sp\n"
-        "from indexer.engines import open_index\n"
-        f"index = open_index({str(path)!r})\n"
-        f"qs = sp.load_npz({str(tmp_path / 'q.npz')!r})\n"
-        "print(json.dumps([index.search(qs[i], 10) for i in range(qs.shape[0])]))\n"
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE)
-        for _ in range(2)
-    ]
-    outputs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
-    expected = [[list(h) for h in compact.search(queries[i], 10)] for i in range(5)]
-    assert outputs[0] == outputs[1] == expected
-
-
 def test_searches_run_while_images_are_added_and_deleted(corpus):
     ids, rows, queries = corpus
     index = CompactIndex.create(V, pruning=None, threads=2)
@@ -317,32 +158,6 @@ def test_searches_run_while_images_are_added_and_deleted(corpus):
         t.join()
     assert not errors
     assert index.count() == 4000 - 8 * 100
-
-
-def test_spilled_build_holds_blocks_on_disk(tmp_path, corpus):
-    ids, rows, _queries = corpus
-    index = CompactIndex.create(V, pruning=None, spill_dir=tmp_path / "spill")
-    index.block_rows = 2000
-    index.add(ids, rows)
-    index.build()
-    assert all(isinstance(b.post.base, np.memmap) for b in index._snap.blocks)
-    saved = tmp_path / "saved"
-    index.save(saved)
-    (spilled,) = (tmp_path / "spill").iterdir()  # a fresh folder of this build's own
-    assert (
-        os.stat(saved / "blocks/b000000/post.npy").st_ino
-        == os.stat(spilled / "s000000/post.npy").st_ino
-    )
-    # a second build spilling into the same folder never writes over the first one's blocks
-    before = index.search(rows[0], 5, pruning=None)
-    other = CompactIndex.create(V, pruning=None, spill_dir=tmp_path / "spill")
-    other.block_rows = 2000
-    other.add(ids, rows[::-1])  # other rows under the same ids
-    other.build()
-    assert CompactIndex.open(saved).search(rows[0], 5, pruning=None) == before
-    (saved / "blocks/b000000/post.npy").unlink()
-    with pytest.raises(ValueError, match="not a complete compact block"):
-        CompactIndex.open(saved)
 
 
 def test_balanced_blocks():

@@ -103,7 +103,7 @@ def score_block(  # pragma: no cover - compiled
     # Each word's lists start at an unrelated place in three arrays read one after the other
     # (word_seg -> seg_end/seg_code -> post), mostly from DRAM. So, while word i is scored, the
     # entry of word i + 3 is prefetched, the segment table of word i + 2 and the first postings
-    # of word i + 1: ~7% less time at 300 query words (bench/index_search.py, docs/benchmarks.md).
+    # of word i + 1: 5-7% less time at 300 query words (docs/benchmarks.md).
     for k in range(min(m, 3)):
         prefetch(word_seg, words[k])
     for k in range(min(m, 2)):
@@ -179,19 +179,17 @@ def _prefetch_segments(seg_code, seg_end, word_seg, w):  # pragma: no cover - co
 
 @_jit
 def _prefetch_postings(post8, seg_code, seg_end, word_seg, w, cmin):  # pragma: no cover
-    """Start loading the first :data:`AHEAD_LINES` lines of the postings word ``w`` will read
-    (its segments of code >= ``cmin``; its segment table must be cached)."""
+    """Start loading the first :data:`AHEAD_LINES` lines of word ``w``'s postings if it reads
+    any (its first segment's code is >= ``cmin``; its segment table must be cached). The
+    segments it reads are not walked here: the scoring loop does that once."""
     one = np.uintp(1)
     s0 = np.uintp(word_seg[w])
     s1 = np.uintp(word_seg[w + one])
-    s = s0
-    while s < s1 and seg_code[s] >= cmin:
-        s += one
-    if s == s0:
+    if s0 == s1 or seg_code[s0] < cmin:
         return
     mask = np.uintp(END_MASK)
     start = np.uintp(0) if s0 == 0 else np.uintp(seg_end[s0 - one]) & mask
-    end = min(np.uintp(seg_end[s - one]) & mask, start + np.uintp(AHEAD_LINES * LINE))
+    end = min(np.uintp(seg_end[s1 - one]) & mask, start + np.uintp(AHEAD_LINES * LINE))
     for p in range(start, end, LINE):
         prefetch(post8, p)
 
