@@ -3,8 +3,10 @@
 The demo runs once for the suite with its default recipe (the ``full_demo`` fixture): both
 backbones pretrained on shapes, LexVLA trained on top, 300 held-out images indexed and measured
 by ``lexvla.demo_eval``. The bounds are the issue's targets where the demo meets them, with a
-margin below what was measured on 2026-12-01 (README); the numbers are deterministic for a seed,
-so the margin is for other machines and library versions.
+margin below what was measured (README). The numbers repeat for a seed on one machine, but not
+across processors: torch's CPU kernels round differently with AVX-512 than with AVX2, and the
+tiny model's training drifts from there (2026-12-01: R@1 72.0 / 69.7, 5 of 5 bound red circles;
+2026-12-06 on an AVX-512 Xeon: 69.6 / 72.0, 4 of 5), so the margin is for other machines too.
 """
 
 import json
@@ -30,9 +32,11 @@ def test_demo_numbers(full_demo):
     assert all(set(h["top_words"]) == {"red", "circle"} for h in red["hits"])
     # a bag of words cannot bind colours to kinds: all 5 show red and a circle, 4 a red circle
     assert red["red_and_circle_in_top5"] == 5 and red["red_circles_in_top5"] >= 4
-    # re-ranked by where the words are (one patch with both): all 5 are red circles
+    # re-ranked by where the words are (one patch with both): never fewer red circles than the
+    # bag of words, 5 of 5 on one machine and 4 of 5 on another (the model's own mistakes stay)
     bound = metrics["red_circle_bound"]
-    assert bound["red_circles_in_top5"] == 5 and bound["red_and_circle_lead_every_hit"]
+    assert bound["red_circles_in_top5"] >= max(4, red["red_circles_in_top5"])
+    assert bound["red_and_circle_lead_every_hit"]
     assert metrics["no_star"]["hits"] == 10 and metrics["no_star"]["with_star"] == 0
     words = metrics["shape_words"]
     assert set(words) == {"circle", "square", "triangle", "star", "heart"}
