@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from indexer import scoring_kernels as kernels
 from indexer.engines.base import SearchIndex
 from indexer.filters import WordFilter
 from indexer.store import CorpusStore
@@ -80,6 +81,41 @@ def dense_query(query: sp.csr_matrix) -> np.ndarray:
     return q
 
 
+def scored_hits(
+    ids: list[str],
+    q: np.ndarray,
+    rows: sp.csr_matrix,
+    vocabulary: Vocabulary,
+    limit: int | None = None,
+) -> list[ScoredHit]:
+    """The exact score of each row of ``rows`` (image ``ids[i]``) against the dense float64
+    query ``q``, and its matched words, largest contribution first (ties by word index); only
+    the first ``limit`` are listed, the rest counted and summed.
+
+    One compiled call for the whole page (:func:`indexer.scoring_kernels.page_contributions`,
+    GIL released), so that only the listed words become Python objects: a LexVLA image matches
+    hundreds of a model query's words, and building an object for each one was most of what
+    the search threads did while holding the GIL (py-spy under overload at 1M images), which
+    delayed the event loop's 429s. Sums run smallest first and sequentially, so the score does
+    not depend on where the list is cut.
+    """
+    if rows.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids for {rows.shape[0]} rows")
+    scores, rest_n, rest_sum, ptr, idx, qv, dv, values = kernels.page_contributions(
+        rows.indptr, rows.indices, rows.data, q, -1 if limit is None else limit
+    )
+    words = vocabulary.words
+    listed = [
+        Contribution(i, words[i], a, b, c)
+        for i, a, b, c in zip(idx.tolist(), qv.tolist(), dv.tolist(), values.tolist(), strict=True)
+    ]
+    bounds, counts, sums = ptr.tolist(), rest_n.tolist(), rest_sum.tolist()
+    return [
+        ScoredHit(image_id, score, listed[bounds[n] : bounds[n + 1]], counts[n], sums[n])
+        for n, (image_id, score) in enumerate(zip(ids, scores.tolist(), strict=True))
+    ]
+
+
 def scored_hit(
     image_id: str,
     q: np.ndarray,
@@ -88,38 +124,9 @@ def scored_hit(
     vocabulary: Vocabulary,
     limit: int | None = None,
 ) -> ScoredHit:
-    """The exact score of one image row (``indices``/``data``) and its matched words, largest
-    contribution first; only the first ``limit`` are listed, the rest counted and summed.
-
-    Written with numpy so that only the listed words become Python objects: a LexVLA image
-    matches hundreds of a model query's words, and building an object for each one was most of
-    what the search threads did while holding the GIL (py-spy under overload at 1M images),
-    which delayed the event loop's 429s. Sums run smallest first and sequentially, so the
-    score does not depend on where the list is cut.
-    """
-    qw = q[indices]
-    hit = qw > 0
-    idx, qv, dv = indices[hit], qw[hit], data[hit].astype(np.float64)
-    values = qv * dv
-    order = np.lexsort((idx, -values))
-    head = order if limit is None else order[:limit]
-    words = vocabulary.words
-    matched = [
-        Contribution(i, words[i], a, b, c)
-        for i, a, b, c in zip(
-            idx[head].tolist(), qv[head].tolist(), dv[head].tolist(), values[head].tolist(),
-            strict=True,
-        )
-    ]  # fmt: skip
-    rest = order[len(head) :]
-    return ScoredHit(
-        image_id, _ascending_sum(values[order]), matched, len(rest), _ascending_sum(values[rest])
-    )
-
-
-def _ascending_sum(descending: np.ndarray) -> float:
-    """Sum, smallest first, one addition at a time (cumsum: no pairwise reordering)."""
-    return float(np.cumsum(descending[::-1])[-1]) if len(descending) else 0.0
+    """:func:`scored_hits` of one image row given as its ``indices`` and ``data``."""
+    row = sp.csr_matrix((data, indices, np.array([0, len(indices)])), shape=(1, len(q)), copy=False)
+    return scored_hits([image_id], q, row, vocabulary, limit)[0]
 
 
 def explain_row(
@@ -179,13 +186,7 @@ def search(
             scores = np.asarray(rows.astype(np.float64) @ q).ravel()
             order = np.lexsort((np.arange(len(ids)), -scores))[offset : offset + top_k]
             rows, ids = rows[order], [ids[i] for i in order]
-        for n, image_id in enumerate(ids):
-            a, b = rows.indptr[n], rows.indptr[n + 1]
-            hits.append(
-                scored_hit(
-                    image_id, q, rows.indices[a:b], rows.data[a:b], vocabulary, matched_limit
-                )
-            )
+        hits = scored_hits(ids, q, rows, vocabulary, matched_limit)
         hits.sort(key=lambda h: -h.score)  # stable: engine order breaks float-level ties
         hits = [h for h in hits if h.score >= min_score]
     done = time.perf_counter()

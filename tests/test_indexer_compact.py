@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from compact_fixtures import V
 
+from indexer import scoring_kernels
 from indexer.engines import block_kernels, impact_kernels
 from indexer.engines.compact import CompactIndex, ImpactPruning
-from indexer.engines.compact_block import balanced_block_rows
+from indexer.engines.compact_block import balanced_block_rows, encode_ids
 
 
 def test_exact_search_is_within_the_quantisation_bound_of_float32(corpus, pair):
@@ -180,6 +181,17 @@ def test_vectors_of_across_blocks_keeps_the_asked_order(corpus, pair):
     dense = rows[pick].toarray()
     assert np.abs(back.toarray() - dense).max() <= scale / 2 + 1e-7
     assert (back.getnnz(axis=1) <= rows[pick].getnnz(axis=1)).all()
+    # exactly each block's own forward row, dequantised with that block's scale
+    snap = compact._snapshot()
+    for n, image_id in enumerate(ids[i] for i in pick):
+        b, row = next(
+            (b, int(r[0])) for b, blk in enumerate(snap.blocks)
+            if (r := blk.find(encode_ids([image_id])))[0] >= 0
+        )  # fmt: skip
+        _, words, codes = snap.blocks[b].decode(np.array([row]))
+        got = back[n]
+        assert np.array_equal(got.indices, words)
+        assert np.array_equal(got.data, (codes * snap.scales[b]).astype(np.float32))
 
 
 def test_rows_of_a_page_just_searched_equal_rows_looked_up(corpus):
@@ -212,7 +224,9 @@ def test_search_kernels_release_the_gil():
     called = [
         (impact_kernels, "plan_threshold"), (impact_kernels, "score_block"),
         (impact_kernels, "rescore"), (block_kernels, "decode_rows"),
+        (block_kernels, "fill_row_lengths"), (block_kernels, "decode_block_rows"),
         (block_kernels, "build_block"), (block_kernels, "pack_segments"),
+        (scoring_kernels, "page_contributions"),
     ]  # fmt: skip
     for module, name in called:
         kernel = getattr(module, name)

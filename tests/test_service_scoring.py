@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from indexer.engines.base import IndexManifest
 from indexer.engines.memory import MemoryIndex, Pruning
-from indexer.scoring import scored_hit
+from indexer.scoring import scored_hit, scored_hits
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 from service.search import heatmap, scoring
@@ -252,3 +252,50 @@ def test_rows_from_weights_drop_zeros():
     row = row_from_weights({3: 0.5, 1: 0.0, 2: 0.25}, 6)
     assert isinstance(row, sp.csr_matrix) and row.shape == (1, 6)
     assert row.indices.tolist() == [2, 3] and row.data.tolist() == [0.25, 0.5]
+
+
+def test_a_page_of_hits_equals_each_hit_scored_alone(vocab):
+    """scored_hits over a page: each row as a plain loop would score it, unsorted word ids and
+    rows without a matched word included, every listing limit."""
+    rng = np.random.default_rng(3)
+    size = len(PIECES)
+    q = np.where(rng.random(size) < 0.6, rng.random(size), 0.0)
+    q[2] = 0.5  # a tie-maker: same contribution as word 3 below
+    q[3] = 0.25
+    rows = []
+    for n in range(6):
+        words = rng.permutation(size)[: rng.integers(0, size)]  # any order
+        data = rng.random(len(words)).astype(np.float32)
+        if n == 1:  # equal contributions: ties go by word index
+            words, data = np.array([3, 2]), np.array([1.0, 0.5], dtype=np.float32)
+        rows.append((words.astype(np.int32), data))
+    indptr = np.cumsum([0] + [len(w) for w, _ in rows])
+    page = sp.csr_matrix(
+        (np.concatenate([d for _, d in rows]), np.concatenate([w for w, _ in rows]), indptr),
+        shape=(len(rows), size),
+    )
+    ids = [f"img{n}" for n in range(len(rows))]
+    for limit in (None, 0, 1, 3):
+        hits = scored_hits(ids, q, page, vocab, limit)
+        for hit, image_id, (words, data) in zip(hits, ids, rows, strict=True):
+            expected = sorted(
+                (
+                    (int(j), float(q[j]) * float(d))
+                    for j, d in zip(words, data, strict=True)
+                    if q[j] > 0
+                ),
+                key=lambda item: (-item[1], item[0]),
+            )
+            listed = expected if limit is None else expected[:limit]
+            rest = expected[len(listed) :]
+            assert hit.id == image_id
+            assert [(c.index, c.contribution) for c in hit.matched] == listed
+            assert hit.score == sum(v for _, v in reversed(expected))
+            assert hit.other_words == len(rest)
+            assert hit.other_contribution == sum(v for _, v in reversed(rest))
+    assert [(c.index, c.contribution) for c in scored_hits(ids, q, page, vocab)[1].matched] == [
+        (2, 0.25),
+        (3, 0.25),
+    ]
+    with pytest.raises(ValueError, match="2 ids for 6 rows"):
+        scored_hits(ids[:2], q, page, vocab)

@@ -207,6 +207,44 @@ def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - com
 
 
 @_jit
+def fill_row_lengths(docs, block, code_ptr, lengths):  # pragma: no cover - compiled
+    """``lengths[i]`` = the forward row length of ``docs[i]`` (block number << 16 | row) for
+    the docs of block ``block``; the others are left as they are."""
+    for i in range(len(docs)):
+        if docs[i] >> 16 == block:
+            r = docs[i] & 0xFFFF
+            lengths[i] = code_ptr[r + 1] - code_ptr[r]
+
+
+@_jit
+def decode_block_rows(
+    docs, block, gap_ptr, gaps, code_ptr, codes, values, indptr, words, weights
+):  # pragma: no cover - compiled
+    """Write the forward rows of the docs of block ``block`` (of ``docs``: block number << 16 |
+    row) at ``indptr[i]`` of ``words`` and ``weights`` (``values[code]``: dequantised).
+
+    A page's hits lie in a few blocks each: one call per block scans the page instead of numpy
+    code grouping the docs by block, which held the GIL (:meth:`CompactIndex.vectors_of`)."""
+    for i in range(len(docs)):
+        if docs[i] >> 16 != block:
+            continue
+        r = docs[i] & 0xFFFF
+        p = gap_ptr[r]
+        w = np.int64(-1)
+        o = indptr[i]
+        for j in range(code_ptr[r], code_ptr[r + 1]):
+            g = np.int64(gaps[p])
+            p += 1
+            if g == 255:
+                g = np.int64(gaps[p]) | (np.int64(gaps[p + 1]) << 8)
+                p += 2
+            w += g + 1
+            words[o] = w
+            weights[o] = values[codes[j]]
+            o += 1
+
+
+@_jit
 def quantise_rows(indptr, indices, data, scale):  # pragma: no cover - compiled
     """Float CSR rows -> (indptr, words, codes) with codes round(w / scale) in 1..255 (code 0
     dropped), and the largest |w - code * scale| over every weight, dropped ones included."""

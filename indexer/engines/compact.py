@@ -42,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer import filters as wf
+from indexer import scoring_kernels
 from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
 from indexer.engines.compact_block import (
@@ -214,27 +215,7 @@ class CompactIndex:
         if (where < 0).any():
             missing = ids[int(np.flatnonzero(where < 0)[0])]
             raise KeyError(f"image {missing!r} is not in the index")
-        v = self.manifest.vocabulary_size
-        lengths = np.zeros(len(ids), dtype=np.int64)
-        words_parts: list[np.ndarray] = []
-        value_parts: list[np.ndarray] = []
-        order_parts: list[np.ndarray] = []
-        for b in np.unique(where >> 16):  # one decode per block, rows put back in order below
-            at = np.flatnonzero((where >> 16) == b)
-            indptr, words, codes = snap.blocks[int(b)].decode(where[at] & 0xFFFF)
-            lengths[at] = np.diff(indptr)
-            words_parts.append(words)
-            value_parts.append((codes * snap.scales[int(b)]).astype(np.float32))
-            order_parts.append(np.repeat(at, np.diff(indptr)))
-        if not words_parts:
-            return sp.csr_matrix((0, v), dtype=np.float32)
-        # stable sort by output row keeps each row's words ascending
-        order = np.argsort(np.concatenate(order_parts), kind="stable")
-        indptr = np.concatenate(([0], np.cumsum(lengths)))
-        return sp.csr_matrix(
-            (np.concatenate(value_parts)[order], np.concatenate(words_parts)[order], indptr),
-            shape=(len(ids), v),
-        )
+        return snap.rows_of(where, self.manifest.vocabulary_size)
 
     def error_bound(self, query: sp.csr_matrix) -> float:
         """Largest |quantised - float32| score of any image for ``query`` (the scale bound)."""
@@ -378,13 +359,15 @@ class CompactIndex:
 
 
 def compile_kernels() -> None:
-    """Compile (or load from numba's cache) every kernel, on a tiny index: a first search in a
-    fresh environment would otherwise pay a few seconds of compilation (images do this at
-    build time)."""
+    """Compile (or load from numba's cache) every kernel, on a tiny index, and the
+    contributions of a page of its rows: a first search in a fresh environment would otherwise
+    pay a few seconds of compilation (images do this at build time)."""
     rng = np.random.default_rng(0)
     rows = sp.random(64, 50, density=0.3, random_state=rng, format="csr", dtype=np.float32)
     index = CompactIndex.create(50, pruning=ImpactPruning(min_postings=0, candidates=2))
     index.add([str(i) for i in range(64)], rows)
     index.search(rows[0], 3)
     index.search(rows[0], 3, pruning=None)
-    index.vectors_of(["0"])
+    found = index.vectors_of(["0", "1"])
+    query = rows[0].toarray().ravel().astype(np.float64)
+    scoring_kernels.page_contributions(found.indptr, found.indices, found.data, query, 20)

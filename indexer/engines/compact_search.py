@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from indexer import filters as wf
+from indexer.engines import block_kernels
 from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit
 from indexer.engines.compact_block import MAX_ROWS, Block
@@ -103,6 +105,27 @@ class Snapshot:
     def id_of(self, doc: int) -> str:
         """The image id of document ``doc`` (block number << 16 | row)."""
         return bytes(self.blocks[doc >> 16].ids[doc & 0xFFFF]).decode("utf-8")
+
+    def rows_of(self, docs: np.ndarray, vocabulary_size: int) -> sp.csr_matrix:
+        """The dequantised forward rows of ``docs`` (block number << 16 | row), in that order:
+        two compiled calls per block the docs lie in (lengths, then the rows in place)."""
+        docs = np.asarray(docs, dtype=np.int64)
+        lengths = np.zeros(len(docs), dtype=np.int64)
+        present = sorted(set((docs >> 16).tolist()))
+        for b in present:
+            block_kernels.fill_row_lengths(docs, b, self.blocks[b].fwd_ptr, lengths)
+        indptr = np.zeros(len(docs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        words = np.empty(indptr[-1], dtype=np.int32)
+        weights = np.empty(indptr[-1], dtype=np.float32)
+        values = self.values
+        for b in present:
+            block = self.blocks[b]
+            block_kernels.decode_block_rows(
+                docs, b, block.fwd_gap_ptr, block.fwd_gaps, block.fwd_ptr, block.fwd_codes,
+                values[b], indptr, words, weights,
+            )  # fmt: skip
+        return sp.csr_matrix((weights, words, indptr), shape=(len(docs), vocabulary_size))
 
     def filtered(self, filters: wf.WordFilter) -> tuple[Snapshot, int]:
         """The snapshot with the live masks narrowed to the images ``filters`` allow, and how
