@@ -101,6 +101,8 @@ def scored_hits(
     """
     if rows.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} ids for {rows.shape[0]} rows")
+    if rows.shape[1] > len(q):  # the kernel reads q[word] unchecked
+        raise ValueError(f"rows of {rows.shape[1]} words for a query of {len(q)}")
     scores, rest_n, rest_sum, ptr, idx, qv, dv, values = kernels.page_contributions(
         rows.indptr, rows.indices, rows.data, q, -1 if limit is None else limit
     )

@@ -299,3 +299,5 @@ def test_a_page_of_hits_equals_each_hit_scored_alone(vocab):
     ]
     with pytest.raises(ValueError, match="2 ids for 6 rows"):
         scored_hits(ids[:2], q, page, vocab)
+    with pytest.raises(ValueError, match="rows of 8 words for a query of 7"):
+        scored_hits(ids, q[:7], page, vocab)

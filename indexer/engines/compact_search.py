@@ -114,7 +114,9 @@ class Snapshot:
         present = sorted(set((docs >> 16).tolist()))
         for b in present:
             block_kernels.fill_row_lengths(docs, b, self.blocks[b].fwd_ptr, lengths)
-        indptr = np.zeros(len(docs) + 1, dtype=np.int64)
+        # int32 offsets where they fit, as scipy keeps them (int64 ones it scans and copies)
+        small = int(lengths.sum()) < np.iinfo(np.int32).max
+        indptr = np.zeros(len(docs) + 1, dtype=np.int32 if small else np.int64)
         np.cumsum(lengths, out=indptr[1:])
         words = np.empty(indptr[-1], dtype=np.int32)
         weights = np.empty(indptr[-1], dtype=np.float32)
