@@ -69,18 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, BackboneLoadError) as exc:  # paths, vocabularies, bad files
         print(f"lexvla serve: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    import uvicorn
-
     if settings.workers > 1:
         # the parent has checked that everything loads; each worker loads its own copy, from
-        # the same settings passed through the environment (the LEXVLA_* variables)
+        # the same settings passed through the environment (the LEXVLA_* variables), and
+        # listens on a socket of its own (service.workers says why)
+        from service import workers
+
         del parts
         os.environ.update(settings_environment(settings))
-        uvicorn.run(
-            "service.main:create_app", factory=True, workers=settings.workers,
-            host=settings.host, port=settings.port, log_level=settings.log_level,
-        )  # fmt: skip
-        return 0
+        return workers.serve(settings.host, settings.port, settings.workers, settings.log_level)
+    import uvicorn
+
     from service.main import create_app
 
     app = create_app(settings, **parts)

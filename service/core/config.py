@@ -69,9 +69,10 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        description="server processes sharing the port; each loads the model and maps the "
-        "index (one copy in the page cache). More than 1 uses every core for the Python parts "
-        "of a request; keep 1 with a GPU model",
+        description="server processes on one port, each with its own listening socket "
+        "(SO_REUSEPORT on Linux: new connections are spread over them) and its own model; they "
+        "map one copy of the index. More than 1 uses every core for the Python parts of a "
+        "request; keep 1 with a GPU model",
     )
     api_key: SecretStr | None = Field(
         default=None, description="required by /admin/* (unset: disabled)"
