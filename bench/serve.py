@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                         many = captions(int(args.max_seconds * 1500), seed=2000 + n)
                         result = run_wrk(
                             url, scenario, modes[scenario], many, concurrency, args.max_seconds,
-                            probe=scenario == "overload",
+                            probe=scenario == "overload", server=(process.pid, workers),
                         )  # fmt: skip
                     else:
                         result = asyncio.run(run_load(

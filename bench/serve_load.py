@@ -50,6 +50,34 @@ class Result:
     rejected_p99_ms: float = 0.0
     client: str = "python"
     probe_admitted: int = 0  # overload: the probe's requests that a worker with a free slot took
+    connections: list[int] = field(default_factory=list)  # wrk's, per worker, most first
+
+
+def connections_per_worker(server_pid: int, port: int, workers: int) -> list[int]:
+    """Established connections on ``port`` that each server process holds (the server and its
+    child processes; Linux's /proc), most first, ``workers`` entries; [] where unreadable.
+
+    With several workers, how wrk's few kept-alive connections fell on them sets the rate more
+    than anything else (a worker with 6 of 8 connections is the bottleneck), so it is reported.
+    """
+    try:
+        sockets = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    sockets.add(f"socket:[{cols[9]}]")
+        children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+        counts = []
+        for pid in [server_pid, *map(int, children)]:
+            fds = Path(f"/proc/{pid}/fd").iterdir()
+            held = sum(1 for fd in fds if os.readlink(fd) in sockets)
+            if held:
+                counts.append(held)
+    except OSError:
+        return []
+    counts.sort(reverse=True)
+    return counts + [0] * max(0, workers - len(counts))
 
 
 def captions(n: int, seed: int) -> list[str]:
@@ -136,6 +164,7 @@ def run_wrk(
     concurrency: int,
     seconds: float,
     probe: bool = False,
+    server: tuple[int, int] | None = None,
 ) -> Result:
     """The same load from ``wrk`` (C, one thread): on a 2-core machine the Python client's own
     CPU time caps what it can measure, wrk's barely does. No per-request server timings; 429s
@@ -148,7 +177,9 @@ def run_wrk(
     kernel gives each connection to one of them, and one with a free slot admits the probe; after
     an admitted request the probe opens a new connection (their count is ``probe_admitted``):
     how fast a server whose slots are all taken by running searches refuses the next request (a
-    saturated Python client would time its own event loop instead)."""
+    saturated Python client would time its own event loop instead).
+
+    ``server`` (pid, workers): report how wrk's connections fell on the workers."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
         lines = (
@@ -169,8 +200,10 @@ def run_wrk(
         )
         refusals: list[float] = []
         probe_ok = 0
+        time.sleep(1.0)  # wrk's connections are open; under overload, the slots are full
+        port = urlsplit(url).port or 80
+        split = connections_per_worker(server[0], port, server[1]) if server else []
         if probe:
-            time.sleep(1.0)  # let the flood fill the server's admission slots
             with Probe(url) as http:
                 for text in texts[::-1]:
                     if flood.poll() is not None:
@@ -204,6 +237,7 @@ def run_wrk(
         server_ms={"encode_ms": 0.0, "search_ms": 0.0, "rescore_ms": 0.0},
         client="wrk+probe" if probe else "wrk",
         probe_admitted=probe_ok,
+        connections=split,
     )
 
 
@@ -279,6 +313,8 @@ class Probe:
 def row_text(r: Result) -> str:
     s = r.server_ms
     probe = f"probe admitted {r.probe_admitted}  " if r.client == "wrk+probe" else ""
+    if len(r.connections) > 1:
+        probe += f"wrk connections per worker {'/'.join(map(str, r.connections))}  "
     return (
         f"{r.scenario:9s} {r.client:9s} w={r.workers} c={r.concurrency:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  "
         f"p90 {r.p90_ms:6.1f}  p99 {r.p99_ms:6.1f}  ok {r.ok}  429 {r.rejected} "
