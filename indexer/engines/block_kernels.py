@@ -190,20 +190,27 @@ def decode_rows(docs, gap_ptr, gaps, code_ptr, codes):  # pragma: no cover - com
     o = 0
     for r in range(len(docs)):
         d = docs[r]
-        p = gap_ptr[d]
-        w = np.int64(-1)
+        _row_words(gap_ptr, gaps, code_ptr, d, words, o)
         for j in range(code_ptr[d], code_ptr[d + 1]):
-            g = np.int64(gaps[p])
-            p += 1
-            if g == 255:
-                g = np.int64(gaps[p]) | (np.int64(gaps[p + 1]) << 8)
-                p += 2
-            w += g + 1
-            words[o] = w
             out_codes[o] = codes[j]
             o += 1
         indptr[r + 1] = o
     return indptr, words, out_codes
+
+
+@_jit
+def _row_words(gap_ptr, gaps, code_ptr, row, words, at):  # pragma: no cover - compiled
+    """Write forward row ``row``'s word ids (decoded from its gaps) to ``words[at:]``."""
+    p = gap_ptr[row]
+    w = np.int64(-1)
+    for o in range(at, at + code_ptr[row + 1] - code_ptr[row]):
+        g = np.int64(gaps[p])
+        p += 1
+        if g == 255:
+            g = np.int64(gaps[p]) | (np.int64(gaps[p + 1]) << 8)
+            p += 2
+        w += g + 1
+        words[o] = w
 
 
 @_jit
@@ -229,17 +236,9 @@ def decode_block_rows(
         if docs[i] >> 16 != block:
             continue
         r = docs[i] & 0xFFFF
-        p = gap_ptr[r]
-        w = np.int64(-1)
         o = indptr[i]
+        _row_words(gap_ptr, gaps, code_ptr, r, words, o)
         for j in range(code_ptr[r], code_ptr[r + 1]):
-            g = np.int64(gaps[p])
-            p += 1
-            if g == 255:
-                g = np.int64(gaps[p]) | (np.int64(gaps[p + 1]) << 8)
-                p += 2
-            w += g + 1
-            words[o] = w
             weights[o] = values[codes[j]]
             o += 1
 
