@@ -29,27 +29,24 @@ def page_contributions(indptr, indices, data, query, limit):  # pragma: no cover
     rest_counts = np.zeros(n, np.int64)
     rest_sums = np.zeros(n, np.float64)
     head_ptr = np.zeros(n + 1, np.int64)
-    matched = 0
+    matched = np.zeros(n, np.int64)  # per row: its words the query has
     for i in range(n):
         for p in range(indptr[i], indptr[i + 1]):
             if query[indices[p]] > 0:
-                matched += 1
-    head_words = np.empty(matched, np.int64)
-    head_query = np.empty(matched, np.float64)
-    head_image = np.empty(matched, np.float64)
-    head_values = np.empty(matched, np.float64)
+                matched[i] += 1
+    total_matched = matched.sum()
+    head_words = np.empty(total_matched, np.int64)
+    head_query = np.empty(total_matched, np.float64)
+    head_image = np.empty(total_matched, np.float64)
+    head_values = np.empty(total_matched, np.float64)
     out = 0
     for i in range(n):
-        a, b = indptr[i], indptr[i + 1]
-        m = 0
-        for p in range(a, b):
-            if query[indices[p]] > 0:
-                m += 1
+        m = matched[i]
         words = np.empty(m, np.int64)
         qv = np.empty(m, np.float64)
         dv = np.empty(m, np.float64)
         k = 0
-        for p in range(a, b):
+        for p in range(indptr[i], indptr[i + 1]):
             j = indices[p]
             if query[j] > 0:
                 words[k] = j
@@ -57,28 +54,23 @@ def page_contributions(indptr, indices, data, query, limit):  # pragma: no cover
                 dv[k] = np.float64(data[p])
                 k += 1
         order = np.argsort(words, kind="mergesort")  # word order first: the ties' order
-        values = np.empty(m, np.float64)
-        for k in range(m):
-            values[k] = -(qv[order[k]] * dv[order[k]])
-        order = order[np.argsort(values, kind="mergesort")]  # stable: largest first
+        values = qv[order] * dv[order]
+        by_value = np.argsort(-values, kind="mergesort")  # stable: largest first
+        order, values = order[by_value], values[by_value]
         listed = m if limit < 0 else min(limit, m)
         total = 0.0
-        rest = 0.0
         for k in range(m - 1, -1, -1):  # smallest first
-            v = qv[order[k]] * dv[order[k]]
-            total += v
+            total += values[k]
             if k == listed:
-                rest = total
-        if listed < m:
-            rest_counts[i] = m - listed
-            rest_sums[i] = rest
+                rest_counts[i] = m - listed
+                rest_sums[i] = total
         scores[i] = total
         for k in range(listed):
             o = order[k]
             head_words[out] = words[o]
             head_query[out] = qv[o]
             head_image[out] = dv[o]
-            head_values[out] = qv[o] * dv[o]
+            head_values[out] = values[k]
             out += 1
         head_ptr[i + 1] = out
     return (

@@ -4,11 +4,11 @@ of its own (``SO_REUSEPORT``), started and kept running by the command's process
 Why not uvicorn's ``--workers``. uvicorn shares one listening socket between its processes, and
 whichever process wakes first accepts every connection that is waiting (the event loop accepts
 until none is left). A client that keeps a few connections open, a load generator or a reverse
-proxy's pool of upstream connections, then has all of them on one worker: 8 kept-alive
-connections split 8/0 or 7/1 over two workers in 9 tries of 9, and the second worker idled
-(docs/benchmarks.md). With ``SO_REUSEPORT`` every worker listens on its own socket and the
-kernel spreads new connections over the sockets by a hash of their addresses (3/5 to 4/4 in the
-same tries). uvicorn has no option for a socket per worker, so this module starts the worker
+proxy's pool of upstream connections, then has most of them on one worker: wrk's 8 kept-alive
+connections split 8/0, 7/1 or 6/2 over two workers in 9 tries of 9, and 64 opened together
+62/2 in 4 tries of 5 (docs/benchmarks.md). With ``SO_REUSEPORT`` every worker listens on its own
+socket and the kernel spreads new connections over the sockets by a hash of their addresses
+(wrk's 8: 5/3 or 4/4 in 5 tries; the 64: 22/42 to 33/31). uvicorn has no option for a socket per worker, so this module starts the worker
 processes itself; each one runs an ordinary ``uvicorn.Server`` on its socket.
 
 Supervision: the parent restarts a worker that dies (after a growing pause if it keeps dying),
@@ -116,8 +116,9 @@ class Supervisor:
         self.workers, self.target, self.args = workers, target, args
         self.context = multiprocessing.get_context("spawn")  # no fork of loaded libraries
         self.processes: list[BaseProcess] = []
-        self.started: list[float] = []
-        self.deaths: list[int] = []  # quick deaths in a row, per worker
+        self.started: list[float] = []  # per worker: when its process started
+        self.deaths: list[int] = []  # per worker: deaths in a row, each within STABLE_S
+        self.restart_at: list[float | None] = []  # per worker: when a dead one starts again
         self.stopping = False
 
     def start(self, slot: int) -> BaseProcess:
@@ -130,15 +131,17 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM (0) or a worker's failed start (2)."""
         with self._signals():
-            for slot in range(self.workers):
-                self.processes.append(self.start(slot))
-                self.started.append(time.monotonic())
-                self.deaths.append(0)
+            self.processes = [self.start(slot) for slot in range(self.workers)]
+            self.started = [time.monotonic()] * self.workers
+            self.deaths = [0] * self.workers
+            self.restart_at = [None] * self.workers
             status = self._watch()
             self._stop_all()
         return status
 
     def _watch(self) -> int:
+        """Every 0.2 s: a dead worker is given its restart time (a failed start ends the
+        server), and started again once that time comes; the others are not held up."""
         while not self.stopping:
             time.sleep(0.2)
             for slot, process in enumerate(self.processes):
@@ -147,10 +150,17 @@ class Supervisor:
                 if process.exitcode == STARTUP_FAILURE:
                     log.error("worker %d could not start (its log is above); stopping", slot)
                     return 2
-                self._restart(slot, process)
+                restart_at = self.restart_at[slot]
+                if restart_at is None:
+                    self.restart_at[slot] = self._pause_after(slot, process)
+                elif time.monotonic() >= restart_at:
+                    self.processes[slot] = self.start(slot)
+                    self.started[slot], self.restart_at[slot] = time.monotonic(), None
         return 0
 
-    def _restart(self, slot: int, dead: BaseProcess) -> None:
+    def _pause_after(self, slot: int, dead: BaseProcess) -> float:
+        """Log a worker's death; when to start it again (at once, then after growing pauses
+        while it keeps dying within STABLE_S of its start)."""
         lived = time.monotonic() - self.started[slot]
         self.deaths[slot] = 1 if lived >= STABLE_S else self.deaths[slot] + 1
         pause = RESTART_PAUSES[min(self.deaths[slot] - 1, len(RESTART_PAUSES) - 1)]
@@ -158,12 +168,7 @@ class Supervisor:
             "worker %d (pid %s) exited with status %s after %.0f s; restarting it%s",
             slot, dead.pid, dead.exitcode, lived, f" in {pause:g} s" if pause else "",
         )  # fmt: skip
-        deadline = time.monotonic() + pause
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not self.stopping:
-            self.processes[slot] = self.start(slot)
-            self.started[slot] = time.monotonic()
+        return time.monotonic() + pause
 
     def _stop_all(self, grace_s: float = 30.0) -> None:
         """SIGTERM to every worker (each finishes its requests), SIGKILL after ``grace_s``."""

@@ -61,8 +61,8 @@ def test_workers_share_one_port_with_the_settings_of_the_command(
 ):
     """``lexvla serve --workers 2``: both processes answer, configured by the command's flags
     (passed to them as LEXVLA_* variables), over the same memory-mapped index; connections
-    opened together are spread over both (a socket each, SO_REUSEPORT: with uvicorn's shared
-    socket one worker took them all); a worker that dies is replaced; a second server on the
+    opened together are spread over both (a listening socket each, SO_REUSEPORT: uvicorn's
+    workers shared one); a worker that dies is replaced; a second server on the
     same port is refused in one line; SIGTERM stops them all with status 0."""
     import os
     import signal
