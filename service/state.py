@@ -1,28 +1,40 @@
 """The app's state: model, index holder, store, pipeline and executors, loaded once per process.
 
 ``create_app`` makes one :class:`ServiceState`; the lifespan calls :meth:`start` (load what was
-not passed in, check vocabularies, start the micro-batcher, warm up) and :meth:`stop`. Loading
-refuses an index or store built with another vocabulary than the model's
-(``model.vocabulary.VocabularyMismatchError``, whose message names both hashes and the fix).
+not passed in, check vocabularies, start the micro-batcher, warm up, start following the index
+directory) and :meth:`stop`. Loading refuses an index or store built with another vocabulary
+than the model's (``model.vocabulary.VocabularyMismatchError``, whose message names both hashes
+and the fix).
+
+**One version everywhere.** The index directory names the version to serve (``CURRENT``, or
+``PINNED`` while an admin pins one); every process checks it every ``LEXVLA_INDEX_REFRESH_S``
+(:meth:`follow`) and swaps by itself, so all workers and all replicas over one directory serve
+the same version within that delay, and a worker that (re)starts opens the same one. A version
+that fails to open leaves the old one serving; the failure is logged once, counted
+(``lexvla_index_open_failures_total``), shown by ``/readyz``, and retried when the directory
+names another version or after ``RETRY_FAILED_S``. Each process records what it serves in the
+server's run folder (:mod:`service.core.processes`), so :meth:`reload` can wait for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from indexer.engines.base import SearchIndex
+from indexer.engines.versions import pin, unpin
 from indexer.store import CorpusStore
 from model.protocols import LexicalModel
 from service.core.config import Settings
 from service.core.metrics import Metrics
-from service.core.threads import lower_priority, set_time_slice
+from service.core.processes import ProcessRegistry, ProcessStatus
+from service.core.threads import lower_priority
 from service.search.indexes import (
     IndexHandle,
     IndexHolder,
@@ -34,6 +46,8 @@ from service.search.indexes import (
 from service.search.pipeline import Page, SearchPipeline
 
 log = logging.getLogger("service")
+RETRY_FAILED_S = 30.0  # a version that failed to open is tried again after this long
+RELOAD_WAIT_S = 60.0  # how long POST /admin/reload waits for every process to serve the version
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -57,6 +71,10 @@ class ServiceState:
         self.started = time.time()
         self.model_executor: ThreadPoolExecutor | None = None
         self.search_executor: ThreadPoolExecutor | None = None
+        self.processes = ProcessRegistry(settings.run_dir)
+        self.index_error: str | None = None  # the last version that failed to open, and why
+        self._failed: tuple[str, float] | None = None  # (version, when) of that failure
+        self._follower: asyncio.Task | None = None
         if model is not None and index is not None:  # fail at construction, not first request
             wrap_index(index, model.vocabulary.hash)
 
@@ -73,10 +91,6 @@ class ServiceState:
         )
         if s.torch_threads is not None:
             torch.set_num_threads(s.torch_threads)
-        sys.setswitchinterval(s.gil_switch_ms / 1e3)  # process-wide: the event loop's latency
-        # this is the loop's thread; the pools reset theirs
-        if not set_time_slice(s.loop_slice_us) and s.loop_slice_us:
-            log.debug("the kernel did not take LEXVLA_LOOP_SLICE_US (needs Linux 6.12+)")
         if self.model is None:
             self.model = await asyncio.to_thread(load_model, s)
         vocabulary = self.model.vocabulary
@@ -92,9 +106,14 @@ class ServiceState:
             )
         else:
             raise ValueError("no index to serve: set LEXVLA_INDEX (or pass --index)")
-        self.holder = IndexHolder(handle, s.index, index_options(s))
+        loop = asyncio.get_running_loop()
+
+        def closed(version: str) -> None:  # from whichever thread let go of it last
+            loop.call_soon_threadsafe(self._closed, version)
+
+        self.holder = IndexHolder(handle, s.index, index_options(s), closed)
         images = await asyncio.to_thread(handle.count)
-        self.metrics.index_images.set(images)
+        self.metrics.served(handle.version, images)
         self.pipeline = SearchPipeline(
             self.model, self.store, s, self.metrics, self.model_executor, self.search_executor
         )
@@ -102,7 +121,10 @@ class ServiceState:
         if s.warmup:
             await self.warm_up()
         self.warmed_up = True
+        self.processes.record(handle.version)
         freeze_heap(s.gc_freeze)
+        if self.holder.follows:
+            self._follower = asyncio.create_task(self._follow_forever(), name="index-follower")
         log.info(
             "serving index %s (%s engine, %d images) with %s",
             handle.version,
@@ -115,15 +137,26 @@ class ServiceState:
         """One query through every path (encode, both modes, search) before reporting ready."""
         assert self.pipeline is not None and self.holder is not None
         start = time.perf_counter()
-        pipeline, handle = self.pipeline, self.holder.current
+        await self.pipeline.encode_text("a photo", "words")
+        await self.warm_index(self.holder.current)
+        log.info("warm-up took %.0f ms", (time.perf_counter() - start) * 1e3)
+
+    async def warm_index(self, handle: IndexHandle) -> None:
+        """One search on ``handle`` (a version about to be swapped in: its files are read and
+        its kernels compiled before the first request)."""
+        assert self.pipeline is not None
+        pipeline, start = self.pipeline, time.perf_counter()
         query = await pipeline.query_vector("a photo", "model", [], {})
-        await pipeline.encode_text("a photo", "words")
         await pipeline.run_search(handle, query, "model", Page(top_k=1, matched_limit=0), start)
         pipeline.batcher.cache.clear()  # warm-up queries are not real traffic
-        log.info("warm-up took %.0f ms", (time.perf_counter() - start) * 1e3)
 
     async def stop(self) -> None:
         self.warmed_up = False
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
         if self.settings.gc_freeze:
             gc.unfreeze()  # what the service held may be collected again
         if self.pipeline is not None:
@@ -137,21 +170,92 @@ class ServiceState:
     def ready(self) -> bool:
         return self.model is not None and self.holder is not None and self.warmed_up
 
-    async def reload(self, version: str | None = None) -> tuple[IndexHandle, IndexHandle]:
+    # --- following the index directory ---------------------------------------------------------
+    async def _follow_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.index_refresh_s)
+            try:
+                await self.follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the follower die: log, keep serving, try again
+                log.exception("checking which index version to serve failed")
+
+    async def follow(self, force: bool = False) -> IndexHandle:
+        """Serve the version the index directory names now; the handle served afterwards.
+
+        A version that failed to open is not tried again within ``RETRY_FAILED_S`` unless
+        ``force``; with ``force`` a failure raises (``POST /admin/reload`` reports it)."""
         assert self.holder is not None and self.model is not None
-        previous = self.holder.current
-        current = await self.holder.reload(self.model.vocabulary.hash, version)
-        freeze_heap(self.settings.gc_freeze)  # the new version's objects; the old one's freed
-        images = await asyncio.to_thread(current.count)
-        self.metrics.index_images.set(images)
-        self.metrics.index_reloads.inc()
-        log.info(
-            "index swapped: %s -> %s (%d images)",
-            previous.version,
-            current.version,
-            images,
-        )
-        return previous, current
+        wanted = await asyncio.to_thread(self.holder.wanted)
+        current = self.holder.current
+        if wanted == current.version:
+            if self.index_error is not None:
+                self._failed = self.index_error = None
+                self.processes.record(current.version)
+            return current
+        failed = self._failed
+        recently = failed is not None and time.monotonic() - failed[1] < RETRY_FAILED_S
+        if not force and recently and failed is not None and failed[0] == wanted:
+            return current
+        try:
+            handle = await self.holder.swap(self.model.vocabulary.hash, wanted, self.warm_index)
+        except Exception as exc:
+            self._swap_failed(wanted, exc)
+            if force:
+                raise
+            return current
+        self._failed = self.index_error = None
+        images = await asyncio.to_thread(handle.count)
+        self.metrics.served(handle.version, images, previous=current.version)
+        self.processes.record(handle.version)
+        log.info("index swapped: %s -> %s (%d images)", current.version, handle.version, images)
+        return handle
+
+    def _swap_failed(self, version: str, exc: Exception) -> None:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        repeated = self._failed is not None and self._failed[0] == version
+        self._failed = (version, time.monotonic())
+        self.index_error = f"{version} did not open: {reason}"
+        self.metrics.index_open_failures.inc()
+        assert self.holder is not None
+        self.processes.record(self.holder.current.version, self.index_error)
+        if not repeated:  # one line per version, not one per refresh
+            log.error("%s; still serving %s", self.index_error, self.holder.current.version)
+
+    def _closed(self, version: str) -> None:
+        """A retired version's last request ended and it was closed: hand back its memory."""
+        log.info("index %s closed (its last request ended)", version)
+        freeze_heap(self.settings.gc_freeze)
+
+    async def reload(self, version: str | None = None) -> tuple[IndexHandle, list[ProcessStatus]]:
+        """Pin ``version`` (or unpin: follow ``CURRENT``), serve it here now, and wait until
+        every process of this server serves it; (the handle, every process's status).
+
+        Raises ``ValueError`` (bad name, nothing to follow, or the version does not open here),
+        ``FileNotFoundError`` (no such version)."""
+        assert self.holder is not None
+        source = self.holder.source
+        if source is None or not self.holder.follows:
+            self.holder.wanted()  # raises the message for an index object
+            raise ValueError(f"{source} is a single version, not an index directory to follow")
+        if version is not None:
+            await asyncio.to_thread(pin, source, version)
+        else:
+            await asyncio.to_thread(unpin, source)
+        current = await self.follow(force=True)
+        deadline = time.monotonic() + RELOAD_WAIT_S
+        while True:
+            statuses = await asyncio.to_thread(self.processes.statuses)
+            failed = f"{current.version} did not open"
+            behind = [
+                p
+                for p in statuses
+                if p.index_version != current.version and not (p.error or "").startswith(failed)
+            ]
+            if not behind or time.monotonic() > deadline:
+                return current, statuses
+            await asyncio.sleep(0.05)
 
 
 def load_model(settings: Settings) -> LexicalModel:

@@ -11,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -264,8 +263,8 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
     # a private copy of the corpus, so the shared one stays at v0001
     root = tmp_path / "corpus"
     shutil.copytree(service_corpus.root, root)
-    settings = service_settings.model_copy(
-        update={"index": root / "index", "store": root / "store"}
+    settings = service_settings.model_copy(  # the reload, not the follower, swaps here
+        update={"index": root / "index", "store": root / "store", "index_refresh_s": 60}
     )
     app = create_app(settings, model=tiny_model)
     with TestClient(app) as client:
@@ -289,7 +288,9 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_versio
         assert swap.status_code == 200, swap.text
         # the new version was frozen out of full collections too (settings.gc_freeze)
         assert not any(o is state.holder.current for o in gc.get_objects())
-        assert swap.json() == {
+        body = swap.json()
+        assert [p["index_version"] for p in body.pop("processes")] == ["v0002"]
+        assert body == {
             "previous": "v0001", "current": "v0002", "engine": "compact",
             "images": len(service_corpus.ids) + 2,
         }  # fmt: skip
@@ -346,25 +347,6 @@ def test_search_and_model_threads_run_below_the_event_loop(tiny_model, service_s
         settings = service_settings.model_copy(update={"worker_nice": increment})
         loop, *pools = _seen_by_the_service_threads(tiny_model, settings, nice)
         assert pools == [min(19, loop + increment)] * 3, increment
-
-
-def test_the_event_loop_asks_for_a_short_time_slice_and_the_pools_keep_the_default(
-    tiny_model, service_settings
-):
-    """LEXVLA_LOOP_SLICE_US: the loop's thread asks the kernel for that slice (Linux 6.12+
-    EEVDF), and the search and model threads, and threads they start, for the default (they
-    would otherwise inherit the loop's); 0 leaves the loop at the default too."""
-    from service.core.threads import set_time_slice, time_slice_us
-
-    taken = _in_a_new_thread(lambda: time_slice_us() if set_time_slice(250) else None)
-    if taken != 250.0:
-        pytest.skip("this kernel does not take or report per-thread time slices")
-    default = time_slice_us()  # this thread never asked for one
-    assert default != 300.0
-    for slice_us in (300.0, 0.0):
-        settings = service_settings.model_copy(update={"loop_slice_us": slice_us})
-        seen = _seen_by_the_service_threads(tiny_model, settings, time_slice_us)
-        assert seen == (slice_us or default, default, default, default), slice_us
 
 
 def test_the_app_sheds_outside_its_middleware_and_records_its_429s(tiny_model, service_settings):

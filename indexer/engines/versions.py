@@ -3,6 +3,7 @@
 Layout::
 
     index_dir/CURRENT              one line: the live version's name, e.g. "v0003"
+    index_dir/PINNED               optional, one line: the version servers serve instead
     index_dir/versions/v0003/      a complete index (engine files + index.json)
 
 :func:`publish` saves a new version under a temporary name, fsyncs it, renames it to its final
@@ -10,6 +11,11 @@ name, then replaces ``CURRENT`` (temporary file + ``os.replace``, atomic on POSI
 point leaves ``CURRENT`` naming a complete version. Readers resolve ``CURRENT`` once when they open
 an index; a server can re-resolve it to pick up a new version (hot swap) without a restart.
 Old versions are kept until :func:`prune` removes them (a reader may still have one open).
+
+``CURRENT`` is what batch jobs build on and publish to. What servers serve is
+:func:`served_version`: the version ``PINNED`` names while it exists (an operator's rollback or
+hold, :func:`pin`, written atomically like ``CURRENT``), else ``CURRENT``'s. Every serving
+process re-reads it on its own, so one file decides what all of them serve.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from indexer.engines.base import MANIFEST, SearchIndex
 from model.data.atomic import atomic_write_bytes, fsync_dir
 
 CURRENT = "CURRENT"
+PINNED = "PINNED"
 VERSIONS = "versions"
 _VERSION = re.compile(r"v(\d{4,})")
 
@@ -49,6 +56,59 @@ def current_version(index_dir: str | Path) -> Path:
     if not (path / MANIFEST).is_file():
         raise FileNotFoundError(f"{pointer} names {name}, which is missing or incomplete")
     return path
+
+
+def version_dir(index_dir: str | Path, name: str) -> Path:
+    """The directory of version ``name``; ValueError for a malformed name, FileNotFoundError
+    for a version that is missing or incomplete."""
+    if not _VERSION.fullmatch(name):
+        raise ValueError(f"{name!r} is not a version name (like 'v0003')")
+    path = Path(index_dir) / VERSIONS / name
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(
+            f"no index version {name!r} under {index_dir} (or it is incomplete)"
+        )
+    return path
+
+
+def pinned(index_dir: str | Path) -> str | None:
+    """The version ``PINNED`` names, or None when servers follow ``CURRENT``."""
+    pointer = Path(index_dir) / PINNED
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not _VERSION.fullmatch(name):
+        raise ValueError(f"{pointer} is corrupt: {name!r} is not a version name")
+    return name
+
+
+def pin(index_dir: str | Path, name: str) -> Path:
+    """Make every server serve version ``name`` (until :func:`unpin`); returns its directory."""
+    path = version_dir(index_dir, name)
+    atomic_write_bytes(Path(index_dir) / PINNED, f"{name}\n".encode())
+    fsync_dir(Path(index_dir))
+    return path
+
+
+def unpin(index_dir: str | Path) -> bool:
+    """Servers follow ``CURRENT`` again; True if a pin was removed."""
+    try:
+        (Path(index_dir) / PINNED).unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(Path(index_dir))
+    return True
+
+
+def served_version(path: str | Path) -> Path:
+    """What a server serves from ``path``: an index directory's pinned version, else its
+    current one; a version directory itself."""
+    path = Path(path)
+    if not (path / CURRENT).exists():
+        return path
+    name = pinned(path)
+    return version_dir(path, name) if name is not None else current_version(path)
 
 
 def resolve(path: str | Path) -> Path:
@@ -86,19 +146,20 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
 
 
 def prune(index_dir: str | Path, keep: int = 2) -> list[str]:
-    """Remove all but the newest ``keep`` versions (never the current one); returns removed."""
+    """Remove all but the newest ``keep`` versions (never the current or pinned one); returns
+    removed."""
     index_dir = Path(index_dir)
-    live = current_version(index_dir).name
-    removable = [v for v in list_versions(index_dir)[:-keep] if v != live] if keep else []
+    live = {current_version(index_dir).name, pinned(index_dir)}
+    removable = [v for v in list_versions(index_dir)[:-keep] if v not in live] if keep else []
     for name in removable:
         shutil.rmtree(index_dir / VERSIONS / name)
     for leftover in (index_dir / VERSIONS).glob(".tmp-*"):  # from crashed publishes
-        if not _pid_alive(int(leftover.name.rsplit("-", 1)[-1])):
+        if not pid_alive(int(leftover.name.rsplit("-", 1)[-1])):
             shutil.rmtree(leftover, ignore_errors=True)
     return removable
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

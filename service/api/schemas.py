@@ -94,7 +94,10 @@ class EncodeRequest(_Request):
 
 class ReloadRequest(_Request):
     version: str | None = Field(
-        None, pattern=r"^v\d{4,}$", description="Version to serve (default: what CURRENT names)"
+        None,
+        pattern=r"^v\d{4,}$",
+        description="Version every process serves from now on (pinned, also for workers that "
+        "restart, until a reload without a version); default: follow what CURRENT names",
     )
 
 
@@ -206,14 +209,27 @@ class Health(BaseModel):
     pid: int = Field(default_factory=os.getpid, description="the server process that answered")
 
 
+class ProcessInfo(BaseModel):
+    pid: int = Field(description="a server process (worker)")
+    index_version: str | None = Field(description="the index version it serves")
+    since: str = Field(description="when it started serving that version (UTC)")
+    error: str | None = Field(None, description="the last version it could not open, and why")
+
+
 class Readiness(BaseModel):
     ready: bool
     model: bool
     index: bool
     warmup: bool
-    index_version: str | None = None
+    index_version: str | None = Field(None, description="the version this process serves")
     images: int | None = None
     detail: str = ""
+    index_error: str | None = Field(
+        None, description="a version this process could not open (the old one still serves)"
+    )
+    processes: list[ProcessInfo] = Field(
+        default_factory=list, description="every process of this server and what it serves"
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -221,3 +237,4 @@ class ReloadResponse(BaseModel):
     current: str
     engine: str
     images: int
+    processes: list[ProcessInfo] = Field(description="every process, each serving ``current``")

@@ -1,4 +1,11 @@
-"""Prometheus metrics, one registry per app (so several apps can live in one test process).
+"""Prometheus metrics: one registry per app, and one view over all the workers of a server.
+
+In one process each app has its own registry (so several apps can live in one test process).
+Under ``lexvla serve --workers N`` the server sets ``PROMETHEUS_MULTIPROC_DIR`` for its workers:
+prometheus_client then keeps every value in per-process files there, and a scrape of any worker
+collects all of them (``MultiProcessCollector``): counters and histograms are summed over the
+workers, ``lexvla_in_flight`` too, and ``lexvla_index_version_info`` has one series per worker
+(label ``pid``), so a scrape shows which version each one serves.
 
 Per-stage latency histograms (``lexvla_stage_seconds{stage=...}``): ``encode`` (query text or
 image -> sparse vector, including the micro-batch wait), ``search`` (index top-k), ``rescore``
@@ -9,6 +16,7 @@ load-shedding rejections, cache hits and misses, micro-batch sizes and the serve
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +28,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when first imported
 STAGES = ("encode", "search", "rescore", "explain", "patches", "heatmap")
 # 0.5 ms .. 10 s: a tiny model on CPU answers in milliseconds, a 7B one on CPU in seconds.
 LATENCY_BUCKETS = (
@@ -71,7 +81,9 @@ class Metrics:
         self.rejected = Counter(
             "lexvla_rejected_total", "Requests refused with 429 (load shedding)", registry=r
         )
-        self.in_flight = Gauge("lexvla_in_flight", "Requests being served", registry=r)
+        self.in_flight = Gauge(
+            "lexvla_in_flight", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
         self.cache = Counter("lexvla_cache_total", "Cache lookups", ["cache", "result"], registry=r)
         self.batch_size = Histogram(
             "lexvla_encode_batch_size",
@@ -79,8 +91,25 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
-        self.index_images = Gauge("lexvla_index_images", "Images in the served index", registry=r)
+        self.index_images = Gauge(
+            "lexvla_index_images",
+            "Images in the served index",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.index_version = Gauge(
+            "lexvla_index_version_info",
+            "1 for the index version this process serves",
+            ["version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.index_reloads = Counter("lexvla_index_reloads_total", "Index swaps", registry=r)
+        self.index_open_failures = Counter(
+            "lexvla_index_open_failures_total",
+            "Index versions that failed to open (the previous one kept serving)",
+            registry=r,
+        )
         for stage in STAGES:  # expose every stage from the start, even before its first use
             self.stage_seconds.labels(stage)
 
@@ -95,8 +124,20 @@ class Metrics:
             timer.ms = elapsed * 1000.0
             self.stage_seconds.labels(name).observe(elapsed)
 
+    def served(self, version: str, images: int, previous: str | None = None) -> None:
+        """This process serves ``version`` (``images`` images) from now on."""
+        if previous is not None:
+            self.index_version.labels(previous).set(0)
+            self.index_reloads.inc()
+        self.index_version.labels(version).set(1)
+        self.index_images.set(images)
+
     def cache_lookup(self, cache: str, hit: bool) -> None:
         self.cache.labels(cache, "hit" if hit else "miss").inc()
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):  # every worker's values, not only this one's
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

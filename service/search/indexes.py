@@ -1,29 +1,32 @@
 """The served index: which version, how it is opened, and how a new version is swapped in.
 
-An index directory is versioned (``indexer.engines.versions``: ``CURRENT`` names the live
-version). The service holds one :class:`IndexHandle` (the open index plus where it came from).
-Each request takes the current handle once, at its start, and uses it to the end; a reload opens
-the new version off the event loop, checks its vocabulary, then replaces the reference in one
-assignment. Requests in flight keep the old handle (and so finish on the old version); the old
-index is freed when the last of them lets go of it.
+An index directory is versioned (``indexer.engines.versions``): batch jobs publish to
+``CURRENT``, and an admin may pin another version (``PINNED``). The service holds one
+:class:`IndexHandle` (the open index plus where it came from) in an :class:`IndexHolder`, and
+every serving process follows the directory by itself (``ServiceState.follow``): when the version
+it names differs from the one served, the holder opens the new one off the event loop, checks its
+vocabulary, lets the caller warm it, then replaces the reference in one assignment. Each request
+takes the current handle once, at its start, and uses it to the end, so requests in flight finish
+on the old version; when the last of them lets go of the old handle it is closed
+(``weakref.finalize``). A version that fails to open is never swapped in: the old one keeps
+serving and the caller reports the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Mapping
+import os
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
-from indexer.engines.versions import VERSIONS, resolve
+from indexer.engines.versions import CURRENT, served_version, version_dir
 from indexer.store import CorpusStore
 from model.data.atomic import now_iso
-
-VERSION_NAME = re.compile(r"v\d{4,}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def index_options(settings: Any) -> dict[str, Any]:
     key = settings.qdrant_api_key
     return {
         "mmap": settings.mmap,
+        "threads": settings.index_threads or search_threads(settings.workers),
         "url": settings.qdrant_url,
         "api_key": key.get_secret_value() if key is not None else None,
         "timeout_s": settings.qdrant_timeout_s,
@@ -63,19 +67,27 @@ def index_options(settings: Any) -> dict[str, Any]:
     }
 
 
+def search_threads(workers: int) -> int:
+    """Threads for one search in each of ``workers`` processes: the cores this process may run
+    on, shared out so that the workers together do not run more threads than there are cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
 def open_handle(
     path: str | Path, vocabulary_hash: str, options: Mapping[str, Any] | None = None
 ) -> IndexHandle:
-    """Open the current version under ``path`` (or a version directory), checking its vocabulary.
+    """Open the version served from ``path`` (its pinned version, else its current one; or a
+    version directory itself), checking its vocabulary.
 
     Raises ``VocabularyMismatchError`` (from ``model.vocabulary``) with a message naming both
     hashes when the index was built with another vocabulary than the model's, and
     ``IndexUnavailable`` when its server cannot be reached.
     """
-    version_dir = resolve(path)
+    version = served_version(path)
     given = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
-    index = open_index(version_dir, vocabulary_hash, **given)
-    return IndexHandle(index, version_dir.name, version_dir)
+    index = open_index(version, vocabulary_hash, **given)
+    return IndexHandle(index, version.name, version)
 
 
 def wrap_index(index: SearchIndex | IndexHandle, vocabulary_hash: str) -> IndexHandle:
@@ -86,34 +98,65 @@ def wrap_index(index: SearchIndex | IndexHandle, vocabulary_hash: str) -> IndexH
 
 
 class IndexHolder:
-    """The current :class:`IndexHandle`, replaced atomically by :meth:`reload`."""
+    """The current :class:`IndexHandle`, replaced atomically by :meth:`swap`."""
 
     def __init__(
-        self, handle: IndexHandle, source: Path | None, options: Mapping[str, Any] | None = None
+        self,
+        handle: IndexHandle,
+        source: Path | None,
+        options: Mapping[str, Any] | None = None,
+        on_closed: Callable[[str], None] | None = None,
     ):
         self.current = handle
-        self.source = source  # the index directory a reload re-resolves
+        self.source = source  # the index directory whose CURRENT / PINNED the service follows
         self.options = dict(options or {})
+        self.on_closed = on_closed  # called with a retired version's name once it is closed
         self._lock = asyncio.Lock()
 
-    async def reload(self, vocabulary_hash: str, version: str | None = None) -> IndexHandle:
-        """Open ``version`` (default: whatever ``CURRENT`` names now) and make it current."""
+    @property
+    def follows(self) -> bool:
+        """True when the service was given an index directory (with ``CURRENT``) to follow."""
+        return self.source is not None and (self.source / CURRENT).exists()
+
+    def wanted(self) -> str:
+        """The version the index directory says to serve now (blocking file reads)."""
         if self.source is None:
             raise ValueError(
-                "this service was given an index object, not a directory: nothing to reload "
+                "this service was given an index object, not a directory: nothing to follow "
                 "(start it with LEXVLA_INDEX=<index directory>)"
             )
-        target = self.source
-        if version is not None:
-            if not VERSION_NAME.fullmatch(version):
-                raise ValueError(f"{version!r} is not a version name (like 'v0003')")
-            target = self.source / VERSIONS / version
-            if not target.is_dir():
-                raise FileNotFoundError(f"no index version {version!r} under {self.source}")
-        async with self._lock:  # one reload at a time; searches never wait on this lock
-            handle = await asyncio.to_thread(open_handle, target, vocabulary_hash, self.options)
-            self.current = handle
+        return served_version(self.source).name
+
+    async def swap(
+        self,
+        vocabulary_hash: str,
+        version: str,
+        warm: Callable[[IndexHandle], Awaitable[None]] | None = None,
+    ) -> IndexHandle:
+        """Open ``version``, warm it with ``warm``, and make it current (no-op if it is).
+
+        Raises what opening raises (``FileNotFoundError``, ``ValueError`` for a vocabulary
+        mismatch or a corrupt version, ``IndexUnavailable``); the current handle then stays."""
+        assert self.source is not None
+        async with self._lock:  # one swap at a time; searches never wait on this lock
+            if version == self.current.version:
+                return self.current
+            path = version_dir(self.source, version)
+            handle = await asyncio.to_thread(open_handle, path, vocabulary_hash, self.options)
+            if warm is not None:
+                await warm(handle)
+            retired, self.current = self.current, handle
+            weakref.finalize(retired, _close, retired.index, retired.version, self.on_closed)
             return handle
+
+
+def _close(index: SearchIndex, version: str, on_closed: Callable[[str], None] | None) -> None:
+    """Release a retired version's resources (runs when its last request lets go of it)."""
+    close = getattr(index, "close", None)  # engines holding more than memory maps define it
+    if callable(close):
+        close()
+    if on_closed is not None:
+        on_closed(version)
 
 
 def open_store(path: str | Path, vocabulary: Any) -> CorpusStore:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from indexer.engines.base import IndexUnavailable
 from service.api.deps import StateDep
-from service.api.schemas import Health, Readiness
+from service.api.schemas import Health, ProcessInfo, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -28,7 +29,9 @@ async def readyz(state: StateDep) -> JSONResponse:
     """Ready when the model is loaded, the index open and reachable, and warm-up done.
 
     Counting the index's images checks that an index server answers (within its timeout, off
-    the event loop); while it does not, the service is not ready (503, with the reason).
+    the event loop); while it does not, the service is not ready (503, with the reason). Also
+    lists every process of the server with the version it serves, and a version this process
+    could not open (it keeps serving the one it has, so it stays ready).
     """
     handle = state.holder.current if state.holder is not None else None
     images, trouble = None, ""
@@ -44,6 +47,10 @@ async def readyz(state: StateDep) -> JSONResponse:
         warmup=state.warmed_up,
         index_version=handle.version if handle else None,
         images=images,
+        index_error=state.index_error,
+        processes=[
+            ProcessInfo(**asdict(p)) for p in await asyncio.to_thread(state.processes.statuses)
+        ],
     )
     if not body.ready:
         missing = [k for k in ("model", "index", "warmup") if not getattr(body, k)]
