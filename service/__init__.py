@@ -3,9 +3,13 @@
 Layout (the FastAPI full-stack template's)::
 
     main.py          create_app(settings, *, model, index, store): the app factory and its lifespan
-    state.py         ServiceState: what the lifespan loads (model, index holder, store, pipeline)
-    cli.py           ``lexvla serve`` / ``python -m service``: flags generated from Settings, uvicorn
-    core/            settings, errors, metrics, middleware (load shedding, body limits), LRU cache
+    state.py         ServiceState: what the lifespan loads (model, index holder, store, pipeline),
+                     and following the index directory's published (or pinned) version
+    cli.py           ``lexvla serve`` / ``python -m service``: flags generated from Settings; one
+                     worker under uvicorn, several under gunicorn (``workers.py``)
+    workers.py       the gunicorn server: a listening socket per worker, hung workers replaced
+    core/            settings, errors, metrics (one view over the workers), middleware (load
+                     shedding, body limits), LRU cache, the processes of a server and their versions
     search/          what the routes call: query vectors, micro-batching, search (scoring itself
                      is ``indexer.scoring``), explanations and heat maps, index versions, hot swap
     api/             thin routes (``api/routes/*.py``), pydantic schemas, ``Annotated`` dependencies

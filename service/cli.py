@@ -1,9 +1,10 @@
-"""``lexvla serve`` / ``python -m service``: run the search service under uvicorn.
+"""``lexvla serve`` / ``python -m service``: run the search service.
 
 The flags are generated from ``service.core.config.Settings`` (``model.flags``), one per field,
 and override the ``LEXVLA_*`` environment variables. The model, store and index are loaded
-before uvicorn starts, so a wrong path or a vocabulary mismatch ends the command with one clear
-message (exit status 2) instead of a traceback from the lifespan.
+before the server starts, so a wrong path or a vocabulary mismatch ends the command with one
+clear message (exit status 2) instead of a traceback from the lifespan. One worker is served by
+uvicorn in this process; several by gunicorn (``service.workers``), which replaces this process.
 """
 
 from __future__ import annotations
@@ -70,14 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lexvla serve: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if settings.workers > 1:
-        # the parent has checked that everything loads; each worker loads its own copy, from
-        # the same settings passed through the environment (the LEXVLA_* variables), and
-        # listens on a socket of its own (service.workers says why)
-        from service import workers
-
-        del parts
-        os.environ.update(settings_environment(settings))
-        return workers.serve(settings.host, settings.port, settings.workers, settings.log_level)
+        del parts  # checked; each worker loads its own copy
+        return exec_workers(settings)
     import uvicorn
 
     from service.main import create_app
@@ -85,6 +80,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, **parts)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
+
+
+def exec_workers(settings: Settings) -> int:
+    """Replace this process with the gunicorn server of ``settings.workers`` workers
+    (``service.workers``), configured through the ``LEXVLA_*`` environment. Returns only when
+    the port is taken (status 2)."""
+    from service import workers
+    from service.core.metrics import MULTIPROC_ENV
+
+    try:
+        port = workers.check_port(settings.host, settings.port)
+    except OSError as exc:
+        print(f"lexvla serve: {exc}", file=sys.stderr)
+        return 2
+    run_dir = workers.prepare_run_dir(settings.run_dir)
+    settings = settings.model_copy(update={"port": port, "run_dir": run_dir})
+    env = {**os.environ, **settings_environment(settings), MULTIPROC_ENV: str(run_dir / "metrics")}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "service.workers"], env)
+    raise AssertionError("unreachable: execve returned")
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

@@ -42,6 +42,19 @@ class Settings(BaseSettings):
         default=None, description="model weights dtype (default: as saved, float32)"
     )
     mmap: bool = Field(default=False, description="memory-map the memory engine's arrays")
+    index_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often each process checks which index version to serve (CURRENT, or "
+        "the version an admin pinned) and swaps it in",
+    )
+    index_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads one search may use in the compact engine (default: the cores "
+        "this process may run on divided by the workers, at least 1)",
+    )
     static_queries: bool = Field(
         default=True,
         description="on CUDA, encode query texts at static shapes captured as CUDA graphs "
@@ -69,10 +82,20 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        description="server processes on one port, each with its own listening socket "
-        "(SO_REUSEPORT on Linux: new connections are spread over them) and its own model; they "
-        "map one copy of the index. More than 1 uses every core for the Python parts of a "
-        "request; keep 1 with a GPU model",
+        description="server processes on one port (more than 1: gunicorn with a listening "
+        "socket per worker, SO_REUSEPORT); each loads its own model and maps the same index "
+        "files. Keep 1 with a GPU model",
+    )
+    worker_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        description="with several workers, a worker whose event loop does not answer for this "
+        "long is killed and replaced",
+    )
+    run_dir: Path | None = Field(
+        default=None,
+        description="folder the workers of one server share for their status and metrics "
+        "(default: a new temporary folder per server)",
     )
     api_key: SecretStr | None = Field(
         default=None, description="required by /admin/* (unset: disabled)"
@@ -105,14 +128,6 @@ class Settings(BaseSettings):
         default=8, ge=0, description="images whose patch vectors are kept"
     )
     search_threads: int = Field(default=2, ge=1, description="threads running index searches")
-    gil_switch_ms: float = Field(
-        default=1.0,
-        gt=0,
-        le=100,
-        description="longest a search or model thread holds the GIL before the event loop may "
-        "take it (sys.setswitchinterval; Python's default is 5 ms): lower answers 429s and "
-        "health checks sooner while searches run",
-    )
     gc_freeze: bool = Field(
         default=True,
         description="once loaded (and after each index swap), move every object into Python's "
@@ -120,20 +135,11 @@ class Settings(BaseSettings):
         "which otherwise stall the event loop for 100-300 ms at a time",
     )
     worker_nice: int = Field(
-        default=10,
+        default=0,
         ge=0,
         le=19,
         description="nice levels the search and model threads run below the event loop "
-        "(Linux; 0: same priority): the loop answers 429s and health checks promptly while they "
-        "compute",
-    )
-    loop_slice_us: float = Field(
-        default=100,
-        ge=0,
-        le=100_000,
-        description="CPU time slice the event loop thread asks of the kernel, microseconds "
-        "(Linux 6.12+; 0: the kernel's default): a shorter slice lets it preempt the search "
-        "and model threads as soon as a request arrives",
+        "(Linux; 0: same priority)",
     )
     bind_candidates: int = Field(
         default=20,
