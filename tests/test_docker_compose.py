@@ -165,3 +165,16 @@ def test_commands_parse_with_the_real_command_lines():
     serve_parser().parse_args(cmd[2:])
     assert 'ENTRYPOINT ["lexvla", "index"]' in DOCKERFILE  # the indexer's command follows it
     assert 'ENTRYPOINT ["lexvla", "train"]' in DOCKERFILE
+
+
+def test_the_api_scales_to_workers_and_replicas_over_one_index():
+    """LEXVLA_WORKERS processes per container and LEXVLA_API_REPLICAS containers, all over the
+    same index volume, writable (POST /admin/reload pins a version there for all of them)."""
+    for name in ("api", "api-qdrant"):
+        api = COMPOSE["services"][name]
+        assert _defaults(api["environment"]["LEXVLA_WORKERS"]) == "1"
+        assert int(_defaults(str(api["deploy"]["replicas"]))) == 1
+        index = api["environment"]["LEXVLA_INDEX"]
+        (mount,) = [v for v in api["volumes"] if _defaults(v).split(":")[1] == index]
+        assert not _defaults(mount).endswith(":ro"), f"{name}: the index volume is read-only"
+    Settings(workers=int(_defaults(COMPOSE["services"]["api"]["environment"]["LEXVLA_WORKERS"])))
