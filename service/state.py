@@ -187,8 +187,14 @@ class ServiceState:
         A version that failed to open is not tried again within ``RETRY_FAILED_S`` unless
         ``force``; with ``force`` a failure raises (``POST /admin/reload`` reports it)."""
         assert self.holder is not None and self.model is not None
-        wanted = await asyncio.to_thread(self.holder.wanted)
         current = self.holder.current
+        try:
+            wanted = await asyncio.to_thread(self.holder.wanted)
+        except (OSError, ValueError) as exc:  # CURRENT or PINNED missing, unreadable, corrupt
+            self._failure(f"the index directory {self.holder.source}", "is unreadable", exc)
+            if force:
+                raise
+            return current
         if wanted == current.version:
             if self.index_error is not None:
                 self._failed = self.index_error = None
@@ -201,7 +207,7 @@ class ServiceState:
         try:
             handle = await self.holder.swap(self.model.vocabulary.hash, wanted, self.warm_index)
         except Exception as exc:
-            self._swap_failed(wanted, exc)
+            self._failure(wanted, "did not open", exc)
             if force:
                 raise
             return current
@@ -212,15 +218,16 @@ class ServiceState:
         log.info("index swapped: %s -> %s (%d images)", current.version, handle.version, images)
         return handle
 
-    def _swap_failed(self, version: str, exc: Exception) -> None:
+    def _failure(self, what: str, problem: str, exc: Exception) -> None:
+        """Keep serving; report ``what`` (a version, or the directory) once, count it, show it."""
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        repeated = self._failed is not None and self._failed[0] == version
-        self._failed = (version, time.monotonic())
-        self.index_error = f"{version} did not open: {reason}"
-        self.metrics.index_open_failures.inc()
+        repeated = self._failed is not None and self._failed[0] == what
+        self._failed = (what, time.monotonic())
+        self.index_error = f"{what} {problem}: {reason}"
         assert self.holder is not None
         self.processes.record(self.holder.current.version, self.index_error)
-        if not repeated:  # one line per version, not one per refresh
+        if not repeated:  # once per version, not once per refresh
+            self.metrics.index_open_failures.inc()
             log.error("%s; still serving %s", self.index_error, self.holder.current.version)
 
     def _closed(self, version: str) -> None:

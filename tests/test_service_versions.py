@@ -114,6 +114,20 @@ def test_a_version_that_fails_to_open_keeps_the_old_one_serving(
         assert client.portal.call(state.follow).version == "v0003"
         assert client.get("/readyz").json()["index_error"] is None
 
+        (corpus.index / "CURRENT").rename(corpus.index / "CURRENT.moved")  # an operator's slip
+        for _ in range(2):
+            assert client.portal.call(state.follow).version == "v0003"
+        error = client.get("/readyz").json()["index_error"]
+        assert (
+            error.startswith(f"the index directory {corpus.index} is unreadable")
+            and "CURRENT" in error
+        )
+        assert client.post("/search", json={"query": "a red circle"}).status_code == 200
+        (corpus.index / "CURRENT.moved").rename(corpus.index / "CURRENT")
+        assert client.portal.call(state.follow).version == "v0003"
+        assert client.get("/readyz").json()["index_error"] is None
+        assert "lexvla_index_open_failures_total 2.0" in client.get("/metrics").text
+
 
 def test_reload_pins_every_process_and_unpins(tiny_model, tiny_checkpoint, corpus, caplog):
     """POST /admin/reload {version} pins it (a worker that restarts reads the pin too); without

@@ -24,7 +24,13 @@ from typing import Any
 
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
-from indexer.engines.versions import CURRENT, served_version, version_dir
+from indexer.engines.versions import (
+    CURRENT,
+    current_version,
+    pinned,
+    served_version,
+    version_dir,
+)
 from indexer.store import CorpusStore
 from model.data.atomic import now_iso
 
@@ -109,23 +115,24 @@ class IndexHolder:
     ):
         self.current = handle
         self.source = source  # the index directory whose CURRENT / PINNED the service follows
+        # given an index directory (with CURRENT), not one version directory or an object
+        self.follows = source is not None and (source / CURRENT).exists()
         self.options = dict(options or {})
         self.on_closed = on_closed  # called with a retired version's name once it is closed
         self._lock = asyncio.Lock()
 
-    @property
-    def follows(self) -> bool:
-        """True when the service was given an index directory (with ``CURRENT``) to follow."""
-        return self.source is not None and (self.source / CURRENT).exists()
-
     def wanted(self) -> str:
-        """The version the index directory says to serve now (blocking file reads)."""
+        """The version the index directory says to serve now (blocking file reads); raises
+        ``FileNotFoundError`` or ``ValueError`` when it cannot say (``CURRENT`` gone, corrupt)."""
         if self.source is None:
             raise ValueError(
                 "this service was given an index object, not a directory: nothing to follow "
                 "(start it with LEXVLA_INDEX=<index directory>)"
             )
-        return served_version(self.source).name
+        if not self.follows:
+            return self.current.version  # one version directory: nothing else to serve
+        name = pinned(self.source)
+        return name if name is not None else current_version(self.source).name
 
     async def swap(
         self,
