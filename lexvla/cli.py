@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "index": ("indexer.cli", [], "build, update, merge and inspect search indexes"),
     "search": ("indexer.search", [], "search an index and explain the hits, no server"),
     "serve": ("service.cli", [], "run the search service"),
+    "keys": ("service.keys_cli", [], "the service's API keys: add, list, revoke"),
     "demo": ("lexvla.demo", [], "the main job: train tiny, index, serve"),
 }
 

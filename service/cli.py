@@ -46,6 +46,14 @@ def load(settings: Settings) -> dict[str, Any]:
 
     if settings.index is None:
         raise ValueError("no index to serve: pass --index or set LEXVLA_INDEX")
+    if settings.keys_file is not None:
+        from service.core.keys import read_keys
+
+        if not read_keys(settings.keys_file):  # KeysError (a ValueError) when corrupt
+            logging.getLogger("service").warning(
+                "%s has no keys yet: every request is refused until 'lexvla keys add' makes one",
+                settings.keys_file,
+            )
     model = load_model(settings)
     store = open_store(settings.store, model.vocabulary) if settings.store else None
     index = open_handle(settings.index, model.vocabulary.hash, index_options(settings))

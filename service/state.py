@@ -32,6 +32,7 @@ from indexer.engines.versions import pin, unpin
 from indexer.store import CorpusStore
 from model.protocols import LexicalModel
 from service.core.config import Settings
+from service.core.keys import KeyRing
 from service.core.metrics import Metrics
 from service.core.processes import ProcessRegistry, ProcessStatus
 from service.core.threads import lower_priority
@@ -72,6 +73,7 @@ class ServiceState:
         self.model_executor: ThreadPoolExecutor | None = None
         self.search_executor: ThreadPoolExecutor | None = None
         self.processes = ProcessRegistry(settings.run_dir)
+        self.keys = KeyRing(settings.keys_file) if settings.keys_file is not None else None
         self.index_error: str | None = None  # the last version that failed to open, and why
         self._failed: tuple[str, float] | None = None  # (version, when) of that failure
         self._follower: asyncio.Task | None = None

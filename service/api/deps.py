@@ -19,6 +19,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from service.core.config import Settings
 from service.core.errors import Forbidden, Unauthorized, Unavailable
+from service.core.keys import ADMIN, OPEN, Access
 from service.search.indexes import IndexHandle
 from service.search.pipeline import SearchPipeline
 from service.state import ServiceState
@@ -58,25 +59,74 @@ IndexDep = Annotated[IndexHandle, Depends(get_index)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key")
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-async def require_api_key(
-    settings: SettingsDep,
-    api_key: Annotated[str | None, Depends(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Admin routes: the key from ``X-API-Key`` or ``Authorization: Bearer`` must match."""
-    if settings.api_key is None:
-        raise Forbidden("admin endpoints are disabled: this server has no LEXVLA_API_KEY set")
-    given = api_key if api_key is not None else (bearer.credentials if bearer else None)
+def _given(api_key: str | None, bearer: HTTPAuthorizationCredentials | None) -> str | None:
+    return api_key if api_key is not None else (bearer.credentials if bearer else None)
+
+
+KeyDep = Annotated[str | None, Depends(_api_key_header)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def get_access(state: StateDep, api_key: KeyDep, bearer: BearerDep) -> Access | None:
+    """What the request's key (``X-API-Key`` or ``Authorization: Bearer``) may do.
+
+    ``LEXVLA_API_KEY`` is an admin key. With a keys file, a request without a valid key is
+    refused (401). Without one the service is open for searching, and any other key grants
+    nothing more (None)."""
+    given = _given(api_key, bearer)
+    admin = state.settings.api_key
+    if (
+        given
+        and admin
+        and secrets.compare_digest(given.encode(), admin.get_secret_value().encode())
+    ):
+        return ADMIN
+    if state.keys is None:
+        return None
     if not given:
-        raise Unauthorized(
-            "missing API key: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
+        raise Unauthorized(_MISSING, headers=_CHALLENGE)
+    access = state.keys.access(given)
+    if access is None:
+        raise Unauthorized("wrong API key", headers=_CHALLENGE)
+    return access
+
+
+_MISSING = "missing API key: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
+AccessDep = Annotated[Access | None, Depends(get_access)]
+
+
+async def require_search(access: AccessDep) -> Access:
+    """Search, explain, images and thumbnails: any key of the keys file with the search right
+    (or none, when there is no keys file)."""
+    if access is None:
+        return OPEN
+    if not access.can("search"):
+        raise Forbidden("this API key has no search right")
+    if access.collections is not None:  # scoped searches need collections in the index
+        raise Forbidden(
+            "this API key is limited to collections, which this version does not enforce on "
+            "searches yet; use a key for every collection ('--collection \"*\"')"
         )
-    expected = settings.api_key.get_secret_value()
-    if not secrets.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("wrong API key", headers={"WWW-Authenticate": "Bearer"})
+    return access
 
 
-AdminDep = Annotated[None, Depends(require_api_key)]
+SearchDep = Annotated[Access, Depends(require_search)]
+
+
+async def require_admin(
+    state: StateDep, access: AccessDep, api_key: KeyDep, bearer: BearerDep
+) -> None:
+    """Admin routes: ``LEXVLA_API_KEY``, or a keys-file key with the admin right."""
+    if state.settings.api_key is None and state.keys is None:
+        raise Forbidden("admin endpoints are disabled: this server has no LEXVLA_API_KEY set")
+    if access is None:
+        wrong = _given(api_key, bearer)
+        raise Unauthorized("wrong API key" if wrong else _MISSING, headers=_CHALLENGE)
+    if not access.can("admin"):
+        raise Forbidden("this API key has no admin right")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]

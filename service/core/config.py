@@ -98,7 +98,14 @@ class Settings(BaseSettings):
         "(default: a new temporary folder per server)",
     )
     api_key: SecretStr | None = Field(
-        default=None, description="required by /admin/* (unset: disabled)"
+        default=None,
+        description="an admin key for every collection, required by /admin/* (unset: admin "
+        "endpoints only for admin keys of the keys file)",
+    )
+    keys_file: Path | None = Field(
+        default=None,
+        description="API keys file (lexvla keys add): when set, every request needs a key of "
+        "it (or the api key), and sees only what that key may; re-read when it changes",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="log level of the service and uvicorn"

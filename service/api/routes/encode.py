@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from service.api.deps import PipelineDep
+from service.api.deps import PipelineDep, require_search
 from service.api.schemas import EncodeRequest, EncodeResponse
 from service.core.errors import error_responses
 
-router = APIRouter(tags=["encode"], responses=error_responses(400, 413, 422, 429, 503))
+router = APIRouter(
+    dependencies=[Depends(require_search)],
+    tags=["encode"],
+    responses=error_responses(400, 413, 422, 429, 503),
+)
 
 
 @router.post("/encode", response_model=EncodeResponse)

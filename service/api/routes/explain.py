@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from service.api.deps import IndexDep, PipelineDep
+from service.api.deps import IndexDep, PipelineDep, require_search
 from service.api.schemas import ExplainRequest, ExplainResponse
 from service.core.errors import error_responses
 from service.search import explain as explanations
 
-router = APIRouter(tags=["explain"], responses=error_responses(400, 404, 422, 429, 503))
+router = APIRouter(
+    dependencies=[Depends(require_search)],
+    tags=["explain"],
+    responses=error_responses(400, 404, 422, 429, 503),
+)
 
 
 @router.post("/explain", response_model=ExplainResponse, responses=error_responses(413))

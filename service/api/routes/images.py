@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
 
-from service.api.deps import StateDep
+from service.api.deps import StateDep, require_search
 from service.core.errors import NotFound, error_responses
 from service.search.images import read_original, read_thumbnail, require_store
 
-router = APIRouter(tags=["images"], responses=error_responses(404, 422, 429))
+router = APIRouter(
+    dependencies=[Depends(require_search)],
+    tags=["images"],
+    responses=error_responses(404, 422, 429),
+)
 ImageIdPath = Annotated[str, Path(min_length=1, max_length=1024)]
 _IMAGE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/*": {}}, "description": "The image"}

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from service.api.deps import IndexDep, PipelineDep, SettingsDep
+from service.api.deps import IndexDep, PipelineDep, SettingsDep, require_search
 from service.api.schemas import SearchRequest, SearchResponse
 from service.core.config import HARD_MAX_OFFSET, HARD_MAX_TOP_K
 from service.core.errors import PayloadTooLarge, error_responses
 from service.search.pipeline import Page
 
-router = APIRouter(tags=["search"], responses=error_responses(400, 422, 429, 503))
+router = APIRouter(
+    dependencies=[Depends(require_search)],
+    tags=["search"],
+    responses=error_responses(400, 422, 429, 503),
+)
 
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(413))
