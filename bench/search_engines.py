@@ -82,11 +82,11 @@ def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: i
 
     opts = dict(options)
     if name == "memory":
-        from indexer.engines.memory import Pruning
+        from indexer.engines.memory.index import Pruning
 
         opts = {"pruning": Pruning() if opts.get("pruning") == "default" else None}
     elif name == "compact":
-        from indexer.engines.compact import ImpactPruning
+        from indexer.engines.compact.index import ImpactPruning
 
         pruning = opts.pop("pruning", "default")
         opts = {

@@ -3,7 +3,7 @@
 :func:`build_index` is the last step of an indexing job (:func:`indexer.runner.run_index_job`)
 and the whole of ``lexvla index reindex`` (and of ``merge --index``): it reads the store's live
 rows, never the images, so re-indexing into another engine never re-encodes anything. The
-``qdrant`` engine builds resumably through :func:`indexer.qdrant_jobs.build_qdrant`.
+``qdrant`` engine builds resumably through :func:`indexer.engines.qdrant.jobs.build_qdrant`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ def build_index(
     Engines that take them get two hints: ``expected_rows`` (the store's count, to size their
     blocks evenly) and ``spill_dir`` (a folder beside the index, on its file system, where they
     may write finished parts so that the build's memory stays bounded; removed afterwards).
-    The qdrant engine builds resumably (:func:`indexer.qdrant_jobs.build_qdrant`).
+    The qdrant engine builds resumably (:func:`indexer.engines.qdrant.jobs.build_qdrant`).
     """
     if engine == "qdrant":
-        from indexer.qdrant_jobs import build_qdrant
+        from indexer.engines.qdrant.jobs import build_qdrant
 
         version, _ = build_qdrant(store, index_dir, **options)
         assert version is not None

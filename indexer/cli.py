@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         given = _qdrant_values(args)
         if not (given.qdrant_url and given.qdrant_collection):
             raise ValueError("publish needs --qdrant-url and --qdrant-collection")
-        from indexer.qdrant_jobs import publish_collection
+        from indexer.engines.qdrant.jobs import publish_collection
 
         options = engine_options("qdrant", given)
         connection = {k: options[k] for k in ("alias", "url", "api_key", "timeout_s", "tls_ca")}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from indexer.decode import THUMBNAIL_SIZE
 from indexer.engines import DEFAULT_ENGINE, ENGINES
-from indexer.engines.qdrant_backends import DATATYPES
+from indexer.engines.qdrant.backends import DATATYPES
 from model.data import DEFAULT_MAX_PIXELS, SourceKind
 
 

@@ -2,12 +2,12 @@
 
 transformers' progress bars and info messages (``model.quiet``), and the INFO lines that
 Anserini (log4j2) and Lucene (java.util.logging) print to the process's own stdout and stderr
-(``indexer.engines.jvm``). ``lexvla index``, ``lexvla serve`` and ``lexvla demo`` call this once.
+(``indexer.engines.lucene.jvm``). ``lexvla index``, ``lexvla serve`` and ``lexvla demo`` call this once.
 """
 
 from __future__ import annotations
 
-from indexer.engines.jvm import set_java_logging
+from indexer.engines.lucene.jvm import set_java_logging
 from model.quiet import quiet_transformers
 
 

@@ -96,7 +96,7 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
         _encode_all(job, model, store, plan, writer, report)
         if job.index:
             if job.engine == "qdrant" and job.num_shards > 1 and job.qdrant_url:
-                from indexer.qdrant_jobs import build_qdrant
+                from indexer.engines.qdrant.jobs import build_qdrant
 
                 _, written = build_qdrant(
                     store, job.index, False, job.progress, **job.engine_options()

@@ -23,9 +23,9 @@ from test_indexer_filters import oracle_search
 
 from indexer.engines import open_index, publish
 from indexer.engines.base import IndexUnavailable
-from indexer.engines.memory import MemoryIndex
-from indexer.engines.qdrant import QdrantIndex
-from indexer.engines.qdrant_points import point_id
+from indexer.engines.memory.index import MemoryIndex
+from indexer.engines.qdrant.index import QdrantIndex
+from indexer.engines.qdrant.points import point_id
 from indexer.filters import WordFilter, has_matrix
 from model.vocabulary import VocabularyMismatchError
 

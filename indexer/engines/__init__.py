@@ -35,19 +35,19 @@ __all__ = [
 def engine_class(name: str) -> Any:
     """The engine class for a manifest's engine name (Lucene is imported only when asked for)."""
     if name == "memory":
-        from indexer.engines.memory import MemoryIndex
+        from indexer.engines.memory.index import MemoryIndex
 
         return MemoryIndex
     if name == "compact":
-        from indexer.engines.compact import CompactIndex
+        from indexer.engines.compact.index import CompactIndex
 
         return CompactIndex
     if name == "lucene":
-        from indexer.engines.lucene import LuceneIndex
+        from indexer.engines.lucene.index import LuceneIndex
 
         return LuceneIndex
     if name == "qdrant":
-        from indexer.engines.qdrant import QdrantIndex
+        from indexer.engines.qdrant.index import QdrantIndex
 
         return QdrantIndex
     raise ValueError(f"unknown index engine {name!r}; known: {', '.join(ENGINES)}")

@@ -45,7 +45,7 @@ from indexer.engines.base import (
     load_csr,
     save_csr,
 )
-from indexer.engines.jvm import java_class
+from indexer.engines.lucene.jvm import java_class
 from indexer.filters import WordFilter, active, allowed_by_has, has_matrix
 from model.data.atomic import atomic_write_json
 

@@ -21,7 +21,7 @@ scores are always exact dot products; only the membership of the top k is approx
 measured as recall@10 against exact search in the benchmark. (A
 MaxScore-style safe bound rarely prunes here: with hundreds of query words the sum of the
 unread lists' upper bounds stays above the k-th score, so the approximation is the lever.)
-The scoring functions and :class:`Pruning` are in :mod:`indexer.engines.memory_search`.
+The scoring functions and :class:`Pruning` are in :mod:`indexer.engines.memory.search`.
 
 Word filters (:mod:`indexer.filters`) mask rows before the top-k: an image has word ``w`` when
 its weight in ``w``'s posting list reaches the image's strong-word cut (one float per image,
@@ -66,7 +66,7 @@ from indexer.engines.base import (
     save_csr,
     top_k,
 )
-from indexer.engines.memory_search import (
+from indexer.engines.memory.search import (
     Pruning,
     brute_force_scores,
     exact_scores,
