@@ -43,7 +43,7 @@ import scipy.sparse as sp
 
 from indexer import filters as wf
 from indexer import scoring_kernels
-from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
+from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
 from indexer.engines.compact import impact_kernels as kernels
 from indexer.engines.compact.block import (
     LAYOUT,
@@ -64,7 +64,7 @@ CODES = kernels.CODES
 _NO_PRUNING = object()
 
 
-class CompactIndex:
+class CompactIndex(SearchIndex):
     """Quantised impact index (uint8 impacts, 16-bit ids in blocks), pruned or exact search."""
 
     exact = False  # scores are quantised (within the documented bound) ...

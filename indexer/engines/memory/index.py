@@ -60,6 +60,7 @@ from indexer import filters as wf
 from indexer.engines.base import (
     Hit,
     IndexManifest,
+    SearchIndex,
     as_query_row,
     check_rows,
     load_csr,
@@ -79,7 +80,7 @@ ENGINE = "memory"
 _MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is rebuilt
 
 
-class MemoryIndex:
+class MemoryIndex(SearchIndex):
     """Exact (or pruned) sparse dot-product search over float32 rows held in memory."""
 
     def __init__(self, manifest: IndexManifest, pruning: Pruning | None = None):

@@ -45,7 +45,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
+from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
 from indexer.engines.qdrant.backends import (
     DATATYPES,
     SHARD,
@@ -73,7 +73,7 @@ _BATCH = 256  # points per upsert request
 FLUSH_EVERY = 10_000
 
 
-class QdrantIndex:
+class QdrantIndex(SearchIndex):
     """Sparse dot-product search in Qdrant (Edge in-process, or a server) behind the protocol."""
 
     def __init__(
