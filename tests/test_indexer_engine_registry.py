@@ -58,7 +58,9 @@ def _store(path: Path, n: int = 20) -> None:
     """A corpus store of ``n`` random rows (no images)."""
     pieces = ["<unk>"] + ["▁" + a + b for a in "abcdefgh" for b in "abcdefgh"]
     vocabulary = Vocabulary.from_pieces(pieces)
-    rows = sp.random(n, len(vocabulary), density=0.2, format="csr", dtype=np.float32, random_state=1)
+    rows = sp.random(
+        n, len(vocabulary), density=0.2, format="csr", dtype=np.float32, random_state=1
+    )
     ids = [f"img{i}" for i in range(n)]
     infos = [ImageInfo(i, f"/{i}.jpg", 1, "JPEG", 8, 8, hashlib.sha256(i.encode()).hexdigest())
              for i in ids]  # fmt: skip
@@ -158,3 +160,35 @@ def test_misspelt_open_options_are_refused(toy, tmp_path):
     with pytest.raises(ValueError, match="unknown index engine 'tyo'; known: memory, compact"):
         open_handle(tmp_path / "ix", vocabulary_hash, {"tyo": {}})
     assert open_index(tmp_path / "ix").count() == 20  # no options: the engine's defaults
+
+
+def test_sharded_jobs_writing_one_shared_target_report_it_then_publish(
+    tmp_path, checkpoint, photos
+):
+    """The qdrant engine's sharded jobs upsert into one collection (the engine's build hook),
+    the runner reports what the engine wrote, and the engine's publish hook publishes it."""
+    pytest.importorskip("qdrant_edge", reason="qdrant-edge-py is not installed (the index extra)")
+    from qdrant_client import QdrantClient
+
+    from indexer.engines import engine
+    from model import LexVLA
+
+    client, model = QdrantClient(":memory:"), LexVLA.from_pretrained(checkpoint, device="cpu")
+    common = {"source": str(photos), "checkpoint": "unused", "index": str(tmp_path / "ix"),
+              "engine": "qdrant", "num_shards": 2, "progress": False}  # fmt: skip
+    with pytest.raises(ValidationError, match="give every shard the same collection"):
+        IndexJob(**common, store="s", engine_options={"client": client})
+    options = {"client": client, "collection": "shared"}
+    for shard in (0, 1):
+        store = str(tmp_path / f"part-{shard}")
+        job = IndexJob(**common, store=store, shard_id=shard, engine_options=options)
+        report = run_index_job(job, model)
+        assert report.index_version is None  # nothing published by a shard
+        assert (
+            report.as_dict()["qdrant_collection"] == "shared" and "written" not in report.as_dict()
+        )
+    assert client.count("shared").count == 7
+    qdrant = engine("qdrant")
+    version = qdrant.publish_shared(tmp_path / "ix", qdrant.options("build", options))
+    assert version.name == "v0001"
+    assert open_index(tmp_path / "ix", client=client).count() == 7

@@ -19,6 +19,8 @@ unless its model renames it (:attr:`EngineOptions.external`).
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +108,8 @@ class Engine:
             return model(**values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(map(str, e.get('loc') or ())) or 'options'}: {e.get('msg')}"
+                f"{'.'.join(map(str, e.get('loc') or ())) or 'options'}: "
+                f"{str(e.get('msg')).removeprefix('Value error, ')}"
                 for e in exc.errors()
             )
             raise EngineOptionError(f"{self.name} {kind} option {problems}") from None
@@ -156,9 +159,6 @@ class Engine:
     ) -> Built:
         """An index of every live image of ``store``, published as a new version of
         ``index_dir``; ``spill_dir`` lies in ``index_dir`` and is removed afterwards."""
-        import os
-        import shutil
-
         spill = index_dir / f".build-{os.getpid()}"
         manifest = store.manifest
         try:
