@@ -88,14 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="merged store (created, or resumed)")
     m.add_argument("parts", nargs="+", help="part stores, in order")
     m.add_argument("--index", help="also publish a search index of the merged store here")
-    m.add_argument("--engine", choices=names(), default=DEFAULT_ENGINE)
+    m.add_argument("--engine", choices=names(), default=DEFAULT_ENGINE, help=_engines_help())
     add_model_flags(m, engine_flags("build"))
     r = sub.add_parser(
         "reindex", parents=[common], help="build a new index version from a store (no encoding)"
     )
     r.add_argument("--store", required=True)
     r.add_argument("--index", required=True)
-    r.add_argument("--engine", choices=names(), default=DEFAULT_ENGINE)
+    r.add_argument("--engine", choices=names(), default=DEFAULT_ENGINE, help=_engines_help())
     add_model_flags(r, engine_flags("build"))
     d = sub.add_parser(
         "delete", parents=[common], help="delete images from a store (and its index)"
@@ -208,6 +208,11 @@ def engine_flags(kind: Kind, only: Sequence[Any] | None = None) -> type[BaseMode
             info.description = f"{each.name} engine: {info.description or option}"
             fields[outside] = (info.annotation, info)
     return create_model(f"{kind.title()}EngineFlags", **fields)
+
+
+def _engines_help() -> str:
+    listed = "; ".join(f"{each.name}: {each.summary}" for each in engines())
+    return f"index engine ({listed}); default: {DEFAULT_ENGINE}".replace("%", "%%")
 
 
 def _build_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from toy_engine import ToyEngine, ToyIndex
 from indexer import cli
 from indexer.build import build_index
 from indexer.decode import ImageInfo
-from indexer.engines import EngineOptionError, open_index, register, unregister
+from indexer.engines import EngineOptionError, engine, open_index, register, unregister
 from indexer.engines.memory.index import MemoryIndex
 from indexer.job import IndexJob
 from indexer.runner import run_index_job
@@ -170,7 +170,6 @@ def test_sharded_jobs_writing_one_shared_target_report_it_then_publish(
     pytest.importorskip("qdrant_edge", reason="qdrant-edge-py is not installed (the index extra)")
     from qdrant_client import QdrantClient
 
-    from indexer.engines import engine
     from model import LexVLA
 
     client, model = QdrantClient(":memory:"), LexVLA.from_pretrained(checkpoint, device="cpu")
@@ -192,3 +191,19 @@ def test_sharded_jobs_writing_one_shared_target_report_it_then_publish(
     version = qdrant.publish_shared(tmp_path / "ix", qdrant.options("build", options))
     assert version.name == "v0001"
     assert open_index(tmp_path / "ix", client=client).count() == 7
+
+
+def test_the_service_settings_reach_each_engine_under_their_names(monkeypatch):
+    """LEXVLA_QDRANT_* are the qdrant engine's open options, LEXVLA_MMAP the memory engine's;
+    engines without settings (compact, lucene, here) open with their defaults."""
+    from service.core.config import Settings
+
+    monkeypatch.setenv("LEXVLA_QDRANT_URL", "http://qdrant:6333")
+    monkeypatch.setenv("LEXVLA_QDRANT_API_KEY", "secret")
+    monkeypatch.setenv("LEXVLA_MMAP", "true")
+    options = index_options(Settings())
+    assert set(options) == {"memory", "qdrant"} and options["memory"] == {"mmap": True}
+    qdrant = engine("qdrant").options("open", options["qdrant"])
+    assert qdrant.connection()["url"] == "http://qdrant:6333"
+    assert qdrant.connection()["api_key"] == "secret"
+    assert qdrant.timeout_s == Settings().qdrant_timeout_s

@@ -47,7 +47,7 @@ class CompactOpenOptions(EngineOptions):
 
 class CompactEngine(Engine):
     name = "compact"
-    summary = "quantised impact index, memory-mapped, compiled kernels (default)"
+    summary = "quantised impact index, memory-mapped, compiled kernels"
     build_options = CompactBuildOptions
     open_options = CompactOpenOptions
 

@@ -33,7 +33,7 @@ class MemoryOpenOptions(EngineOptions):
 
 class MemoryEngine(Engine):
     name = "memory"
-    summary = "exact float32 search with scipy (the oracle)"
+    summary = "exact float32 search with scipy, the oracle"
     build_options = MemoryBuildOptions
     open_options = MemoryOpenOptions
 

@@ -103,7 +103,7 @@ class QdrantBuildOptions(QdrantConnection):
 
 class QdrantEngine(Engine):
     name = "qdrant"
-    summary = "Qdrant: embedded Qdrant Edge, or a server or cluster"
+    summary = "embedded Qdrant Edge, or a Qdrant server or cluster"
     build_options = QdrantBuildOptions
     open_options = QdrantOpenOptions
 
