@@ -105,13 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("ids", nargs="+")
     add_model_flags(d, engine_flags("open"))
     shared = [each for each in engines() if each.shares_writes()]
-    q = sub.add_parser(
-        "publish", parents=[common], help="publish what sharded jobs wrote into one shared "
-        "target (a Qdrant collection), swap its alias",
-    )  # fmt: skip
-    q.add_argument("--index", required=True, help="index directory that gets the new version")
-    q.add_argument("--engine", choices=[e.name for e in shared], default=shared[0].name)
-    add_model_flags(q, engine_flags("build", shared))
+    if shared:  # engines whose sharded jobs write one shared target (a server collection)
+        q = sub.add_parser(
+            "publish", parents=[common], help="publish what sharded jobs wrote into one shared "
+            "target (a server collection) and make it the one searched",
+        )  # fmt: skip
+        q.add_argument("--index", required=True, help="index directory that gets the new version")
+        q.add_argument("--engine", choices=[e.name for e in shared], default=shared[0].name)
+        add_model_flags(q, engine_flags("build", shared))
     e = sub.add_parser(
         "export-jsonl", parents=[common], help='write {"id", "vector": {word: weight}} lines'
     )
