@@ -70,8 +70,8 @@ def generate(work: Path, n: int, queries: int) -> None:
 
 
 def build(args: argparse.Namespace, rows: sp.csr_matrix) -> dict:
-    from indexer.engines.qdrant.index import QdrantIndex
     from indexer.engines.qdrant.backends import disk_bytes
+    from indexer.engines.qdrant.index import QdrantIndex
 
     sampler = Sampler()
     sampler.start()

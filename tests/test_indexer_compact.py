@@ -13,8 +13,8 @@ from compact_fixtures import V
 
 from indexer import scoring_kernels
 from indexer.engines.compact import block_kernels, impact_kernels
-from indexer.engines.compact.index import CompactIndex, ImpactPruning
 from indexer.engines.compact.block import balanced_block_rows, encode_ids
+from indexer.engines.compact.index import CompactIndex, ImpactPruning
 
 
 def test_exact_search_is_within_the_quantisation_bound_of_float32(corpus, pair):

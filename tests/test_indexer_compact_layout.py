@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.compact import block_kernels
-from indexer.engines.compact.index import CompactIndex
 from indexer.engines.compact.block import Block, encode_ids
+from indexer.engines.compact.index import CompactIndex
 from indexer.filters import has_matrix
 
 V = 2000

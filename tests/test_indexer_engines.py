@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from indexer.engines.memory import index as memory_module
 from indexer.engines import open_index, publish
 from indexer.engines.base import IndexManifest, as_query_row
+from indexer.engines.memory import index as memory_module
 from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.engines.versions import CURRENT, current_version, list_versions, prune
 from indexer.export import write_jsonl
