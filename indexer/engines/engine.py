@@ -9,7 +9,8 @@ subclass: its ``name`` (what manifests record), two pydantic models of options
 - :meth:`Engine.build` an index of a whole corpus store, published as a new version (default:
   ``create``, every store shard added, :func:`~indexer.engines.versions.publish`);
 - :meth:`Engine.check_build` refuses a combination of options and job that cannot work;
-- :meth:`Engine.publish_shared` publishes what sharded jobs wrote into one shared target.
+- :meth:`Engine.publish_shared` publishes what sharded jobs wrote into one shared target;
+- :meth:`Engine.quiet` turns its libraries' own logging down (``--verbose`` up).
 
 Options are validated by their model, so an unknown or misspelt option is refused in one line
 naming it and the engine's known ones (:class:`EngineOptionError`). Outside the engine an option
@@ -177,6 +178,10 @@ class Engine:
             return Built(version)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
+
+    def quiet(self, verbose: bool) -> None:
+        """Turn the engine's libraries' own logging on (``verbose``) or down (the commands'
+        default). Default: nothing to turn."""
 
     def publish_shared(self, index_dir: Path, options: Any) -> Path:
         """Publish what sharded jobs wrote into one shared target (engines that have one)."""

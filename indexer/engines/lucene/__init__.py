@@ -57,5 +57,11 @@ class LuceneEngine(Engine):
 
         return LuceneIndex.open(version, mmap=options.mmap)
 
+    def quiet(self, verbose: bool) -> None:
+        """Anserini's and Lucene's INFO lines (the JVM is not started for this)."""
+        from indexer.engines.lucene.jvm import set_java_logging
+
+        set_java_logging(verbose)
+
 
 __all__ = ["DEFAULT_SCALE", "LuceneEngine"]
