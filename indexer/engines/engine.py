@@ -3,9 +3,9 @@
 An engine is a sub-package of :mod:`indexer.engines` (or any module) with one :class:`Engine`
 subclass: its ``name`` (what manifests record), two pydantic models of options
 (:class:`EngineOptions`: ``build_options`` for ``create``/``build``, ``open_options`` for
-``open``), and hooks with defaults:
+``open``), two hooks it must give and the others where their defaults do not fit:
 
-- :meth:`Engine.create` a new empty index, :meth:`Engine.open` a saved version;
+- :meth:`Engine.create` a new empty index, :meth:`Engine.open` a saved version (required);
 - :meth:`Engine.build` an index of a whole corpus store, published as a new version (default:
   ``create``, every store shard added, :func:`~indexer.engines.versions.publish`);
 - :meth:`Engine.check_build` refuses a combination of options and job that cannot work;
@@ -13,9 +13,9 @@ subclass: its ``name`` (what manifests record), two pydantic models of options
 - :meth:`Engine.quiet` turns its libraries' own logging down (``--verbose`` up).
 
 Options are validated by their model, so an unknown or misspelt option is refused in one line
-naming it and the engine's known ones (:class:`EngineOptionError`). Outside the engine an option
-is spelt ``<engine>_<option>`` (flags ``--<engine>-<option>``, settings ``LEXVLA_<ENGINE>_<OPTION>``)
-unless its model renames it (:attr:`EngineOptions.external`).
+naming it and the engine's known ones (:class:`EngineOptionError`). Outside the engine an
+option is spelt ``<engine>_<option>`` (flags ``--<engine>-<option>``, service settings
+``LEXVLA_<ENGINE>_<OPTION>``) unless its model renames it (:attr:`EngineOptions.external`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 ``blocks/bNNNNNN/`` holds one block's arrays (:meth:`Block.save`; immutable, so a version that
 keeps a block of the one it came from hard-links its folder instead of writing it again), and
 ``live/bNNNNNN.npy`` the live mask of a block that has deletions. The manifest
-(``index.json``, written by :meth:`indexer.engines.compact.index.CompactIndex.save`) lists the blocks
-with their rows, postings, scales and error bounds, and the block layout they were written in.
+(``index.json``, written by :meth:`indexer.engines.compact.index.CompactIndex.save`) lists the
+blocks with their rows, postings, scales and error bounds, and the block layout they were written in.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The memory engine keeps float32 forward and inverted copies, ~16 GB per million LexVLA images
 (~1,000 active words each). This engine holds the same corpus in about 4 bytes per posting (~4 GB
-per million, :mod:`indexer.engines.compact.block` has the byte layout) and scores it with compiled
-kernels that release the GIL (:mod:`indexer.engines.compact.impact_kernels`), so one process searches on
-every core and several processes share one copy of the mapped files in the page cache.
+per million, :mod:`indexer.engines.compact.block` has the byte layout) and scores it with
+compiled kernels that release the GIL (:mod:`indexer.engines.compact.impact_kernels`), so one
+process searches on every core and several processes share one copy of the mapped files in the
+page cache.
 
 **Quantisation.** Each block stores a weight ``w`` as the code ``round(w / scale)`` (uint8),
 ``scale`` = the block's largest weight / 255 (so nothing is ever clipped); code 0 is not stored.
@@ -23,8 +24,8 @@ of the query's postings whose best partial scores are then re-scored completely.
 the block list and live masks under ``_lock`` and score without it; writers build new arrays and
 swap them in under the lock (copy-on-write), so a search never sees half a change.
 
-**On disk** (one version directory, :mod:`indexer.engines.compact.files`): ``index.json`` (manifest; ``params.blocks`` lists the blocks
-with their scales), ``blocks/bNNNNNN/*.npy`` (immutable: a new version hard-links the blocks it
+**On disk** (one version directory, :mod:`indexer.engines.compact.files`): ``index.json``
+(manifest; ``params.blocks`` lists the blocks with their scales), ``blocks/bNNNNNN/*.npy`` (immutable: a new version hard-links the blocks it
 shares with the one it came from) and ``live/bNNNNNN.npy`` for blocks with deletions.
 """
 

@@ -11,8 +11,8 @@ every required word (``must``) and none of the excluded ones (``must_not`` any).
 An embedded index's shard lives in a directory the engine moves around (:func:`open_shard`,
 :func:`copy_shard`, :func:`move_shard`): a published shard is never written, so writes go to a
 copy in a scratch directory (copy-on-write), a shard another process holds open (its WAL is
-locked) is read from a copy, and :meth:`~indexer.engines.qdrant.index.QdrantIndex.save` moves the built
-shard into its version directory. :func:`release_memory` gives the heap an optimisation freed back
+locked) is read from a copy, and :meth:`~indexer.engines.qdrant.index.QdrantIndex.save` moves
+the built shard into its version directory. :func:`release_memory` gives the heap an optimisation freed back
 to the OS, and :func:`disk_bytes` measures a shard or version on disk (for benchmarks).
 """
 
