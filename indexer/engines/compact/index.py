@@ -25,8 +25,9 @@ the block list and live masks under ``_lock`` and score without it; writers buil
 swap them in under the lock (copy-on-write), so a search never sees half a change.
 
 **On disk** (one version directory, :mod:`indexer.engines.compact.files`): ``index.json``
-(manifest; ``params.blocks`` lists the blocks with their scales), ``blocks/bNNNNNN/*.npy`` (immutable: a new version hard-links the blocks it
-shares with the one it came from) and ``live/bNNNNNN.npy`` for blocks with deletions.
+(manifest; ``params.blocks`` lists the blocks with their scales), ``blocks/bNNNNNN/*.npy``
+(immutable: a new version hard-links the blocks it shares with the one it came from) and
+``live/bNNNNNN.npy`` for blocks with deletions.
 """
 
 from __future__ import annotations
