@@ -70,8 +70,8 @@ def generate(work: Path, n: int, queries: int) -> None:
 
 
 def build(args: argparse.Namespace, rows: sp.csr_matrix) -> dict:
-    from indexer.engines.qdrant import QdrantIndex
-    from indexer.engines.qdrant_backends import disk_bytes
+    from indexer.engines.qdrant.backends import disk_bytes
+    from indexer.engines.qdrant.index import QdrantIndex
 
     sampler = Sampler()
     sampler.start()
@@ -108,7 +108,7 @@ def build(args: argparse.Namespace, rows: sp.csr_matrix) -> dict:
 
 
 def serve(version: Path, queries: sp.csr_matrix, per_size: int) -> dict:
-    from indexer.engines.qdrant import QdrantIndex
+    from indexer.engines.qdrant.index import QdrantIndex
 
     index = QdrantIndex.open(version)
     opened = memory()

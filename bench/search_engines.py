@@ -78,34 +78,34 @@ class MemoryProbe:
 
 
 def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: int, spill: Path):
-    from indexer.engines import engine_class
+    from indexer.engines import engine
+    from indexer.engines.engine import BuildHints
 
     opts = dict(options)
     if name == "memory":
-        from indexer.engines.memory import Pruning
+        from indexer.engines.memory.search import Pruning
 
         opts = {"pruning": Pruning() if opts.get("pruning") == "default" else None}
     elif name == "compact":
-        from indexer.engines.compact import ImpactPruning
+        from indexer.engines.compact.pruning import ImpactPruning
 
         pruning = opts.pop("pruning", "default")
-        opts = {
-            "pruning": None if pruning == "none" else ImpactPruning(**opts),
-            "expected_rows": n,
-            "spill_dir": spill,
-        }
+        opts = {"pruning": None if pruning == "none" else ImpactPruning(**opts)}
     elif name == "lucene":
         opts = {"scale": float(opts.get("scale", 100)), "rescore": True}
     elif name == "qdrant":  # Qdrant Edge: datatype=float32|float16|uint8, on_disk=True|False
         opts = {**opts, "workdir": spill / "qdrant"}
-    return engine_class(name).create(vocabulary_size, **opts)
+    chosen = engine(name)
+    checked = chosen.options("build", opts)
+    return chosen.create(vocabulary_size, "", "", None, checked, BuildHints(n, spill))
 
 
 def open_engine(name: str, path: Path) -> Any:
-    from indexer.engines import engine_class
+    from indexer.engines import engine
 
-    cls = engine_class(name)
-    return cls.open(path, mmap=True) if name in ("memory", "compact", "lucene") else cls.open(path)
+    chosen = engine(name)
+    mmap = {"mmap": True} if name in ("memory", "compact", "lucene") else {}
+    return chosen.open(path, chosen.options("open", mmap))
 
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:

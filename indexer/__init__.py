@@ -1,10 +1,13 @@
 """Batch indexing: image corpus -> sparse vectors -> corpus store -> search index.
 
-``model.data`` sources (folder, manifest, webdataset; shared with training) -> ``decode``
-(RGB image, what the store records, thumbnails) -> the model's image encoder -> ``store`` (the
-record: CSR shards, SQLite ``catalog``, thumbnails) -> ``engines`` (memory and Lucene search
-indexes, versioned directories). ``runner`` drives a resumable job (its settings: ``job``; the
-index it publishes: ``build``), ``cli`` is ``lexvla index``, ``scoring`` scores hits with
-per-word contributions (for ``search``, which is ``lexvla search``, and for the service),
-``export`` writes JSONL for other tools.
+``model.data`` sources (folder, manifest, webdataset; shared with training) -> ``decode`` (RGB
+image, what the store records, thumbnails; run in ``loader``'s worker processes) -> the model's
+image encoder -> ``store`` (the record: CSR shards, SQLite ``catalog``, thumbnails) ->
+``engines`` (search indexes in versioned directories; one sub-package per engine, memory,
+compact, lucene and qdrant, behind one registry). ``runner`` drives a resumable job (its
+settings: ``job``; the index it publishes: ``build``), ``merge`` combines the stores of sharded
+jobs, ``cli`` is ``lexvla index``, ``scoring`` scores hits with per-word contributions (its
+compiled part: ``scoring_kernels``; for ``search``, which is ``lexvla search``, and for the
+service), ``filters`` holds the word filters every engine applies, ``export`` writes JSONL for
+other tools, ``quiet`` silences the libraries' own logging.
 """

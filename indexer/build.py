@@ -2,55 +2,47 @@
 
 :func:`build_index` is the last step of an indexing job (:func:`indexer.runner.run_index_job`)
 and the whole of ``lexvla index reindex`` (and of ``merge --index``): it reads the store's live
-rows, never the images, so re-indexing into another engine never re-encodes anything. The
-``qdrant`` engine builds resumably through :func:`indexer.qdrant_jobs.build_qdrant`.
+rows, never the images, so re-indexing into another engine never re-encodes anything. The engine
+is looked up in the registry (:mod:`indexer.engines.registry`), its options checked against its
+build options, and its ``build`` hook does the work (create, add every store shard, publish;
+an engine may build its own way, e.g. resumably).
 """
 
 from __future__ import annotations
 
-import inspect
-import os
-import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from indexer.engines import DEFAULT_ENGINE, engine_class, publish
+from indexer.engines import DEFAULT_ENGINE, engine
+from indexer.engines.engine import Built
 from indexer.store import CorpusStore
+
+
+def build_engine_index(
+    store: CorpusStore,
+    index_dir: str | Path,
+    engine_name: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    sharded: bool = False,
+    progress: bool = False,
+) -> Built:
+    """Build with engine ``engine_name`` and its build ``options`` (unknown ones refused).
+
+    ``sharded``: this is one of several jobs building one index; an engine whose sharded jobs
+    write one shared target does so and publishes nothing (:meth:`Engine.publish_shared` later).
+    """
+    chosen = engine(engine_name)
+    checked = chosen.options("build", options)
+    chosen.check_build(checked, sharded)
+    return chosen.build(store, Path(index_dir), checked, sharded=sharded, progress=progress)
 
 
 def build_index(
     store: CorpusStore, index_dir: str | Path, engine: str = DEFAULT_ENGINE, **options: Any
 ) -> Path:
-    """Build an index of every live image of the store and publish it as a new version.
-
-    Engines that take them get two hints: ``expected_rows`` (the store's count, to size their
-    blocks evenly) and ``spill_dir`` (a folder beside the index, on its file system, where they
-    may write finished parts so that the build's memory stays bounded; removed afterwards).
-    The qdrant engine builds resumably (:func:`indexer.qdrant_jobs.build_qdrant`).
-    """
-    if engine == "qdrant":
-        from indexer.qdrant_jobs import build_qdrant
-
-        version, _ = build_qdrant(store, index_dir, **options)
-        assert version is not None
-        return version
-    manifest = store.manifest
-    create = engine_class(engine).create
-    index_dir = Path(index_dir)
-    spill = index_dir / f".build-{os.getpid()}"
-    hints = {"expected_rows": store.count, "spill_dir": spill}
-    accepted = inspect.signature(create).parameters
-    options = {k: v for k, v in hints.items() if k in accepted} | options
-    try:
-        index = create(
-            len(store.vocabulary),
-            store.vocabulary.hash,
-            manifest["checkpoint_id"],
-            manifest["threshold"],
-            **options,
-        )
-        for ids, rows in store.iter_shards():
-            index.add(ids, rows)
-        return publish(index, index_dir)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
+    """Build an index of every live image of the store and publish it as a new version."""
+    built = build_engine_index(store, index_dir, engine, options)
+    assert built.version is not None  # an unsharded build always publishes
+    return built.version

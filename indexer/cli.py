@@ -14,8 +14,10 @@ lexvla index export-jsonl --store corpus/ --out vectors.jsonl [--keys index --sc
 lexvla index info corpus/   (or an index directory)
 
 The flags of ``build`` and ``add`` are generated from :class:`indexer.job.IndexJob` (its
-field descriptions are the help, its defaults the defaults); the other commands that write an
-index take its ``--qdrant-*`` flags the same way. Bad input (a missing folder, a
+field descriptions are the help, its defaults the defaults), and every command that writes an
+index takes each registered engine's build options as ``--<engine>-<option>`` flags generated
+from the engine's options model (``delete`` its open options); a flag of another engine than
+the one chosen is refused. Bad input (a missing folder, a
 manifest without an image column, an unknown engine, a checkpoint that is not one) ends the
 command with one line on stderr and exit status 2, never a traceback.
 """
@@ -27,18 +29,20 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from copy import copy
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError, create_model
 
 from indexer.build import build_index
-from indexer.engines import DEFAULT_ENGINE, ENGINES, open_index, publish
+from indexer.engines import DEFAULT_ENGINE, engine, names, open_index, publish
+from indexer.engines.engine import Kind
+from indexer.engines.registry import engines, options_by_engine, split_options
 from indexer.engines.versions import resolve
 from indexer.export import export_store_jsonl
-from indexer.job import IndexJob, engine_options
+from indexer.job import IndexJob
 from indexer.merge import MergeError, merge_stores
 from indexer.quiet import quiet_libraries
 from indexer.runner import run_index_job
@@ -47,9 +51,10 @@ from model.backbones import BackboneLoadError
 from model.flags import add_model_flags, explain_validation_error, model_values
 
 # IndexJob fields without a flag, and why: the sub-command sets them.
-JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
-QDRANT_FIELDS = tuple(name for name in IndexJob.model_fields if name.startswith("qdrant_"))
-NOT_QDRANT = [name for name in IndexJob.model_fields if name not in QDRANT_FIELDS]
+JOB_FLAGS_EXCLUDED = {
+    "require_store": "set by `index add`",
+    "engine_options": "filled by the engines' own flags (--<engine>-<option>)",
+}
 # Flags of every sub-command that are no IndexJob field: how much the command prints.
 COMMON_FLAGS = {"verbose"}
 # What bad input raises before or while a job runs; each becomes one line on stderr.
@@ -74,35 +79,40 @@ def _parser() -> argparse.ArgumentParser:
             IndexJob,
             exclude=JOB_FLAGS_EXCLUDED,
             aliases={"source": ["--images"]},
-            choices={"engine": ENGINES},
+            choices={"engine": names()},
         )
+        add_model_flags(p, engine_flags("build"))
     m = sub.add_parser(
         "merge", parents=[common], help="merge part stores (sharded builds) into one, no encoding"
     )
     m.add_argument("--out", required=True, help="merged store (created, or resumed)")
     m.add_argument("parts", nargs="+", help="part stores, in order")
     m.add_argument("--index", help="also publish a search index of the merged store here")
-    m.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
-    add_model_flags(m, IndexJob, exclude=NOT_QDRANT)
+    m.add_argument("--engine", choices=names(), default=DEFAULT_ENGINE, help=_engines_help())
+    add_model_flags(m, engine_flags("build"))
     r = sub.add_parser(
         "reindex", parents=[common], help="build a new index version from a store (no encoding)"
     )
     r.add_argument("--store", required=True)
     r.add_argument("--index", required=True)
-    r.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
-    add_model_flags(r, IndexJob, exclude=NOT_QDRANT)
+    r.add_argument("--engine", choices=names(), default=DEFAULT_ENGINE, help=_engines_help())
+    add_model_flags(r, engine_flags("build"))
     d = sub.add_parser(
         "delete", parents=[common], help="delete images from a store (and its index)"
     )
     d.add_argument("--store", required=True)
     d.add_argument("--index")
     d.add_argument("ids", nargs="+")
-    add_model_flags(d, IndexJob, exclude=NOT_QDRANT)
-    q = sub.add_parser(
-        "publish", parents=[common], help="publish a Qdrant collection of sharded jobs, swap alias"
-    )
-    q.add_argument("--index", required=True, help="index directory that gets the new version")
-    add_model_flags(q, IndexJob, exclude=NOT_QDRANT)
+    add_model_flags(d, engine_flags("open"))
+    shared = [each for each in engines() if each.shares_writes()]
+    if shared:  # engines whose sharded jobs write one shared target (a server collection)
+        q = sub.add_parser(
+            "publish", parents=[common], help="publish what sharded jobs wrote into one shared "
+            "target (a server collection) and make it the one searched",
+        )  # fmt: skip
+        q.add_argument("--index", required=True, help="index directory that gets the new version")
+        q.add_argument("--engine", choices=[e.name for e in shared], default=shared[0].name)
+        add_model_flags(q, engine_flags("build", shared))
     e = sub.add_parser(
         "export-jsonl", parents=[common], help='write {"id", "vector": {word: weight}} lines'
     )
@@ -129,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
+        if not any(e.get("loc") for e in exc.errors()):  # the whole job (an engine option)
+            return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         return explain_validation_error(exc)
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
@@ -143,8 +155,9 @@ def _run(args: argparse.Namespace) -> int:
                 f"no corpus store at {values['store']}: `add` adds to an existing store; "
                 "create it with `build`"
             )
+        values |= model_values(args, engine_flags("build"))
         job = IndexJob(**values, require_store=args.command == "add")
-        print(json.dumps(asdict(run_index_job(job)), indent=1))
+        print(json.dumps(run_index_job(job).as_dict(), indent=1))
     elif args.command == "merge":
         try:
             report = merge_stores(args.out, args.parts)
@@ -153,26 +166,21 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(report), indent=1))
         if args.index:
             with CorpusStore.open(args.out) as store:
-                options = _engine_options(args.engine, args)
+                options = _build_options(args)
                 print(f"published {build_index(store, args.index, args.engine, **options)}")
     elif args.command == "reindex":
         with CorpusStore.open(args.store) as store:
-            options = _engine_options(args.engine, args)
+            options = _build_options(args)
             print(f"published {build_index(store, args.index, args.engine, **options)}")
     elif args.command == "publish":
-        given = _qdrant_values(args)
-        if not (given.qdrant_url and given.qdrant_collection):
-            raise ValueError("publish needs --qdrant-url and --qdrant-collection")
-        from indexer.qdrant_jobs import publish_collection
-
-        options = engine_options("qdrant", given)
-        connection = {k: options[k] for k in ("alias", "url", "api_key", "timeout_s", "tls_ca")}
-        print(f"published {publish_collection(args.index, given.qdrant_collection, **connection)}")
+        chosen = engine(args.engine)
+        options = chosen.options("build", _build_options(args))
+        print(f"published {chosen.publish_shared(Path(args.index), options)}")
     elif args.command == "delete":
         with CorpusStore.open(args.store) as store:
             print(f"store: {store.delete(args.ids)} deleted")
         if args.index:
-            index = open_index(args.index, **_engine_options("qdrant", args))
+            index = open_index(args.index, per_engine=options_by_engine(args, "open"))
             print(
                 f"index: {index.delete(args.ids)} deleted; published {publish(index, args.index)}"
             )
@@ -189,11 +197,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _qdrant_values(args: argparse.Namespace) -> SimpleNamespace:
-    """The ``qdrant_*`` options given on the command line, defaults from :class:`IndexJob`."""
-    fields = IndexJob.model_fields
-    return SimpleNamespace(**{n: getattr(args, n, fields[n].default) for n in QDRANT_FIELDS})
+def engine_flags(kind: Kind, only: Sequence[Any] | None = None) -> type[BaseModel]:
+    """One model whose fields are the engines' ``kind`` options under their outside names
+    (``qdrant_url``), for :func:`~model.flags.add_model_flags`: each engine's own defaults,
+    types and descriptions make its flags."""
+    fields: dict[str, Any] = {}
+    for each in only if only is not None else engines():
+        model = each.options_model(kind)
+        for outside, option in each.outside_names(kind).items():
+            info = copy(model.model_fields[option])
+            info.description = f"{each.name} engine: {info.description or option}"
+            fields[outside] = (info.annotation, info)
+    return create_model(f"{kind.title()}EngineFlags", **fields)
 
 
-def _engine_options(engine: str, args: argparse.Namespace) -> dict[str, Any]:
-    return engine_options(engine, _qdrant_values(args))
+def _engines_help() -> str:
+    listed = "; ".join(f"{each.name}: {each.summary}" for each in engines())
+    return f"index engine ({listed}); default: {DEFAULT_ENGINE}".replace("%", "%%")
+
+
+def _build_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The build options of ``--engine`` that were given (another engine's are refused)."""
+    return split_options(model_values(args, engine_flags("build")), args.engine, "build")

@@ -1,22 +1,22 @@
-"""The settings of one indexing job: :class:`IndexJob`, and the engine options it implies.
+"""The settings of one indexing job: :class:`IndexJob`, with its engine's build options.
 
 ``lexvla index build|add`` generate their flags from :class:`IndexJob` (its field descriptions
-are the help, its defaults the defaults; :mod:`model.flags`), and
-:func:`indexer.runner.run_index_job` runs one. The ``qdrant_*`` fields are the ``qdrant``
-engine's options; :func:`engine_options` turns them (from a job, or from the CLI's parsed
-arguments) into the engine's ``create`` options, so every command that writes an index passes
-them the same way.
+are the help, its defaults the defaults; :mod:`model.flags`) and from each registered engine's
+build options (``--<engine>-<option>``), and :func:`indexer.runner.run_index_job` runs one. The
+job names no engine: ``engine_options`` holds the chosen engine's options, checked against its
+model (:mod:`indexer.engines.registry`); a flag's name (``qdrant_url=...``) is accepted as well
+and folded into it, and an option of another engine, or a misspelt one, is refused.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from indexer.decode import THUMBNAIL_SIZE
-from indexer.engines import DEFAULT_ENGINE, ENGINES
-from indexer.engines.qdrant_backends import DATATYPES
+from indexer.engines import DEFAULT_ENGINE, engine, names
+from indexer.engines.registry import engine_names_in, split_options
 from model.data import DEFAULT_MAX_PIXELS, SourceKind
 
 
@@ -70,42 +70,30 @@ class IndexJob(BaseModel):
         default=True, description="decode JPEGs at reduced scale (DCT) when that is enough"
     )
 
-    # --- engine "qdrant" ------------------------------------------------------------------------
-    qdrant_url: str | None = Field(
-        default=None,
-        description="Qdrant server or cluster URL (http://host:6333); unset: embedded Qdrant Edge",
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the engine's build options (the --<engine>-<option> flags fill it)",
     )
-    qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key")
-    qdrant_timeout_s: float = Field(default=60.0, gt=0, description="Qdrant request timeout")
-    qdrant_tls_ca: str | None = Field(default=None, description="CA bundle for https")
-    qdrant_collection: str | None = Field(
-        default=None,
-        description="server: the collection to write (sharded jobs share one); "
-        "default <alias>-<time>, one per index version",
-    )
-    qdrant_alias: str = Field(
-        default="lexvla", description="server: the alias the service searches"
-    )
-    qdrant_datatype: str = Field(
-        default="float32", description="value type of the sparse index: float32, float16, uint8"
-    )
-    qdrant_on_disk: bool = Field(default=True, description="vectors, index and payload on disk")
-    qdrant_optimize_every: int = Field(
-        default=100_000, ge=0, description="optimize() after this many upserts (bounded memory)"
-    )
-    qdrant_shard_number: int | None = Field(default=None, ge=1, description="server: shards")
-    qdrant_replication_factor: int | None = Field(
-        default=None, ge=1, description="server: copies of each shard"
-    )
-    qdrant_write_consistency_factor: int | None = Field(
-        default=None, ge=1, description="server: replicas that must acknowledge a write"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_engine_options(cls, data: Any) -> Any:
+        """``qdrant_url=...`` (a flag's name) -> ``engine_options={"url": ...}``; another
+        engine's option, or a misspelt one, is refused."""
+        if not isinstance(data, dict):
+            return data
+        chosen = data.get("engine", DEFAULT_ENGINE)
+        outside = engine_names_in(data, "build") - set(cls.model_fields)
+        if not outside or chosen not in names():  # (an unknown engine: its own error)
+            return data
+        folded = split_options({k: data[k] for k in outside}, chosen, "build")
+        rest = {k: v for k, v in data.items() if k not in outside}
+        return rest | {"engine_options": {**data.get("engine_options", {}), **folded}}
 
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
-        if value not in ENGINES:
-            raise ValueError(f"unknown index engine {value!r}; known: {', '.join(ENGINES)}")
+        engine(value)  # unknown: a one-line ValueError naming the known ones
         return value
 
     @model_validator(mode="after")
@@ -114,41 +102,11 @@ class IndexJob(BaseModel):
             raise ValueError(
                 f"shard_id must be in 0..{self.num_shards - 1} (num_shards), got {self.shard_id}"
             )
-        if self.qdrant_datatype not in DATATYPES:
-            raise ValueError(f"qdrant_datatype must be one of {', '.join(DATATYPES)}")
-        sharded_server = self.num_shards > 1 and self.index and self.qdrant_url
-        if self.engine == "qdrant" and sharded_server and not self.qdrant_collection:
-            raise ValueError(
-                "sharded qdrant builds write one shared collection: give every shard the "
-                "same qdrant_collection (--qdrant-collection NAME)"
-            )
+        options = self.build_options()
+        if self.index:
+            engine(self.engine).check_build(options, self.num_shards > 1)
         return self
 
-    def engine_options(self) -> dict[str, Any]:
-        """Options for the engine's ``create`` (see :func:`engine_options`)."""
-        return engine_options(self.engine, self)
-
-
-def engine_options(engine: str, source: Any) -> dict[str, Any]:
-    """The ``create`` options of ``engine`` from an object with ``qdrant_*`` attributes
-    (an :class:`IndexJob`, or the CLI's parsed arguments)."""
-    if engine != "qdrant":
-        return {}
-    key = getattr(source, "qdrant_api_key", None)
-    options = {
-        "datatype": source.qdrant_datatype,
-        "on_disk": source.qdrant_on_disk,
-        "optimize_every": source.qdrant_optimize_every,
-        "url": source.qdrant_url,
-        "api_key": key.get_secret_value() if isinstance(key, SecretStr) else key,
-        "timeout_s": source.qdrant_timeout_s,
-        "tls_ca": source.qdrant_tls_ca,
-        "collection": source.qdrant_collection,
-        "alias": source.qdrant_alias,
-        "shard_number": source.qdrant_shard_number,
-        "replication_factor": source.qdrant_replication_factor,
-        "write_consistency_factor": source.qdrant_write_consistency_factor,
-    }
-    if not options["url"]:  # embedded: no server options
-        return {k: options[k] for k in ("datatype", "on_disk", "optimize_every")}
-    return options
+    def build_options(self) -> Any:
+        """The engine's build options, checked (an unknown or misspelt one is refused)."""
+        return engine(self.engine).options("build", self.engine_options)

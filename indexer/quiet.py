@@ -1,16 +1,18 @@
 """The commands' quiet default for the libraries they drive (``--verbose`` turns it off).
 
-transformers' progress bars and info messages (``model.quiet``), and the INFO lines that
-Anserini (log4j2) and Lucene (java.util.logging) print to the process's own stdout and stderr
-(``indexer.engines.jvm``). ``lexvla index``, ``lexvla serve`` and ``lexvla demo`` call this once.
+transformers' progress bars and info messages (``model.quiet``), and each registered engine's
+libraries (:meth:`~indexer.engines.engine.Engine.quiet`: e.g. the INFO lines that Anserini and
+Lucene print to the process's own stdout and stderr). ``lexvla index``, ``lexvla serve`` and
+``lexvla demo`` call this once.
 """
 
 from __future__ import annotations
 
-from indexer.engines.jvm import set_java_logging
+from indexer.engines.registry import engines
 from model.quiet import quiet_transformers
 
 
 def quiet_libraries(verbose: bool = False) -> None:
     quiet_transformers(verbose)
-    set_java_logging(verbose)
+    for each in engines():
+        each.quiet(verbose)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from indexer.build import build_index
+from indexer.build import build_engine_index
 from indexer.decode import ImageInfo
 from indexer.job import IndexJob
 from indexer.loader import ChunkTag, LoadedBatch, PrepareImages, Task, image_loader
@@ -62,8 +62,14 @@ class JobReport:
     chunks_done_before: int = 0
     chunks_written: int = 0
     index_version: str | None = None
-    qdrant_collection: str | None = None  # sharded qdrant jobs: the collection they wrote
     reasons: dict[str, int] = field(default_factory=dict)  # skips by reason code
+    # what the engine says it wrote, e.g. the shared target of a sharded job (its collection)
+    written: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as ``lexvla index build`` prints it (the engine's entries inline)."""
+        values = asdict(self)
+        return values | values.pop("written")
 
 
 def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport:
@@ -95,16 +101,12 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
         writer = _ChunkWriter(store, report, bar)
         _encode_all(job, model, store, plan, writer, report)
         if job.index:
-            if job.engine == "qdrant" and job.num_shards > 1 and job.qdrant_url:
-                from indexer.qdrant_jobs import build_qdrant
-
-                _, written = build_qdrant(
-                    store, job.index, False, job.progress, **job.engine_options()
-                )
-                report.qdrant_collection = written.manifest.params["collection"]
-            else:
-                version = build_index(store, job.index, job.engine, **job.engine_options())
-                report.index_version = version.name
+            built = build_engine_index(
+                store, job.index, job.engine, job.engine_options,
+                sharded=job.num_shards > 1, progress=job.progress,
+            )  # fmt: skip
+            report.index_version = built.version.name if built.version else None
+            report.written = built.report
     finally:
         if bar is not None:
             bar.close()

@@ -62,7 +62,7 @@ class SearchOutcome:
 
 def is_exact(index: SearchIndex) -> bool:
     """True when the engine's top-k and scores are exact float32 dot products."""
-    return bool(getattr(index, "exact", False))
+    return index.exact
 
 
 def top_words(
@@ -140,7 +140,7 @@ def explain_row(
 
 def row_vectors(index: SearchIndex, store: CorpusStore | None, ids: list[str]) -> sp.csr_matrix:
     """Float rows of ``ids``: the engine's when they are exact, else the corpus store's."""
-    if not getattr(index, "exact_rows", False) and store is not None:
+    if not index.exact_rows and store is not None:
         try:
             return store.vectors_of(ids)
         except KeyError:

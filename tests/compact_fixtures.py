@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from indexer.engines.compact import CompactIndex
-from indexer.engines.memory import MemoryIndex
+from indexer.engines.compact.index import CompactIndex
+from indexer.engines.memory.index import MemoryIndex
 
 V = 2000
 

@@ -1,4 +1,4 @@
-"""indexer.engines.compact: the quantised impact index against the exact memory engine
+"""indexer.engines.compact.index: the quantised impact index against the exact memory engine
 (scores, pruning, writes, concurrency, kernels). Its files on disk: test_indexer_compact_files.py."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from compact_fixtures import V
 
 from indexer import scoring_kernels
-from indexer.engines import block_kernels, impact_kernels
-from indexer.engines.compact import CompactIndex, ImpactPruning
-from indexer.engines.compact_block import balanced_block_rows, encode_ids
+from indexer.engines.compact import block_kernels, impact_kernels
+from indexer.engines.compact.block import balanced_block_rows, encode_ids
+from indexer.engines.compact.index import CompactIndex, ImpactPruning
 
 
 def test_exact_search_is_within_the_quantisation_bound_of_float32(corpus, pair):
@@ -239,7 +239,7 @@ def test_prefetch_emits_the_instruction_and_changes_nothing():
     are."""
     import numba as nb
 
-    from indexer.engines.prefetch import prefetch
+    from indexer.engines.compact.prefetch import prefetch
 
     @nb.njit(nogil=True)
     def summed(a):  # pragma: no cover - compiled

@@ -1,4 +1,4 @@
-"""indexer.engines.compact on disk (indexer.engines.compact_files): versions that share their
+"""indexer.engines.compact.index on disk (indexer.engines.compact.files): versions that share their
 blocks, publishing, the checks that refuse an index this code cannot read, two processes
 sharing one mapped index, and builds spilled to disk."""
 
@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from compact_fixtures import V
 
 from indexer.engines import open_index, publish
-from indexer.engines.compact import CompactIndex, ImpactPruning
+from indexer.engines.compact.index import CompactIndex, ImpactPruning
 
 ROOT = Path(__file__).resolve().parent.parent
 

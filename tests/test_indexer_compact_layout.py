@@ -1,13 +1,13 @@
-"""indexer.engines.compact_block / block_kernels: the block layout on small hand-made rows."""
+"""indexer.engines.compact.block / block_kernels: the block layout on small hand-made rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines import block_kernels
-from indexer.engines.compact import CompactIndex
-from indexer.engines.compact_block import Block, encode_ids
+from indexer.engines.compact import block_kernels
+from indexer.engines.compact.block import Block, encode_ids
+from indexer.engines.compact.index import CompactIndex
 from indexer.filters import has_matrix
 
 V = 2000
@@ -87,7 +87,7 @@ def test_forward_gaps_escape_large_jumps():
 
 
 def test_merge_groups_take_runs_of_small_blocks_that_fit():
-    from indexer.engines.compact_merge import merge_groups
+    from indexer.engines.compact.merge import merge_groups
 
     assert merge_groups([100, 200, 3000, 400, 0, 900, 1200, 1000], 2500) == [[0, 1], [3, 4, 5, 6]]
     assert merge_groups([2500, 2500, 1000], 2500) == []  # one small block: nothing to merge

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from indexer.engines import memory as memory_module
 from indexer.engines import open_index, publish
 from indexer.engines.base import IndexManifest, as_query_row
-from indexer.engines.memory import MemoryIndex, Pruning
+from indexer.engines.memory import index as memory_module
+from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.engines.versions import CURRENT, current_version, list_versions, prune
 from indexer.export import write_jsonl
 from model.vocabulary import Vocabulary, VocabularyMismatchError
@@ -208,13 +208,13 @@ def test_export_jsonl_words_indices_and_impacts():
 
 @pytest.fixture(scope="module")
 def lucene_index(data, tmp_path_factory):
-    from indexer.engines.jvm import LuceneUnavailable, java_class
+    from indexer.engines.lucene.jvm import LuceneUnavailable, java_class
 
     try:
         java_class("java.lang.String")
     except LuceneUnavailable as exc:
         pytest.skip(f"Lucene engine unavailable: {exc}")
-    from indexer.engines.lucene import LuceneIndex
+    from indexer.engines.lucene.index import LuceneIndex
 
     ids, rows, _ = data
     index = LuceneIndex.create(V, vocabulary_hash="c" * 64)
@@ -257,7 +257,7 @@ def test_lucene_quantised_scores_and_paging(data, lucene_index):
 
 def test_lucene_delete_save_open(tmp_path, data, lucene_index):
     ids, rows, queries = data
-    from indexer.engines.lucene import LuceneIndex
+    from indexer.engines.lucene.index import LuceneIndex
 
     q = queries[2]
     top = lucene_index.search(q, 3)
@@ -281,7 +281,7 @@ def test_lucene_filters_equal_brute_force(data, lucene_index, monkeypatch):
     from test_indexer_filters import oracle_search
 
     from indexer import filters as wf
-    from indexer.engines import lucene as lucene_module
+    from indexer.engines.lucene import index as lucene_module
 
     ids, rows, queries = data
     counts = np.bincount(wf.has_matrix(rows).indices, minlength=V)

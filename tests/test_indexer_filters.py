@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 from indexer import filters as wf
-from indexer.engines import memory as memory_module
-from indexer.engines.memory import MemoryIndex, Pruning
+from indexer.engines.memory import index as memory_module
+from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.filters import WordFilter
 
 V = 400
@@ -182,7 +182,7 @@ def test_memory_filters_after_delete_compact_and_reopen(tmp_path, data):
 def test_compact_engine_filters_equal_its_unfiltered_ranking(tmp_path, data):
     """The compact engine's filtered top-k is its own full ranking (quantised scores) with the
     images the rule excludes taken out, in every block, exact and pruned, after a reopen."""
-    from indexer.engines.compact import CompactIndex, ImpactPruning
+    from indexer.engines.compact.index import CompactIndex, ImpactPruning
 
     ids, rows, queries = data
     words = oracle_words(rows)

@@ -21,11 +21,11 @@ from qdrant_client import QdrantClient
 from test_indexer_engines import V, zipf_rows
 from test_indexer_filters import oracle_search
 
-from indexer.engines import open_index, publish
+from indexer.engines import EngineOptionError, open_index, publish
 from indexer.engines.base import IndexUnavailable
-from indexer.engines.memory import MemoryIndex
-from indexer.engines.qdrant import QdrantIndex
-from indexer.engines.qdrant_points import point_id
+from indexer.engines.memory.index import MemoryIndex
+from indexer.engines.qdrant.index import QdrantIndex
+from indexer.engines.qdrant.points import point_id
 from indexer.filters import WordFilter, has_matrix
 from model.vocabulary import VocabularyMismatchError
 
@@ -142,7 +142,9 @@ def test_embedded_versions_copy_on_write_and_vocabulary(data, tmp_path):
     publish(index, root)
     old = QdrantIndex.open(first)
     assert old.count() == 400
-    current = open_index(root, vocabulary_hash=HASH, mmap=True)  # (mmap: not an option here)
+    with pytest.raises(EngineOptionError, match="unknown open option 'mmap' for the qdrant engine"):
+        open_index(root, vocabulary_hash=HASH, mmap=True)  # another engine's option: refused
+    current = open_index(root, vocabulary_hash=HASH, per_engine={"compact": {"mmap": True}})
     assert current.count() == 399
     current.add(ids[400:410], rows[400:410])  # copy-on-write again
     assert open_index(root).count() == 399

@@ -23,8 +23,8 @@ from test_indexer_engines import zipf_rows
 from indexer.cli import main as index_main
 from indexer.decode import ImageInfo
 from indexer.engines import open_index
-from indexer.engines.memory import MemoryIndex
-from indexer.qdrant_jobs import build_qdrant, publish_collection
+from indexer.engines.memory.index import MemoryIndex
+from indexer.engines.qdrant.jobs import build_qdrant, publish_collection
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
 
@@ -91,7 +91,7 @@ def test_reindex_and_delete_through_the_cli(tmp_path, queries, capsys):
 KILLER = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from indexer.engines import qdrant_backends
+from indexer.engines.qdrant import backends as qdrant_backends
 from indexer.build import build_index
 from indexer.store import CorpusStore
 

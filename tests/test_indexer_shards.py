@@ -85,12 +85,15 @@ def test_merged_shards_equal_one_build(built, model):
         queries = full.vectors_of(ids[:4])
     index = open_index(built / "index", vocabulary_hash=model.vocabulary.hash)
     assert index.count() == 12
-    from indexer.engines import engine_class
+    from indexer.engines import engine
+    from indexer.engines.engine import BuildHints
 
     # the same engine (the default) built from the unsharded store: the same hits and scores
-    reference = engine_class(index.manifest.engine).create(
-        len(model.vocabulary), model.vocabulary.hash, model.checkpoint_id, 0.0
-    )
+    same = engine(index.manifest.engine)
+    reference = same.create(
+        len(model.vocabulary), model.vocabulary.hash, model.checkpoint_id, 0.0,
+        same.options("build", {}), BuildHints(),
+    )  # fmt: skip
     with CorpusStore.open(built / "full") as full:
         for shard_ids, rows in full.iter_shards():
             reference.add(shard_ids, rows)

@@ -33,7 +33,9 @@ def test_every_index_job_field_is_a_flag(command):
     flags = _dests(_subparser(command))
     assert flags >= index_cli.COMMON_FLAGS  # --verbose
     expected = set(IndexJob.model_fields) - set(index_cli.JOB_FLAGS_EXCLUDED)
-    assert flags - index_cli.COMMON_FLAGS == expected
+    engines = set(index_cli.engine_flags("build").model_fields)  # --<engine>-<option>
+    assert {"qdrant_url", "qdrant_collection", "compact_pruning", "lucene_scale"} <= engines
+    assert flags - index_cli.COMMON_FLAGS == expected | engines
 
 
 def test_a_new_field_gets_a_flag_without_code():

@@ -37,7 +37,7 @@ def test_the_apps_openapi_shows_its_own_limits(monkeypatch):
 
 def _foreign_index(tmp_path, size: int):
     """A published index built with some other vocabulary."""
-    from indexer.engines.memory import MemoryIndex
+    from indexer.engines.memory.index import MemoryIndex
     from indexer.engines.versions import publish
 
     index = MemoryIndex.create(size, "f" * 64, "other-checkpoint")

@@ -99,7 +99,7 @@ def qdrant_apps(service_settings, service_corpus, tiny_model, tmp_path_factory):
     from fastapi.testclient import TestClient
     from qdrant_client import QdrantClient
 
-    from indexer.engines.qdrant import QdrantIndex
+    from indexer.engines.qdrant.index import QdrantIndex
     from service.main import create_app
 
     store = CorpusStore.open(service_corpus.store)
@@ -141,7 +141,7 @@ def _closed_port_url() -> str:
 
 
 def _closed_port_client():
-    from indexer.engines.qdrant_server import QdrantConnection
+    from indexer.engines.qdrant.server import QdrantConnection
 
     return QdrantConnection(_closed_port_url(), timeout_s=1).client()
 
@@ -173,7 +173,7 @@ def test_serve_stops_at_start_up_with_one_line_when_qdrant_is_unreachable(
     from qdrant_client import QdrantClient
 
     from indexer.engines import publish
-    from indexer.engines.qdrant import QdrantIndex
+    from indexer.engines.qdrant.index import QdrantIndex
     from service.cli import main as serve_main
 
     dead = _closed_port_url()

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from indexer.engines.base import IndexManifest
-from indexer.engines.memory import MemoryIndex, Pruning
+from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.scoring import scored_hit, scored_hits
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
@@ -170,7 +170,7 @@ def test_served_lucene_index_agrees_with_the_exact_scores(
     from fastapi.testclient import TestClient
 
     from indexer.build import build_index
-    from indexer.engines.jvm import LuceneUnavailable, java_class
+    from indexer.engines.lucene.jvm import LuceneUnavailable, java_class
     from indexer.store import CorpusStore
     from service.main import create_app
 

@@ -1,65 +1,67 @@
-"""Search engines behind one protocol (``base.SearchIndex``), and opening a published index.
+"""Search engines behind one protocol (``base.SearchIndex``), one registry, and opening an index.
 
-``memory``: exact scipy engine (and the test oracle); ``compact``: quantised impact index,
-memory-mapped, searched by compiled kernels on every core; ``lucene``: Anserini impact index;
-``qdrant``: Qdrant, in-process (Qdrant Edge) or on a server/cluster. An index directory is
-versioned (``versions.py``); :func:`open_index` opens its current version with the engine its
-manifest names and refuses one built with another vocabulary. Options an engine's ``open`` does
-not take are dropped, so a caller can pass every option it has (``mmap``, a Qdrant URL, ...).
+Package map:
+
+- ``base.py``: the protocol every index implements (with its defaults), the manifest
+  (``index.json``) and helpers the engines share (query rows, top-k, CSR files, hard links);
+- ``engine.py``: what an engine declares (:class:`Engine`: name, build and open options as
+  pydantic models, hooks create/open/build/publish_shared);
+- ``registry.py``: the engines by name, and options spelt ``<engine>_<option>`` outside;
+- ``versions.py``: versioned index directories (``CURRENT``, :func:`publish`, ``prune``);
+- one sub-package per engine: ``memory/`` (exact scipy engine, the test oracle), ``compact/``
+  (the default: quantised impact index, memory-mapped, compiled kernels), ``lucene/`` (Anserini
+  impact index), ``qdrant/`` (Qdrant Edge in-process, or a server/cluster).
+
+:func:`open_index` opens an index directory's current version with the engine its manifest names
+and refuses one built with another vocabulary. Its options are checked against that engine's
+open options: an unknown one is refused in one line naming the engine's known options.
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from indexer.engines.base import IndexManifest, SearchIndex
+from indexer.engines.engine import Engine, EngineOptionError, EngineOptions
+from indexer.engines.registry import DEFAULT_ENGINE, engine, names, register, unregister
 from indexer.engines.versions import publish, resolve
-
-ENGINES = ("memory", "compact", "lucene", "qdrant")
-# bench/index_search.py, side by side at 100k and 1M images: docs/benchmarks.md says why
-DEFAULT_ENGINE = "compact"
 
 __all__ = [
     "DEFAULT_ENGINE",
-    "ENGINES",
+    "Engine",
+    "EngineOptionError",
+    "EngineOptions",
     "IndexManifest",
     "SearchIndex",
-    "engine_class",
+    "engine",
+    "names",
     "open_index",
     "publish",
+    "register",
+    "unregister",
 ]
 
 
-def engine_class(name: str) -> Any:
-    """The engine class for a manifest's engine name (Lucene is imported only when asked for)."""
-    if name == "memory":
-        from indexer.engines.memory import MemoryIndex
+def open_index(
+    path: str | Path,
+    vocabulary_hash: str | None = None,
+    per_engine: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
+) -> SearchIndex:
+    """Open the current version of an index directory (or a version directory itself).
 
-        return MemoryIndex
-    if name == "compact":
-        from indexer.engines.compact import CompactIndex
-
-        return CompactIndex
-    if name == "lucene":
-        from indexer.engines.lucene import LuceneIndex
-
-        return LuceneIndex
-    if name == "qdrant":
-        from indexer.engines.qdrant import QdrantIndex
-
-        return QdrantIndex
-    raise ValueError(f"unknown index engine {name!r}; known: {', '.join(ENGINES)}")
-
-
-def open_index(path: str | Path, vocabulary_hash: str | None = None, **options: Any) -> SearchIndex:
-    """Open the current version of an index directory (or a version directory itself)."""
+    ``options`` are the open options of the engine the manifest names; ``per_engine`` maps
+    engine names to theirs, for a caller that does not know the engine beforehand (the service,
+    ``lexvla index delete``): the manifest's engine takes its entry, and every entry is checked.
+    """
     version = resolve(path)
     manifest = IndexManifest.load(version)
     if vocabulary_hash is not None:
         manifest.check_vocabulary(vocabulary_hash)
-    opener = engine_class(manifest.engine).open
-    accepted = inspect.signature(opener).parameters
-    index: SearchIndex = opener(version, **{k: v for k, v in options.items() if k in accepted})
-    return index
+    for name, given in (per_engine or {}).items():
+        engine(name).options("open", given)
+    chosen = engine(manifest.engine)
+    given = {**(per_engine or {}).get(chosen.name, {}), **options}
+    return chosen.open(version, chosen.options("open", given))

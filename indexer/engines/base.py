@@ -87,25 +87,44 @@ class IndexUnavailable(ConnectionError):
 
 @runtime_checkable
 class SearchIndex(Protocol):
-    """Top-k sparse dot-product search over image rows (vocabulary index space)."""
+    """Top-k sparse dot-product search over image rows (vocabulary index space).
+
+    Engines subclass it: the members with a body below are defaults an engine overrides where it
+    differs, so callers read them directly (``index.exact``, ``index.moved(path)``).
+    """
 
     manifest: IndexManifest
 
     @property
     def exact(self) -> bool:
         """True when top-k and scores are the float32 dot products of the stored rows."""
-        ...
+        return False
 
     @property
     def exact_rows(self) -> bool:
         """True when :meth:`vectors_of` returns the float32 rows exactly as they were added."""
-        ...
+        return False
 
     @property
     def ranks_by_rows(self) -> bool:
         """True when top-k order and scores are the dot products of the rows :meth:`vectors_of`
         returns (exact, or quantised but complete), so re-scoring those rows changes nothing."""
-        ...
+        return False
+
+    def moved(self, path: Path) -> None:
+        """The version directory this index was saved to was renamed to ``path`` (by
+        :func:`~indexer.engines.versions.publish`); an engine serving from the files it saved
+        follows them. Default: nothing to follow."""
+        return None
+
+    def activate(self) -> str | None:
+        """Make this published index the one readers of a shared name search (a server alias);
+        returns what was active before. Default: nothing shared, None."""
+        return None
+
+    def close(self) -> None:
+        """Release what the index holds open (files, connections). Default: nothing."""
+        return None
 
     def add(self, ids: Sequence[str], rows: sp.csr_matrix) -> None:
         """Add rows; an id already live in the index is a ValueError."""

@@ -136,9 +136,7 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
                 os.fsync(f.fileno())
     final = versions / name
     os.rename(tmp, final)  # fails, rather than merging, if another writer took the name
-    moved = getattr(index, "moved", None)
-    if callable(moved):  # an engine serving from the files it saved follows them (qdrant)
-        moved(final)
+    index.moved(final)  # an engine serving from the files it saved follows them
     fsync_dir(versions)
     atomic_write_bytes(index_dir / CURRENT, f"{name}\n".encode())
     fsync_dir(index_dir)

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         description="how often each process checks which index version to serve (CURRENT, or "
         "the version an admin pinned) and swaps it in",
     )
-    index_threads: int | None = Field(
+    compact_threads: int | None = Field(
         default=None,
         ge=1,
         description="threads one search may use in the compact engine (default: the cores "

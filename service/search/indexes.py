@@ -24,6 +24,7 @@ from typing import Any
 
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
+from indexer.engines.registry import options_by_engine
 from indexer.engines.versions import (
     CURRENT,
     current_version,
@@ -49,28 +50,24 @@ class IndexHandle:
     @property
     def exact(self) -> bool:
         """True when the engine's top-k and scores are exact float32 dot products."""
-        return bool(getattr(self.index, "exact", False))
+        return self.index.exact
 
     @property
     def exact_rows(self) -> bool:
         """True when the engine's ``vectors_of`` rows are the exact float rows."""
-        return bool(getattr(self.index, "exact_rows", False))
+        return self.index.exact_rows
 
     def count(self) -> int:
         return self.index.count()
 
 
-def index_options(settings: Any) -> dict[str, Any]:
-    """The settings an engine's ``open`` may take (each engine takes the ones it knows)."""
-    key = settings.qdrant_api_key
-    return {
-        "mmap": settings.mmap,
-        "threads": settings.index_threads or search_threads(settings.workers),
-        "url": settings.qdrant_url,
-        "api_key": key.get_secret_value() if key is not None else None,
-        "timeout_s": settings.qdrant_timeout_s,
-        "tls_ca": str(settings.qdrant_tls_ca) if settings.qdrant_tls_ca else None,
-    }
+def index_options(settings: Any) -> dict[str, dict[str, Any]]:
+    """Each engine's open options found in the settings, by engine name (the registry's
+    outside names: ``qdrant_url`` is the qdrant engine's ``url``); the index's engine takes its
+    own when the index is opened, so the settings need not know which engine that is. The
+    compact engine's search threads default to this worker's share of the cores."""
+    threads = settings.compact_threads or search_threads(settings.workers)
+    return options_by_engine(settings.model_copy(update={"compact_threads": threads}), "open")
 
 
 def search_threads(workers: int) -> int:
@@ -81,18 +78,19 @@ def search_threads(workers: int) -> int:
 
 
 def open_handle(
-    path: str | Path, vocabulary_hash: str, options: Mapping[str, Any] | None = None
+    path: str | Path, vocabulary_hash: str, options: Mapping[str, Mapping[str, Any]] | None = None
 ) -> IndexHandle:
     """Open the version served from ``path`` (its pinned version, else its current one; or a
     version directory itself), checking its vocabulary.
 
-    Raises ``VocabularyMismatchError`` (from ``model.vocabulary``) with a message naming both
-    hashes when the index was built with another vocabulary than the model's, and
-    ``IndexUnavailable`` when its server cannot be reached.
+    ``options``: open options by engine name (:func:`index_options`); an option the engine does
+    not know is refused (``EngineOptionError``, a ValueError). Raises ``VocabularyMismatchError``
+    (from ``model.vocabulary``) with a message naming both hashes when the index was built with
+    another vocabulary than the model's, and ``IndexUnavailable`` when its server cannot be
+    reached.
     """
     version = served_version(path)
-    given = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
-    index = open_index(version, vocabulary_hash, **given)
+    index = open_index(version, vocabulary_hash, per_engine=options)
     return IndexHandle(index, version.name, version)
 
 

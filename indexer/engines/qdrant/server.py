@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from indexer.engines.base import IndexManifest, IndexUnavailable
-from indexer.engines.qdrant_backends import ID, INSTALL_HINT, VECTOR, WORDS, Hit, Sparse
+from indexer.engines.qdrant.backends import ID, INSTALL_HINT, VECTOR, WORDS, Hit, Sparse
 from indexer.filters import RULE, WordFilter, active, check_rule
 from model.vocabulary import VocabularyMismatchError
 

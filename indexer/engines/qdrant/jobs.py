@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from indexer.engines.qdrant import QdrantIndex
+from indexer.engines.qdrant.index import QdrantIndex
 from indexer.engines.versions import VERSIONS, publish
 from indexer.store import CorpusStore
 from model.data.atomic import atomic_write_json, now_iso

@@ -1,4 +1,4 @@
-"""Scoring in the memory engine (:mod:`indexer.engines.memory`), over its scipy CSR arrays.
+"""Scoring in the memory engine (:mod:`indexer.engines.memory.index`), over its scipy CSR arrays.
 
 :func:`exact_scores` is one sparse product with the inverted index; :func:`pruned_scores` reads
 the heads of the impact-sorted posting lists (down to one contribution threshold when

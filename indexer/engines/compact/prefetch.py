@@ -5,7 +5,7 @@ Written by hand because numba exposes no prefetch: it is a numba intrinsic that 
 ``llvm.prefetch`` (``prefetcht0`` on x86, ``prfm`` on ARM; a no-op where the target has none). It
 never faults, so an index past the array's end is harmless, and it changes no result: kernels use
 it only to overlap the DRAM misses of the data they will read next with the work on the data they
-have (:mod:`indexer.engines.impact_kernels`).
+have (:mod:`indexer.engines.compact.impact_kernels`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Compiled kernels of the compact impact index (:mod:`indexer.engines.compact`).
+"""Compiled kernels of the compact impact index (:mod:`indexer.engines.compact.index`).
 
 Written by hand with numba because no library does this job: scipy's sparse product holds the GIL
 and reads float32 values with 64-bit index arithmetic, and the search libraries on PyPI either
@@ -6,8 +6,8 @@ serve another data model (dense ANN) or run as separate servers. Every kernel is
 ``nogil=True``, so the service's threads run searches on every core at once, and ``cache=True``, so
 the compilation (a few seconds) happens once per machine rather than once per process.
 
-The kernels that build and decode blocks are in :mod:`indexer.engines.block_kernels`; the
-layout is documented in :mod:`indexer.engines.compact_block`. In short: a
+The kernels that build and decode blocks are in :mod:`indexer.engines.compact.block_kernels`; the
+layout is documented in :mod:`indexer.engines.compact.block`. In short: a
 *block* holds up to 65,536 images with 16-bit local ids; within a block, each word's postings are
 split into *segments* of equal impact code (0-255), stored in decreasing code order, the image ids
 of a segment in increasing order. A query reads, for each of its words, a prefix of that word's
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from indexer.engines.block_kernels import CLEAN, CODES, END_MASK
-from indexer.engines.prefetch import LINE, prefetch
+from indexer.engines.compact.block_kernels import CLEAN, CODES, END_MASK
+from indexer.engines.compact.prefetch import LINE, prefetch
 
 _jit = nb.njit(nogil=True, cache=True)  # GIL released; compiled once per machine (cached)
 RESCORE_AHEAD = 2  # forward rows prefetched ahead of the one re-scored

@@ -27,7 +27,7 @@ directory (``.npy``, memory-mapped when the index is opened with ``mmap``):
                                        strong_ptr[w + 1]]``, taken from the float rows at build
 ==============  =====================  ===========================================================
 
-Segment encodings (:func:`indexer.engines.block_kernels.pack_segments`). A segment's ids are
+Segment encodings (:func:`indexer.engines.compact.block_kernels.pack_segments`). A segment's ids are
 a random-looking subset of the block's rows, so a segment of ``n`` ids has gaps of about
 ``65,536 / n``. The long, low-impact segments of common words have small gaps; a byte per gap
 stores them, with an escape (0, then the id in two bytes) for a rare gap over 255. The other
@@ -52,8 +52,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer import filters as wf
-from indexer.engines import block_kernels as kernels
-from indexer.engines import impact_kernels
+from indexer.engines.compact import block_kernels as kernels
+from indexer.engines.compact import impact_kernels
 
 MAX_ROWS = 1 << 16  # local ids are uint16
 _MADV_POPULATE_READ = 22  # linux/mman.h; not exported by Python's mmap module

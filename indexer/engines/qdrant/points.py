@@ -2,7 +2,7 @@
 
 The point layout (one point per image; its id a ``uuid5`` of the image id; the sparse vector
 ``lex``; a payload with the image ``id``, its strong ``words`` and its metadata) is described in
-:mod:`indexer.engines.qdrant`. The back ends (:mod:`indexer.engines.qdrant_backends`) take and
+:mod:`indexer.engines.qdrant.index`. The back ends (:mod:`indexer.engines.qdrant.backends`) take and
 return the plain Python types built here.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines.qdrant_backends import ID, WORDS, Sparse
+from indexer.engines.qdrant.backends import ID, WORDS, Sparse
 from indexer.filters import strong_words
 
 _NAMESPACE = uuid.UUID("7b1f3c52-6a0e-4f57-9d3c-1e5a2b8c4d60")  # fixed: point ids never move

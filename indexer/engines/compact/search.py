@@ -1,7 +1,7 @@
 """Search internals of the compact engine: word filters, the pruning plan, threaded scoring,
 re-scoring and the page of hits.
 
-The engine (:mod:`indexer.engines.compact`) hands a :class:`Snapshot` of its blocks to
+The engine (:mod:`indexer.engines.compact.index`) hands a :class:`Snapshot` of its blocks to
 :meth:`Scorer.search`; everything here only reads it, so searches run concurrently with writers.
 
 Score-at-a-time over impact-ordered lists (as in JASS and PISA): every posting of a segment adds
@@ -21,125 +21,22 @@ exactly those are re-scored.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from indexer import filters as wf
-from indexer.engines import block_kernels
-from indexer.engines import impact_kernels as kernels
 from indexer.engines.base import Hit
-from indexer.engines.compact_block import MAX_ROWS, Block
+from indexer.engines.compact import impact_kernels as kernels
+from indexer.engines.compact.block import MAX_ROWS, Block
+from indexer.engines.compact.pruning import ImpactPruning
+from indexer.engines.compact.snapshot import Snapshot
 
 CODES = kernels.CODES
 RESCORE_COST = 3.0  # a forward entry re-scored (from DRAM) costs ~3 postings accumulated (measured)
-
-
-@dataclass(frozen=True)
-class ImpactPruning:
-    """How much a pruned search reads: a share of the query's postings, then the best partial
-    scores re-scored completely. Both follow the query: the postings read are a share of what
-    exact search would read, a share that falls slowly past ``long_words`` query words (as
-    ``(long_words / words) ** falloff``: 0.08 at 300 words), and longer queries (whose scores
-    gather more small contributions that were not read) keep more candidates. Defaults:
-    bench/index_search.py at 1M images, where they give recall@10 >= 0.99 on both synthetic
-    corpora for 30-300 query words (the falloff: 1,000 queries of 200 and 300 words on the
-    structureless corpus, docs/benchmarks.md).
-    """
-
-    budget: float = 0.1  # share of the query's postings read, highest contributions first
-    min_postings: int = 200_000  # but at least this many
-    candidates: int = 300  # partial-score leaders re-scored: at least this many,
-    per_word: float = 3.3  # ... this many per query word,
-    max_candidates: int = 1000  # ... and at most this many
-    long_words: int = 100  # queries longer than this read a smaller share: budget x
-    falloff: float = 0.2  # (long_words / words) ** falloff
-
-    def candidates_for(self, words: int, need: int) -> int:
-        wanted = min(self.max_candidates, max(self.candidates, int(self.per_word * words)))
-        return max(need, wanted)
-
-    @classmethod
-    def saved(cls, settings: dict[str, Any], where: str) -> ImpactPruning:
-        """The settings an index was saved with; fields this version lacks are refused."""
-        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"{where} was saved with pruning settings this version of lexvla does not know "
-                f"({', '.join(unknown)}): upgrade lexvla, or rebuild the index with this one"
-            )
-        return cls(**settings)
-
-    def budget_for(self, words: int) -> float:
-        """The share of its postings a query of ``words`` words reads."""
-        if words <= self.long_words:
-            return self.budget
-        return self.budget * (self.long_words / words) ** self.falloff
-
-
-DEFAULT_PRUNING = ImpactPruning()
-
-
-@dataclass
-class Snapshot:
-    blocks: list[Block]
-    scales: np.ndarray  # per block
-    live: list[np.ndarray]  # per block, bool
-    counts: np.ndarray  # V x 256 postings per (word, code), all blocks
-
-    @property
-    def values(self) -> np.ndarray:
-        """Blocks x 256: the weight each code stands for in each block (cached)."""
-        cached = self.__dict__.get("_values")
-        if cached is None or len(cached) != len(self.scales):
-            cached = (self.scales[:, None] * np.arange(CODES)[None, :]).astype(np.float32)
-            self.__dict__["_values"] = cached
-        return cached
-
-    def id_of(self, doc: int) -> str:
-        """The image id of document ``doc`` (block number << 16 | row)."""
-        return bytes(self.blocks[doc >> 16].ids[doc & 0xFFFF]).decode("utf-8")
-
-    def rows_of(self, docs: np.ndarray, vocabulary_size: int) -> sp.csr_matrix:
-        """The dequantised forward rows of ``docs`` (block number << 16 | row), in that order:
-        two compiled calls per block the docs lie in (lengths, then the rows in place)."""
-        docs = np.asarray(docs, dtype=np.int64)
-        lengths = np.zeros(len(docs), dtype=np.int64)
-        present = sorted(set((docs >> 16).tolist()))
-        for b in present:
-            block_kernels.fill_row_lengths(docs, b, self.blocks[b].fwd_ptr, lengths)
-        # int32 offsets where they fit, as scipy keeps them (int64 ones it scans and copies)
-        small = int(lengths.sum()) < np.iinfo(np.int32).max
-        indptr = np.zeros(len(docs) + 1, dtype=np.int32 if small else np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        words = np.empty(indptr[-1], dtype=np.int32)
-        weights = np.empty(indptr[-1], dtype=np.float32)
-        values = self.values
-        for b in present:
-            block = self.blocks[b]
-            block_kernels.decode_block_rows(
-                docs, b, block.fwd_gap_ptr, block.fwd_gaps, block.fwd_ptr, block.fwd_codes,
-                values[b], indptr, words, weights,
-            )  # fmt: skip
-        return sp.csr_matrix((weights, words, indptr), shape=(len(docs), vocabulary_size))
-
-    def filtered(self, filters: wf.WordFilter) -> tuple[Snapshot, int]:
-        """The snapshot with the live masks narrowed to the images ``filters`` allow, and how
-        many images that leaves."""
-        filters.check(len(self.counts))  # counts has a row per vocabulary word
-        live = [
-            m & wf.allowed_by_lists(filters, block.rows, block.having)
-            for block, m in zip(self.blocks, self.live, strict=True)
-        ]
-        return Snapshot(self.blocks, self.scales, live, self.counts), sum(
-            int(m.sum()) for m in live
-        )
 
 
 class Scorer:

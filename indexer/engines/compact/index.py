@@ -2,9 +2,10 @@
 
 The memory engine keeps float32 forward and inverted copies, ~16 GB per million LexVLA images
 (~1,000 active words each). This engine holds the same corpus in about 4 bytes per posting (~4 GB
-per million, :mod:`indexer.engines.compact_block` has the byte layout) and scores it with compiled
-kernels that release the GIL (:mod:`indexer.engines.impact_kernels`), so one process searches on
-every core and several processes share one copy of the mapped files in the page cache.
+per million, :mod:`indexer.engines.compact.block` has the byte layout) and scores it with
+compiled kernels that release the GIL (:mod:`indexer.engines.compact.impact_kernels`), so one
+process searches on every core and several processes share one copy of the mapped files in the
+page cache.
 
 **Quantisation.** Each block stores a weight ``w`` as the code ``round(w / scale)`` (uint8),
 ``scale`` = the block's largest weight / 255 (so nothing is ever clipped); code 0 is not stored.
@@ -14,7 +15,7 @@ and the service re-scores the hits it returns from the corpus store's float rows
 ``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``: they are the
 complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
 
-**Search** (:mod:`indexer.engines.compact_search` has the details): score-at-a-time over
+**Search** (:mod:`indexer.engines.compact.search` has the details): score-at-a-time over
 impact-ordered lists, exact in quantised scores, or pruned (:class:`ImpactPruning`) to a share
 of the query's postings whose best partial scores are then re-scored completely.
 
@@ -23,9 +24,10 @@ of the query's postings whose best partial scores are then re-scored completely.
 the block list and live masks under ``_lock`` and score without it; writers build new arrays and
 swap them in under the lock (copy-on-write), so a search never sees half a change.
 
-**On disk** (one version directory, :mod:`indexer.engines.compact_files`): ``index.json`` (manifest; ``params.blocks`` lists the blocks
-with their scales), ``blocks/bNNNNNN/*.npy`` (immutable: a new version hard-links the blocks it
-shares with the one it came from) and ``live/bNNNNNN.npy`` for blocks with deletions.
+**On disk** (one version directory, :mod:`indexer.engines.compact.files`): ``index.json``
+(manifest; ``params.blocks`` lists the blocks with their scales), ``blocks/bNNNNNN/*.npy``
+(immutable: a new version hard-links the blocks it shares with the one it came from) and
+``live/bNNNNNN.npy`` for blocks with deletions.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ import scipy.sparse as sp
 
 from indexer import filters as wf
 from indexer import scoring_kernels
-from indexer.engines import impact_kernels as kernels
-from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
-from indexer.engines.compact_block import (
+from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
+from indexer.engines.compact import impact_kernels as kernels
+from indexer.engines.compact.block import (
     LAYOUT,
     MAX_ROWS,
     Block,
@@ -53,16 +55,18 @@ from indexer.engines.compact_block import (
     encode_ids,
     quantised_block,
 )
-from indexer.engines.compact_files import check_layout, read_blocks, write_blocks
-from indexer.engines.compact_merge import merge_small
-from indexer.engines.compact_search import DEFAULT_PRUNING, ImpactPruning, Scorer, Snapshot
+from indexer.engines.compact.files import check_layout, read_blocks, write_blocks
+from indexer.engines.compact.merge import merge_small
+from indexer.engines.compact.pruning import DEFAULT_PRUNING, ImpactPruning
+from indexer.engines.compact.search import Scorer
+from indexer.engines.compact.snapshot import Snapshot
 
 ENGINE = "compact"
 CODES = kernels.CODES
 _NO_PRUNING = object()
 
 
-class CompactIndex:
+class CompactIndex(SearchIndex):
     """Quantised impact index (uint8 impacts, 16-bit ids in blocks), pruned or exact search."""
 
     exact = False  # scores are quantised (within the documented bound) ...
@@ -300,7 +304,7 @@ class CompactIndex:
 
     def merge_small_blocks(self) -> int:
         """Merge runs of blocks holding under half a block of live images into full blocks,
-        dropping their deleted rows (:mod:`indexer.engines.compact_merge`); returns how many
+        dropping their deleted rows (:mod:`indexer.engines.compact.merge`); returns how many
         blocks fewer the index has. :meth:`save` calls it."""
         with self._lock:
             self._seal()
@@ -329,7 +333,7 @@ class CompactIndex:
             "pruning": asdict(self.pruning) if self.pruning else None,
             "block_rows": self.block_rows,
             "rule": wf.RULE,  # the word filters' rule the blocks' strong words were taken with
-            "layout": LAYOUT,  # the blocks' file layout (compact_files.check_layout)
+            "layout": LAYOUT,  # the blocks' file layout (files.check_layout)
             "blocks": entries,
         }
         self.manifest.save(path)

@@ -4,7 +4,7 @@ One point per image: the sparse vector ``lex`` (vocabulary indices as dimensions
 modifier, so a score is the plain dot product), and a payload with the image ``id``, its strong
 ``words`` (:mod:`indexer.filters`: integer vocabulary indices, with a lookup index, which word
 filters query) and the image's metadata when the caller passes it
-(:mod:`indexer.engines.qdrant_points` turns rows into points and back). Point ids are UUIDs
+(:mod:`indexer.engines.qdrant.points` turns rows into points and back). Point ids are UUIDs
 derived from the image id (``uuid5``), so upserting the same images again changes nothing: a
 re-run or resumed job is idempotent. ``add`` refuses ids already in the index (the protocol's rule);
 ``upsert`` is the idempotent write the indexing jobs use.
@@ -15,7 +15,7 @@ scale and offset per posting list, chosen by Qdrant, so no single scale exists t
 top-k is approximate; the service re-scores candidates exactly. The stored vectors stay float32
 whatever the value type, so :meth:`vectors_of` returns the rows exactly as added.
 
-Back ends (:mod:`indexer.engines.qdrant_backends`, :mod:`indexer.engines.qdrant_server`), the
+Back ends (:mod:`indexer.engines.qdrant.backends`, :mod:`indexer.engines.qdrant.server`), the
 same code above them:
 
 - **embedded** (default): a Qdrant Edge shard in ``<version>/shard/``. ``on_disk`` keeps vectors,
@@ -45,8 +45,8 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines.base import Hit, IndexManifest, as_query_row, check_rows
-from indexer.engines.qdrant_backends import (
+from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
+from indexer.engines.qdrant.backends import (
     DATATYPES,
     SHARD,
     EdgeBackend,
@@ -56,8 +56,8 @@ from indexer.engines.qdrant_backends import (
     release_memory,
     scratch_dir,
 )
-from indexer.engines.qdrant_points import point_id, points, query_vectors, rows_of
-from indexer.engines.qdrant_server import (
+from indexer.engines.qdrant.points import point_id, points, query_vectors, rows_of
+from indexer.engines.qdrant.server import (
     ServerLayout,
     attach_collection,
     connect,
@@ -73,7 +73,7 @@ _BATCH = 256  # points per upsert request
 FLUSH_EVERY = 10_000
 
 
-class QdrantIndex:
+class QdrantIndex(SearchIndex):
     """Sparse dot-product search in Qdrant (Edge in-process, or a server) behind the protocol."""
 
     def __init__(

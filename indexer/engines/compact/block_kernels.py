@@ -1,7 +1,8 @@
 """Compiled kernels that build and read the compact index's blocks (the layout of
-:mod:`indexer.engines.compact_block`): inverted segments, their byte-gap packing, forward rows,
+:mod:`indexer.engines.compact.block`): inverted segments, their byte-gap packing, forward rows,
 quantisation, and the per-segment counts the planner sums. The search kernels are in
-:mod:`indexer.engines.impact_kernels`; why these are written by hand with numba is said there.
+:mod:`indexer.engines.compact.impact_kernels`; why these are written by hand with numba is said
+there.
 """
 
 from __future__ import annotations

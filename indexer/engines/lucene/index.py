@@ -39,18 +39,20 @@ import scipy.sparse as sp
 from indexer.engines.base import (
     Hit,
     IndexManifest,
+    SearchIndex,
     as_query_row,
     check_rows,
     link_tree,
     load_csr,
     save_csr,
 )
-from indexer.engines.jvm import java_class
+from indexer.engines.lucene import DEFAULT_SCALE
+from indexer.engines.lucene.jvm import java_class
 from indexer.filters import WordFilter, active, allowed_by_has, has_matrix
 from model.data.atomic import atomic_write_json
 
 ENGINE = "lucene"
-DEFAULT_SCALE = 100.0
+
 _BATCH = 2000  # documents per call into Java
 _FILTER_EXACT = 20_000  # filtered searches allowing at most this many rows score them directly
 
@@ -59,7 +61,7 @@ def token_width(vocabulary_size: int) -> int:
     return max(5, len(str(vocabulary_size - 1)))
 
 
-class LuceneIndex:
+class LuceneIndex(SearchIndex):
     """Anserini impact index + float row store; same protocol as the memory engine."""
 
     def __init__(

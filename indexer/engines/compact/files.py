@@ -3,8 +3,8 @@
 ``blocks/bNNNNNN/`` holds one block's arrays (:meth:`Block.save`; immutable, so a version that
 keeps a block of the one it came from hard-links its folder instead of writing it again), and
 ``live/bNNNNNN.npy`` the live mask of a block that has deletions. The manifest
-(``index.json``, written by :meth:`indexer.engines.compact.CompactIndex.save`) lists the blocks
-with their rows, postings, scales and error bounds, and the block layout they were written in.
+(``index.json``, written by :meth:`indexer.engines.compact.index.CompactIndex.save`) lists the
+blocks with their rows, postings, scales and error bounds, and the block layout they were written in.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from indexer.engines.base import link_tree
-from indexer.engines.compact_block import LAYOUT, Block
-from indexer.engines.compact_search import Snapshot
+from indexer.engines.compact.block import LAYOUT, Block
+from indexer.engines.compact.snapshot import Snapshot
 
 
 def check_layout(params: dict[str, Any], path: Path) -> None:

@@ -1,9 +1,9 @@
 """The stores under the ``qdrant`` engine, and the embedded one: Qdrant Edge in-process.
 
 :class:`EdgeBackend` drives ``qdrant_edge.EdgeShard`` (the Qdrant engine as a library, files in
-one directory); :class:`~indexer.engines.qdrant_server.ServerBackend` drives a Qdrant server or
+one directory); :class:`~indexer.engines.qdrant.server.ServerBackend` drives a Qdrant server or
 cluster. Both expose the same small surface (upsert, delete, existing, retrieve, query, count,
-flush, optimize) in plain Python types, so :mod:`indexer.engines.qdrant` is written once, and
+flush, optimize) in plain Python types, so :mod:`indexer.engines.qdrant.index` is written once, and
 both build the same filter from a :class:`~indexer.filters.WordFilter`: the ``words`` payload
 (integer vocabulary indices of the image's strong words, with a lookup index) must contain
 every required word (``must``) and none of the excluded ones (``must_not`` any).
@@ -11,8 +11,8 @@ every required word (``must``) and none of the excluded ones (``must_not`` any).
 An embedded index's shard lives in a directory the engine moves around (:func:`open_shard`,
 :func:`copy_shard`, :func:`move_shard`): a published shard is never written, so writes go to a
 copy in a scratch directory (copy-on-write), a shard another process holds open (its WAL is
-locked) is read from a copy, and :meth:`~indexer.engines.qdrant.QdrantIndex.save` moves the built
-shard into its version directory. :func:`release_memory` gives the heap an optimisation freed back
+locked) is read from a copy, and :meth:`~indexer.engines.qdrant.index.QdrantIndex.save` moves
+the built shard into its version directory. :func:`release_memory` gives the heap an optimisation freed back
 to the OS, and :func:`disk_bytes` measures a shard or version on disk (for benchmarks).
 """
 

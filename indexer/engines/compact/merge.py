@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines.compact_block import Block, quantised_block
-from indexer.engines.compact_search import Snapshot
+from indexer.engines.compact.block import Block, quantised_block
+from indexer.engines.compact.snapshot import Snapshot
 
 
 def merge_groups(live_rows: list[int], block_rows: int) -> list[list[int]]:

@@ -21,7 +21,7 @@ scores are always exact dot products; only the membership of the top k is approx
 measured as recall@10 against exact search in the benchmark. (A
 MaxScore-style safe bound rarely prunes here: with hundreds of query words the sum of the
 unread lists' upper bounds stays above the k-th score, so the approximation is the lever.)
-The scoring functions and :class:`Pruning` are in :mod:`indexer.engines.memory_search`.
+The scoring functions and :class:`Pruning` are in :mod:`indexer.engines.memory.search`.
 
 Word filters (:mod:`indexer.filters`) mask rows before the top-k: an image has word ``w`` when
 its weight in ``w``'s posting list reaches the image's strong-word cut (one float per image,
@@ -60,13 +60,14 @@ from indexer import filters as wf
 from indexer.engines.base import (
     Hit,
     IndexManifest,
+    SearchIndex,
     as_query_row,
     check_rows,
     load_csr,
     save_csr,
     top_k,
 )
-from indexer.engines.memory_search import (
+from indexer.engines.memory.search import (
     Pruning,
     brute_force_scores,
     exact_scores,
@@ -79,7 +80,7 @@ ENGINE = "memory"
 _MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is rebuilt
 
 
-class MemoryIndex:
+class MemoryIndex(SearchIndex):
     """Exact (or pruned) sparse dot-product search over float32 rows held in memory."""
 
     def __init__(self, manifest: IndexManifest, pruning: Pruning | None = None):
