@@ -156,3 +156,14 @@ def test_reload_pins_every_process_and_unpins(tiny_model, tiny_checkpoint, corpu
         forward = client.post("/admin/reload", headers=admin).json()
         assert forward["current"] == "v0002" and pinned(corpus.index) is None
         assert client.post("/admin/reload", json={"version": "v0002"}).status_code == 401
+
+
+def test_workers_share_the_cores_between_their_compact_searches():
+    from service.core.config import Settings
+    from service.search.indexes import index_options, search_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert search_threads(1) == cores and search_threads(2) == max(1, cores // 2)
+    assert search_threads(4 * cores) == 1
+    assert index_options(Settings(workers=2))["compact"]["threads"] == max(1, cores // 2)
+    assert index_options(Settings(workers=2, compact_threads=3))["compact"]["threads"] == 3
