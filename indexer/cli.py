@@ -2,6 +2,7 @@
 
 lexvla index build --source photos/ --store corpus/ --checkpoint ckpt/ --index index/
 lexvla index add --images new-photos/ --store corpus/ --checkpoint ckpt/ --index index/
+lexvla index build --source photos.csv ... --collection family --field tags:keywords
 lexvla index build --images photos/ --store parts/shard-0 --checkpoint ckpt/ --shard-id 0 --num-shards 3
 lexvla index merge --out corpus/ parts/shard-0 parts/shard-1 parts/shard-2 [--index index/]
 lexvla index reindex --store corpus/ --index index-lucene/ --engine lucene
@@ -47,7 +48,10 @@ from model.backbones import BackboneLoadError
 from model.flags import add_model_flags, explain_validation_error, model_values
 
 # IndexJob fields without a flag, and why: the sub-command sets them.
-JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
+JOB_FLAGS_EXCLUDED = {
+    "require_store": "set by `index add`",
+    "fields": "given as --field NAME:TYPE, repeatable (added by hand)",
+}
 QDRANT_FIELDS = tuple(name for name in IndexJob.model_fields if name.startswith("qdrant_"))
 NOT_QDRANT = [name for name in IndexJob.model_fields if name not in QDRANT_FIELDS]
 # Flags of every sub-command that are no IndexJob field: how much the command prints.
@@ -76,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
             aliases={"source": ["--images"]},
             choices={"engine": ENGINES},
         )
+        p.add_argument("--field", action="append", dest="fields", metavar="NAME:TYPE",
+                       default=argparse.SUPPRESS, help="declare a metadata field's type (keyword, keywords, integer, float, "
+                            "datetime, geo); repeatable")  # fmt: skip
     m = sub.add_parser(
         "merge", parents=[common], help="merge part stores (sharded builds) into one, no encoding"
     )

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from indexer.decode import THUMBNAIL_SIZE
 from indexer.engines import DEFAULT_ENGINE, ENGINES
 from indexer.engines.qdrant_backends import DATATYPES
+from indexer.metadata import check_collection, parse_declaration
 from model.data import DEFAULT_MAX_PIXELS, SourceKind
 
 
@@ -70,6 +71,15 @@ class IndexJob(BaseModel):
         default=True, description="decode JPEGs at reduced scale (DCT) when that is enough"
     )
 
+    # --- metadata (indexer.metadata) --------------------------------------------------------------
+    collection: str | None = Field(
+        default=None,
+        description="collection of images without a collection column/key (default: default)",
+    )
+    fields: list[str] = Field(
+        default=[], description="metadata field types, NAME:TYPE (flag --field, repeatable)"
+    )
+
     # --- engine "qdrant" ------------------------------------------------------------------------
     qdrant_url: str | None = Field(
         default=None,
@@ -106,6 +116,18 @@ class IndexJob(BaseModel):
     def _known_engine(cls, value: str) -> str:
         if value not in ENGINES:
             raise ValueError(f"unknown index engine {value!r}; known: {', '.join(ENGINES)}")
+        return value
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_slug(cls, value: str | None) -> str | None:
+        return None if value is None else check_collection(value)
+
+    @field_validator("fields")
+    @classmethod
+    def _field_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_declaration(spec)
         return value
 
     @model_validator(mode="after")
