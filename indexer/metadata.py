@@ -143,7 +143,7 @@ class FieldRegistry:
             ours = self.fields.setdefault(name, theirs)
             if ours.type != theirs.type:
                 raise ValueError(
-                    f"field {name!r} is a {theirs.type} there but a {ours.type} here; declare "
+                    f"field {name!r} is of type {theirs.type} there but {ours.type} here; declare "
                     f"its type (--field {name}:TYPE) when building every part"
                 )
 
