@@ -14,7 +14,8 @@ they read anyway) or one field of every live image in storage order (a filter bu
 arrays or payload indexes: one scan of ``images ORDER BY shard, row`` with SQLite's
 ``json_extract``, typed by the registry); a key/value table would cost a row and an index entry
 per field and a join or pivot for both. ``extra`` keeps the source's raw values as given
-(captions included); ``metadata`` holds the typed values. A store made before metadata existed
+(captions included); ``metadata`` holds the typed values (``path`` and ``bytes`` repeat their
+columns, so that a record is complete on its own). A store made before metadata existed
 gets the column on open, each image's record filled from its row (``path``, ``bytes``,
 ``collection`` "default"), and the built-in fields.
 """
@@ -103,17 +104,27 @@ class Catalog:
             self._db.close()
 
     def _create_or_migrate(self) -> None:
-        """Create the tables, or add what an older store lacks; no write lock when up to date."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
-        if "metadata" in columns and "fields" in tables:
+        """Create the tables, or add what an older store lacks; no write lock when up to date.
+
+        The check is made again under the write lock: another process opening the same older
+        store (the service's workers) may have migrated it meanwhile.
+        """
+        if self._up_to_date()[0]:
             return
         with self._transaction() as db:  # schema and migration commit together
+            current, columns = self._up_to_date()
+            if current:
+                return
             for statement in SCHEMA.split(";"):
                 db.execute(statement)
             if columns and "metadata" not in columns:
                 for statement in MIGRATE_METADATA.split(";"):
                     db.execute(statement)
+
+    def _up_to_date(self) -> tuple[bool, set[str]]:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        return "metadata" in columns and "fields" in tables, columns
 
     # --- writing ------------------------------------------------------------------------------
     def commit_batch(

@@ -43,7 +43,7 @@ NOT_FIELDS = frozenset({"caption", "captions"})
 _COLLECTION_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
 _FLOAT_TEXT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+")
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+_FIELD_NAME = re.compile(r"[^:\s][^:]{0,63}")  # a manifest's column names, as written
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def parse_declaration(spec: str) -> tuple[str, str]:
     if not sep or not _FIELD_NAME.fullmatch(name) or kind not in FIELD_TYPES:
         raise ValueError(
             f"--field {spec!r} must be NAME:TYPE with TYPE one of {', '.join(FIELD_TYPES)} "
-            "(NAME: letters, digits, '_', '.', '-')"
+            "(NAME: a column or key name, 1-64 characters, no ':')"
         )
     return name, kind
 

@@ -35,6 +35,8 @@ from model.data import Skipped, SourceItem
 if TYPE_CHECKING:
     from indexer.store import CorpusStore
 
+_KEPT = ("file", "exif")  # where the fields come from that a metadata-only update keeps
+
 
 def file_fields(path: str, data: bytes, on_disk: bool) -> dict[str, Any]:
     """``path``, ``bytes`` and, for a file on disk, ``modified_at`` (UTC)."""
@@ -126,6 +128,7 @@ def prepare_chunk(store: CorpusStore, items: Sequence[SourceItem], collection: s
     usable = [it for it in items if it.error is None]
     raw = {it.id: source_fields(it.extra) for it in usable}
     store.fields.infer(raw.values())
+    stored = store.catalog.records([it.id for it in usable])  # one query per 500 ids
     updates: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for item in usable:
         try:
@@ -133,22 +136,23 @@ def prepare_chunk(store: CorpusStore, items: Sequence[SourceItem], collection: s
         except MetadataError as err:
             item.error = Skipped("bad_metadata", item.path, str(err), item.id)
             continue
-        try:
-            stored = store.metadata(item.id)
-        except KeyError:
+        old = stored.get(item.id)
+        if old is None:
             typed.setdefault(COLLECTION, collection or DEFAULT_COLLECTION)
             item.metadata = typed
             continue
-        kept = {
-            k: v
-            for k, v in stored.metadata.items()
-            if k in store.fields and store.fields.fields[k].source in ("file", "exif")
-        }
-        old_collection = stored.metadata.get(COLLECTION, DEFAULT_COLLECTION)
-        record = {**kept, COLLECTION: collection or old_collection, **typed}
-        if record != stored.metadata or item.extra != stored.extra:
+        record = _updated(store.fields, old.metadata, typed, collection)
+        if record != old.metadata or item.extra != old.extra:
             updates[item.id] = (dict(item.extra), record)
     return store.update_metadata(updates)
+
+
+def _updated(
+    fields: FieldRegistry, old: dict[str, Any], typed: dict[str, Any], collection: str | None
+) -> dict[str, Any]:
+    """A stored image's new record: its file/EXIF fields, the source's fields, its collection."""
+    kept = {k: v for k, v in old.items() if k in fields and fields.fields[k].source in _KEPT}
+    return {**kept, COLLECTION: collection or old.get(COLLECTION, DEFAULT_COLLECTION), **typed}
 
 
 def check_declarations(store: str | Path, specs: Sequence[str]) -> None:

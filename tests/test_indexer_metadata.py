@@ -258,6 +258,9 @@ def test_conflicting_field_declaration_is_refused_in_one_line(tmp_path, tiny_che
     assert code == 2 and len(err.splitlines()) == 1 and "'year' is already of type integer" in err
     fields = json.loads((tmp_path / "store" / "manifest.json").read_text())["fields"]
     assert fields["note"] == {"type": "keyword", "source": "declared"}
+    assert cli.main(["add", *base, "--checkpoint", str(tiny_checkpoint), "--field", "year"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NAME:TYPE" in err
 
 
 def test_metadata_only_update_does_not_encode(tmp_path, tiny_model, monkeypatch):
