@@ -48,10 +48,9 @@ from model.backbones import BackboneLoadError
 from model.flags import add_model_flags, explain_validation_error, model_values
 
 # IndexJob fields without a flag, and why: the sub-command sets them.
-JOB_FLAGS_EXCLUDED = {
-    "require_store": "set by `index add`",
-    "fields": "given as --field NAME:TYPE, repeatable (added by hand)",
-}
+JOB_FLAGS_EXCLUDED = {"require_store": "set by `index add`"}
+# IndexJob fields whose flag is written by hand, and why.
+JOB_FLAGS_BY_HAND = {"fields": "--field NAME:TYPE, repeatable (a generated list flag is not)"}
 QDRANT_FIELDS = tuple(name for name in IndexJob.model_fields if name.startswith("qdrant_"))
 NOT_QDRANT = [name for name in IndexJob.model_fields if name not in QDRANT_FIELDS]
 # Flags of every sub-command that are no IndexJob field: how much the command prints.
@@ -76,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         add_model_flags(
             p,
             IndexJob,
-            exclude=JOB_FLAGS_EXCLUDED,
+            exclude={*JOB_FLAGS_EXCLUDED, *JOB_FLAGS_BY_HAND},
             aliases={"source": ["--images"]},
             choices={"engine": ENGINES},
         )
