@@ -1,6 +1,7 @@
 """Per-image metadata recorded at indexing: typed fields, their registry, and where values come from.
 
-Every image gets one metadata record (built at indexing by :mod:`indexer.metadata_job`), a flat JSON object ``{field: value}``, built from
+Every image gets one metadata record, a flat JSON object ``{field: value}``, built at indexing
+(:mod:`indexer.metadata_job`) from
 
 - the file: ``path``, ``album`` (folder sources: the parent folder relative to the source root,
   "" at the root), ``bytes`` and ``modified_at`` (the file's modification time, UTC);
@@ -22,7 +23,8 @@ source field's type is inferred from all its values in the chunk that first carr
 (:func:`infer_type`: conservative, so ``2021-06-01`` strings are datetimes only when every value
 parses and a ``a|b`` cell stays one keyword unless ``keywords`` is declared); from then on every
 value must parse as that type, or the image is skipped with reason ``bad_metadata`` naming the
-field and the value. A type, once recorded, never changes: declaring another is refused.
+field and the value. A type, once recorded, never changes: declaring another is refused. The
+registry lives in the corpus store (:mod:`indexer.catalog`), which says how records are stored.
 """
 
 from __future__ import annotations

@@ -197,6 +197,8 @@ class CorpusStore:
 
     def declare_fields(self, specs: Sequence[str]) -> None:
         """Record ``--field name:type`` declarations now (ValueError: a type would change)."""
+        if not specs:
+            return
         with self._lock:
             self.fields.declare(specs)
             self.catalog.save_fields(list(self.fields.fields.values()))
