@@ -331,3 +331,24 @@ def test_a_store_of_the_previous_format_opens_migrated(tmp_path, tiny_model):
     report = run_index_job(_job(tmp_path, photos), tiny_model)
     assert report.indexed == 0 and report.metadata_updated == 3
     assert _records(tmp_path)["p1.jpg"]["album"] == ""
+
+
+def test_a_store_migrated_meanwhile_by_another_process_is_left_as_it_is(tmp_path, monkeypatch):
+    """Two processes open one older store: the second finds it migrated under the write lock."""
+    from indexer.catalog import Catalog
+
+    Catalog(tmp_path / "metadata.sqlite").close()  # an up-to-date catalog
+    looks = []
+    real = Catalog._up_to_date
+
+    def stale_once(self):  # the first look (before the lock) saw the older layout
+        current, columns = real(self)
+        looks.append(current)
+        return (current, columns) if len(looks) > 1 else (False, columns - {"metadata"})
+
+    monkeypatch.setattr(Catalog, "_up_to_date", stale_once)
+    catalog = Catalog(tmp_path / "metadata.sqlite")  # no "duplicate column" error
+    assert len(looks) == 2  # looked again under the write lock
+    columns = catalog.column("SELECT name FROM pragma_table_info('images')")
+    assert columns.count("metadata") == 1
+    catalog.close()
