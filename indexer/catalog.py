@@ -5,6 +5,19 @@ themselves: which images exist and where their rows are (shard, row), which are 
 files were skipped and why, and which units of a resumable job are complete. Its transactions are
 the store's commit points (see :mod:`indexer.store`). WAL mode lets readers (the service) run while
 one writer (an indexing job) appends.
+
+Metadata (:mod:`indexer.metadata`) is stored as one JSON document per image, in the ``metadata``
+column of its ``images`` row, plus the typed field registry in the ``fields`` table (mirrored in
+the store's ``manifest.json``). Why a document and not a key/value table: the readers that come
+after it want either every field of a few images (a hit, ``/explain``, an export line: the row
+they read anyway) or one field of every live image in storage order (a filter building columnar
+arrays or payload indexes: one scan of ``images ORDER BY shard, row`` with SQLite's
+``json_extract``, typed by the registry); a key/value table would cost a row and an index entry
+per field and a join or pivot for both. ``extra`` keeps the source's raw values as given
+(captions included); ``metadata`` holds the typed values (``path`` and ``bytes`` repeat their
+columns, so that a record is complete on its own). A store made before metadata existed
+gets the column on open, each image's record filled from its row (``path``, ``bytes``,
+``collection`` "default"), and the built-in fields.
 """
 
 from __future__ import annotations
@@ -19,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from indexer.decode import ImageInfo
+from indexer.metadata import Field
 from model.data import Skipped
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY, shard INTEGER NOT NULL, row INTEGER NOT NULL, path TEXT,
     bytes INTEGER, format TEXT, width INTEGER, height INTEGER, sha256 TEXT, extra TEXT,
-    thumbnail INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0, added TEXT NOT NULL
+    thumbnail INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0, added TEXT NOT NULL,
+    metadata TEXT
 );
 CREATE INDEX IF NOT EXISTS images_by_shard ON images (shard, row);
 CREATE INDEX IF NOT EXISTS images_by_sha256 ON images (sha256);
@@ -36,12 +51,19 @@ CREATE TABLE IF NOT EXISTS shards (
 CREATE TABLE IF NOT EXISTS skipped (
     id TEXT NOT NULL, path TEXT, reason TEXT NOT NULL, job_key TEXT, added TEXT NOT NULL
 );
+-- the metadata field registry (indexer.metadata.FieldRegistry), built-in fields included
+CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY, type TEXT NOT NULL, source TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS done (
     key TEXT PRIMARY KEY, images INTEGER NOT NULL, skipped INTEGER NOT NULL, added TEXT NOT NULL
 );
 """
 COLUMNS = ("id", "shard", "row", "path", "bytes", "format", "width", "height", "sha256", "extra",
-           "thumbnail", "deleted", "added")  # fmt: skip
+           "thumbnail", "deleted", "added", "metadata")  # fmt: skip
+# A store made before per-image metadata: the column, each image's record from its row.
+MIGRATE_METADATA = """
+ALTER TABLE images ADD COLUMN metadata TEXT;
+UPDATE images SET metadata = json_object('path', path, 'bytes', bytes, 'collection', 'default');
+"""
 _SQL_CHUNK = 500  # ids per "IN (...)" query, below SQLite's variable limit
 
 
@@ -62,6 +84,7 @@ class ImageRecord:
     has_thumbnail: bool
     deleted: bool
     added: str
+    metadata: dict[str, Any]
 
 
 class Catalog:
@@ -74,11 +97,34 @@ class Catalog:
         # NORMAL in WAL mode may lose the last commits on power loss but never half of one, and
         # a lost commit only means its chunk is encoded again on resume.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._create_or_migrate()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _create_or_migrate(self) -> None:
+        """Create the tables, or add what an older store lacks; no write lock when up to date.
+
+        The check is made again under the write lock: another process opening the same older
+        store (the service's workers) may have migrated it meanwhile.
+        """
+        if self._up_to_date()[0]:
+            return
+        with self._transaction() as db:  # schema and migration commit together
+            current, columns = self._up_to_date()
+            if current:
+                return
+            for statement in SCHEMA.split(";"):
+                db.execute(statement)
+            if columns and "metadata" not in columns:
+                for statement in MIGRATE_METADATA.split(";"):
+                    db.execute(statement)
+
+    def _up_to_date(self) -> tuple[bool, set[str]]:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        return "metadata" in columns and "fields" in tables, columns
 
     # --- writing ------------------------------------------------------------------------------
     def commit_batch(
@@ -90,9 +136,12 @@ class Catalog:
         skipped: Sequence[Skipped],
         done_key: str | None,
         now: str,
+        fields: Sequence[Field] = (),
     ) -> None:
-        """One transaction: the shard, its image rows, skipped files and the done marker."""
+        """One transaction: the shard, its image rows, skipped files, the metadata fields its
+        records use, and the done marker."""
         with self._transaction() as db:
+            _save_fields(db, fields)
             if shard is not None:
                 db.execute("INSERT INTO shards VALUES (?,?,?,?)", (shard, len(records), nnz, now))
                 marks = ",".join("?" * len(COLUMNS))
@@ -112,6 +161,24 @@ class Catalog:
                     "INSERT OR REPLACE INTO done VALUES (?,?,?,?)",
                     (done_key, len(records), len(skipped), now),
                 )
+
+    def save_fields(self, fields: Sequence[Field]) -> None:
+        with self._transaction() as db:
+            _save_fields(db, fields)
+
+    def update_metadata(
+        self, updates: dict[str, tuple[dict[str, Any], dict[str, Any]]], fields: Sequence[Field]
+    ) -> int:
+        """Replace live images' (extra, metadata) in one transaction; returns how many changed."""
+        changed = 0
+        with self._transaction() as db:
+            _save_fields(db, fields)
+            for image_id, (extra, metadata) in updates.items():
+                changed += db.execute(
+                    "UPDATE images SET extra=?, metadata=? WHERE id=? AND deleted=0",
+                    (_json(extra), _json(metadata), image_id),
+                ).rowcount
+        return changed
 
     def delete(self, ids: Sequence[str]) -> int:
         """Flag live images deleted; returns how many were live."""
@@ -187,6 +254,11 @@ class Catalog:
                 out.update((row[0], _record(row)) for row in self._db.execute(query, chunk))
         return out
 
+    def fields(self) -> list[Field]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, type, source FROM fields ORDER BY name")
+            return [Field(*row) for row in rows]
+
     def skipped(self) -> list[Skipped]:
         with self._lock:
             rows = self._db.execute("SELECT id, path, reason FROM skipped ORDER BY rowid")
@@ -204,9 +276,20 @@ class Catalog:
             self._db.execute("COMMIT")
 
 
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _save_fields(db: sqlite3.Connection, fields: Sequence[Field]) -> None:
+    # a field's type never changes (FieldRegistry.declare refuses it), so "OR IGNORE" is exact
+    db.executemany(
+        "INSERT OR IGNORE INTO fields VALUES (?,?,?)", [(f.name, f.type, f.source) for f in fields]
+    )
+
+
 def _image_row(rec: ImageInfo, shard: int, row: int, thumb: bool, now: str) -> tuple[Any, ...]:
-    extra = json.dumps(rec.extra, ensure_ascii=False, default=str)
-    fields = {**vars(rec), "shard": shard, "row": row, "extra": extra, "thumbnail": int(thumb)}
+    fields = {**vars(rec), "shard": shard, "row": row, "thumbnail": int(thumb)}
+    fields.update(extra=_json(rec.extra), metadata=_json(rec.metadata))
     fields.update(deleted=0, added=now)
     return tuple(fields[c] for c in COLUMNS)
 
@@ -214,6 +297,7 @@ def _image_row(rec: ImageInfo, shard: int, row: int, thumb: bool, now: str) -> t
 def _record(row: tuple[Any, ...]) -> ImageRecord:
     values = dict(zip(COLUMNS, row, strict=True))
     values["extra"] = json.loads(values["extra"] or "{}")
+    values["metadata"] = json.loads(values["metadata"] or "{}")
     values["has_thumbnail"] = bool(values.pop("thumbnail"))
     values["deleted"] = bool(values["deleted"])
     return ImageRecord(**values)

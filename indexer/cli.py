@@ -2,6 +2,7 @@
 
 lexvla index build --source photos/ --store corpus/ --checkpoint ckpt/ --index index/
 lexvla index add --images new-photos/ --store corpus/ --checkpoint ckpt/ --index index/
+lexvla index build --source photos.csv ... --collection family --field tags:keywords
 lexvla index build --images photos/ --store parts/shard-0 --checkpoint ckpt/ --shard-id 0 --num-shards 3
 lexvla index merge --out corpus/ parts/shard-0 parts/shard-1 parts/shard-2 [--index index/]
 lexvla index reindex --store corpus/ --index index-lucene/ --engine lucene
@@ -55,6 +56,8 @@ JOB_FLAGS_EXCLUDED = {
     "require_store": "set by `index add`",
     "engine_options": "filled by the engines' own flags (--<engine>-<option>)",
 }
+# IndexJob fields whose flag is written by hand, and why.
+JOB_FLAGS_BY_HAND = {"fields": "--field NAME:TYPE, repeatable (a generated list flag is not)"}
 # Flags of every sub-command that are no IndexJob field: how much the command prints.
 COMMON_FLAGS = {"verbose"}
 # What bad input raises before or while a job runs; each becomes one line on stderr.
@@ -77,11 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         add_model_flags(
             p,
             IndexJob,
-            exclude=JOB_FLAGS_EXCLUDED,
+            exclude={*JOB_FLAGS_EXCLUDED, *JOB_FLAGS_BY_HAND},
             aliases={"source": ["--images"]},
             choices={"engine": names()},
         )
         add_model_flags(p, engine_flags("build"))
+        p.add_argument("--field", action="append", dest="fields", metavar="NAME:TYPE",
+                       default=argparse.SUPPRESS, help="declare a metadata field's type (keyword, keywords, integer, float, "
+                            "datetime, geo); repeatable")  # fmt: skip
     m = sub.add_parser(
         "merge", parents=[common], help="merge part stores (sharded builds) into one, no encoding"
     )

@@ -3,7 +3,8 @@
 Decoding itself (every Pillow mode to RGB, EXIF orientation, pixel limits, JPEG draft mode, one
 reason code per failure) is ``model.data.decode``, shared with training. This module adds what
 the corpus store records about an image (:class:`ImageInfo`: size, format, content hash, source
-metadata) and the thumbnails it serves.
+metadata) and the thumbnails it serves. An image's metadata record (:mod:`indexer.metadata`) is
+its file's and EXIF's fields, overridden by the typed source fields the runner put on the item.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from indexer.metadata_job import exif_fields, file_fields
 from model.data import DEFAULT_MAX_PIXELS, DecodeError, Skipped, SourceItem, decode_bytes
 from model.preprocessing import to_rgb
 
@@ -44,6 +46,7 @@ class ImageInfo:
     height: int
     sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # typed fields (indexer.metadata)
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,14 @@ def decode_item(
         height=decoded.height,
         sha256=hashlib.sha256(data).hexdigest(),
         extra=dict(item.extra),
+        metadata={**_file_and_exif(item, data), **item.metadata},
     )
     return Decoded(info, decoded.image)
+
+
+def _file_and_exif(item: SourceItem, data: bytes) -> dict[str, Any]:
+    on_disk = item.data is None and item.record is None
+    return {**file_fields(item.path, data, on_disk), **exif_fields(data)}
 
 
 def iter_decoded(

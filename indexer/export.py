@@ -1,5 +1,8 @@
 """Sparse vectors out of the system: JSONL ``{"id": ..., "vector": {word: weight}}``.
 
+Lines exported from a corpus store also carry each image's ``metadata`` record
+(:mod:`indexer.metadata`).
+
 This is the lingua franca of learned-sparse tools: Anserini's JsonVectorCollection, Seismic and
 OpenSearch neural sparse all ingest it. Keys are display words (``dog``, ``·dog`` for a
 continuation piece; UTF-8) by default, or vocabulary indices (``keys="index"``) for tools that
@@ -10,9 +13,9 @@ want plain ASCII tokens. Anserini truncates weights to integers, so pass ``scale
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,16 +47,26 @@ def write_jsonl(
     vocabulary: Vocabulary,
     keys: Keys = "word",
     scale: float | None = None,
+    metadata: Callable[[Sequence[str]], dict[str, dict[str, Any]]] | None = None,
 ) -> int:
-    """Write one line per row of each (ids, rows) batch; returns the number of lines."""
+    """Write one line per row of each (ids, rows) batch; returns the number of lines.
+
+    ``metadata`` (ids -> {id: record}) adds a ``metadata`` key to each line.
+    """
     lines = 0
     for ids, rows in batches:
         rows = sp.csr_matrix(rows)
         if rows.shape[1] != len(vocabulary):
             raise ValueError(f"rows have {rows.shape[1]} columns, vocabulary {len(vocabulary)}")
+        records = metadata(ids) if metadata is not None else None
         for n, image_id in enumerate(ids):
-            vector = vector_dict(rows[n], vocabulary, keys, scale)
-            out.write(json.dumps({"id": image_id, "vector": vector}, ensure_ascii=False) + "\n")
+            line: dict[str, Any] = {
+                "id": image_id,
+                "vector": vector_dict(rows[n], vocabulary, keys, scale),
+            }
+            if records is not None:
+                line["metadata"] = records[image_id]
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
             lines += 1
     return lines
 
@@ -65,4 +78,6 @@ def export_store_jsonl(
     from indexer.store import CorpusStore
 
     with CorpusStore.open(store_path) as store, open(out_path, "w", encoding="utf-8") as out:
-        return write_jsonl(out, store.iter_shards(), store.vocabulary, keys, scale)
+        return write_jsonl(
+            out, store.iter_shards(), store.vocabulary, keys, scale, store.metadata_records
+        )

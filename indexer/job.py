@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from indexer.decode import THUMBNAIL_SIZE
 from indexer.engines import DEFAULT_ENGINE, engine, names
 from indexer.engines.registry import engine_names_in, split_options
+from indexer.metadata import check_collection, parse_declaration
 from model.data import DEFAULT_MAX_PIXELS, SourceKind
 
 
@@ -70,6 +71,15 @@ class IndexJob(BaseModel):
         default=True, description="decode JPEGs at reduced scale (DCT) when that is enough"
     )
 
+    # --- metadata (indexer.metadata) --------------------------------------------------------------
+    collection: str | None = Field(
+        default=None,
+        description="collection of images without a collection column/key (default: default)",
+    )
+    fields: list[str] = Field(
+        default=[], description="metadata field types, NAME:TYPE (flag --field, repeatable)"
+    )
+
     engine_options: dict[str, Any] = Field(
         default_factory=dict,
         description="the engine's build options (the --<engine>-<option> flags fill it)",
@@ -94,6 +104,18 @@ class IndexJob(BaseModel):
     @classmethod
     def _known_engine(cls, value: str) -> str:
         engine(value)  # unknown: a one-line ValueError naming the known ones
+        return value
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_slug(cls, value: str | None) -> str | None:
+        return None if value is None else check_collection(value)
+
+    @field_validator("fields")
+    @classmethod
+    def _field_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_declaration(spec)
         return value
 
     @model_validator(mode="after")

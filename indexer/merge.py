@@ -114,6 +114,11 @@ def _merge(target: CorpusStore, parts: Sequence[CorpusStore]) -> MergeReport:
     clash = target.catalog.first_live(sorted(pending))
     if clash is not None:
         raise MergeError(f"image {clash!r} is already in the output store {target.root}")
+    for part in parts:  # the metadata fields of every part, with one type each
+        try:
+            target.fields.absorb(part.fields)
+        except ValueError as exc:
+            raise MergeError(f"{part.root}: {exc}") from None
 
     for part in parts:
         key = _part_key(part)
@@ -142,4 +147,7 @@ def _merge(target: CorpusStore, parts: Sequence[CorpusStore]) -> MergeReport:
 
 def _info(part: CorpusStore, image_id: str) -> ImageInfo:
     r = part.metadata(image_id)
-    return ImageInfo(r.id, r.path, r.bytes, r.format, r.width, r.height, r.sha256, dict(r.extra))
+    return ImageInfo(
+        r.id, r.path, r.bytes, r.format, r.width, r.height, r.sha256, dict(r.extra),
+        dict(r.metadata),
+    )  # fmt: skip

@@ -46,6 +46,7 @@ from indexer.build import build_engine_index
 from indexer.decode import ImageInfo
 from indexer.job import IndexJob
 from indexer.loader import ChunkTag, LoadedBatch, PrepareImages, Task, image_loader
+from indexer.metadata_job import check_declarations, chunk_identity, prepare_chunk
 from indexer.store import CorpusStore
 from model.data import SkipCounter, Skipped, SourceItem, iter_source
 from model.protocols import LexicalModel
@@ -61,6 +62,7 @@ class JobReport:
     already_stored: int = 0
     chunks_done_before: int = 0
     chunks_written: int = 0
+    metadata_updated: int = 0  # stored images whose metadata changed (not re-encoded)
     index_version: str | None = None
     reasons: dict[str, int] = field(default_factory=dict)  # skips by reason code
     # what the engine says it wrote, e.g. the shared target of a sharded job (its collection)
@@ -84,6 +86,7 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
             "use `index build` to create one"
         )
     items = iter_source(job.source, job.source_kind, job.image_root)
+    check_declarations(job.store, job.fields)
     if model is None:
         from model import LexVLA
 
@@ -91,6 +94,11 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
     model.eval()
     store = open_store(job.store, model)
     report = JobReport()
+    try:
+        store.declare_fields(job.fields)
+    except ValueError:
+        store.close()
+        raise
     bar = _progress(job.progress)
     try:
         if job.limit is not None:
@@ -152,15 +160,18 @@ def _plan(
     """The batches to decode, in order (the loader's batch sampler; runs in this process)."""
     prefix = _job_prefix(job)
     for number, items in chunks:
-        # the key names the chunk's exact ids: a chunk cut differently (a --limit, a source
-        # that grew) is never taken for done; its stored images are skipped by id instead
-        ids_digest = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()
+        # the key names the chunk's exact ids and metadata: a chunk cut differently (a --limit,
+        # a source that grew) is never taken for done, its stored images are skipped by id
+        # instead; a chunk whose metadata changed updates its stored images' records
+        identity = chunk_identity(items, job.collection)
+        ids_digest = hashlib.sha256(identity.encode()).hexdigest()
         key = f"{prefix}/chunk-{number:06d}-{ids_digest[:12]}"
         if store.is_done(key):
             report.chunks_done_before += 1
             if bar is not None:
                 bar.update(1)
             continue
+        report.metadata_updated += prepare_chunk(store, items, job.collection)
         fresh = [it for it in items if it.error is not None or not store.has_id(it.id)]
         report.already_stored += len(items) - len(fresh)
         starts = range(0, len(fresh), job.batch_size) if fresh else [0]

@@ -8,7 +8,8 @@ The way pyserini users search without a server: the query goes through the model
 scored and explained by ``indexer.scoring``, the same code the service's ``/search`` and
 ``/explain`` run: a hit's score is the sum of its matched words' contributions
 ``query_weight x image_weight``. ``--json`` prints what the service would return (hits with
-``matched`` words); the text output lists each hit's heaviest words.
+``matched`` words, and with ``--store`` each hit's ``metadata`` record); the text output lists
+each hit's heaviest words.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def _hit_json(rank: int, hit: ScoredHit, store: CorpusStore | None) -> dict[str,
     out: dict[str, Any] = {"rank": rank, "id": hit.id, "score": hit.score}
     if store is not None:
         with contextlib.suppress(KeyError):  # in the index but not (yet) in the store
-            out["path"] = store.metadata(hit.id).path
+            record = store.metadata(hit.id)
+            out["path"] = record.path
+            out["metadata"] = record.metadata
     out["matched"] = [{k: v for k, v in asdict(c).items() if k != "index"} for c in hit.matched]
     out["other_matched_words"] = hit.other_words
     out["other_contribution"] = hit.other_contribution

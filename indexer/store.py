@@ -3,14 +3,15 @@
 The store outlives every index: an index (``indexer.engines``) is built from it, and re-indexing
 into another engine never re-encodes an image. It is a directory::
 
-    manifest.json           {"format": "lexvla-corpus-store", "format_version": 1,
+    manifest.json           {"format": "lexvla-corpus-store", "format_version": 2,
                              "checkpoint_id", "vocabulary_hash", "vocabulary_size", "threshold",
                              "top_k", "created", "updated", "counts": {"images", "deleted",
-                             "skipped", "shards", "done"}}
+                             "skipped", "shards", "done"},
+                             "fields": {name: {"type", "source"}}}  (metadata field registry)
     vocabulary.json         model.vocabulary.Vocabulary.save (its hash is checked on open)
     vectors/shard-00000.npz float32 CSR (rows x vocabulary size), scipy.sparse.save_npz
     vectors/shard-00000.ids.json   the ids of that shard's rows, in row order
-    metadata.sqlite         tables images, shards, skipped, done (indexer.catalog.SCHEMA)
+    metadata.sqlite         tables images, fields, shards, skipped, done (indexer.catalog.SCHEMA)
     thumbnails/ab/<sha256>.jpg     ~256 px JPEG per distinct image content (sha256 of its bytes)
 
 Vectors are in vocabulary index space and never rewritten: deleting an image sets its
@@ -26,6 +27,10 @@ resumed job that skips the chunks whose ``done`` key is recorded loses nothing a
 nothing. ``manifest.json`` is rewritten (atomically) after each commit; its counts are a summary
 for humans and tools, SQLite is authoritative. One writer at a time (readers may be concurrent:
 SQLite runs in WAL mode).
+
+Format versions: 2 added per-image metadata (:mod:`indexer.metadata`; the ``images.metadata``
+column and the ``fields`` table). A version-1 store is migrated when it is opened
+(:class:`~indexer.catalog.Catalog`) and its manifest rewritten as version 2.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import scipy.sparse as sp
 
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
+from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
 from model.data import Skipped
 from model.data.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
 from model.vocabulary import Vocabulary, VocabularyMismatchError
@@ -51,7 +57,8 @@ from model.vocabulary import Vocabulary, VocabularyMismatchError
 __all__ = ["CorpusStore", "ImageRecord"]
 
 FORMAT = "lexvla-corpus-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before per-image metadata (migrated on open)
 MANIFEST = "manifest.json"
 DATABASE = "metadata.sqlite"
 _SHARD_CACHE = 4096  # shards kept open (memory-mapped: they cost address space, not memory)
@@ -69,6 +76,7 @@ class CorpusStore:
         self.manifest = manifest
         self.vocabulary = vocabulary
         self.catalog = Catalog(root / DATABASE)
+        self.fields = FieldRegistry(self.catalog.fields())
         self._lock = threading.RLock()
         self._shards: OrderedDict[int, sp.csr_matrix] = OrderedDict()
 
@@ -103,6 +111,7 @@ class CorpusStore:
             "counts": {},
         }
         store = cls(root, manifest, vocabulary)
+        store.catalog.save_fields(list(BUILTIN_FIELDS.values()))
         store._write_manifest()  # last: a directory without a manifest is not a store
         return store
 
@@ -113,7 +122,8 @@ class CorpusStore:
         if not (root / MANIFEST).is_file():
             raise FileNotFoundError(f"no corpus store at {root} (missing {MANIFEST})")
         manifest = json.loads((root / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if manifest.get("format") != FORMAT or version not in READABLE_VERSIONS:
             raise ValueError(
                 f"{root} is not a version-{FORMAT_VERSION} corpus store "
                 f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r})"
@@ -126,7 +136,12 @@ class CorpusStore:
             )
         if expected_vocabulary is not None:
             expected_vocabulary.check_matches(vocabulary, "the model", f"the corpus store {root}")
-        return cls(root, manifest, vocabulary)
+        store = cls(root, manifest, vocabulary)  # the catalog migrates an older store
+        if version != FORMAT_VERSION:
+            store.catalog.save_fields(list(BUILTIN_FIELDS.values()))
+            store.manifest["format_version"] = FORMAT_VERSION
+            store._write_manifest()
+        return store
 
     def close(self) -> None:
         self.catalog.close()
@@ -169,8 +184,9 @@ class CorpusStore:
                 self._write_shard_files(shard, ids, rows)
             has_thumb = [t is not None for t in thumbs]
             self.catalog.commit_batch(
-                shard, records, has_thumb, rows.nnz, skipped, done_key, now_iso()
-            )
+                shard, records, has_thumb, rows.nnz, skipped, done_key, now_iso(),
+                list(self.fields.fields.values()),
+            )  # fmt: skip
             self._write_manifest()
             return shard
 
@@ -178,6 +194,24 @@ class CorpusStore:
         """Record files that could not be used (and optionally a completed job unit)."""
         empty = sp.csr_matrix((0, len(self.vocabulary)), dtype=np.float32)
         self.append_shard([], empty, [], skipped=skipped, done_key=done_key)
+
+    def declare_fields(self, specs: Sequence[str]) -> None:
+        """Record ``--field name:type`` declarations now (ValueError: a type would change)."""
+        if not specs:
+            return
+        with self._lock:
+            self.fields.declare(specs)
+            self.catalog.save_fields(list(self.fields.fields.values()))
+            self._write_manifest()
+
+    def update_metadata(self, updates: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> int:
+        """Replace live images' (extra, metadata record) without touching their vectors."""
+        if not updates:
+            return 0
+        with self._lock:
+            changed = self.catalog.update_metadata(updates, list(self.fields.fields.values()))
+            self._write_manifest()
+        return changed
 
     def delete(self, ids: Sequence[str]) -> int:
         """Mark images deleted (their vectors stay on disk); returns how many were live."""
@@ -219,6 +253,10 @@ class CorpusStore:
         if record is None:
             raise KeyError(f"no image {image_id!r} in the corpus store")
         return record
+
+    def metadata_records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """id -> metadata record of the live images among ``ids`` (unknown ids left out)."""
+        return {i: r.metadata for i, r in self.catalog.records(ids).items()}
 
     def thumbnail(self, image_id: str) -> bytes | None:
         """JPEG thumbnail bytes of a live image, None if it has none; KeyError if unknown."""
@@ -348,7 +386,12 @@ class CorpusStore:
             atomic_write_bytes(path, data)
 
     def _write_manifest(self) -> None:
-        self.manifest = {**self.manifest, "counts": self.catalog.counts(), "updated": now_iso()}
+        self.manifest = {
+            **self.manifest,
+            "counts": self.catalog.counts(),
+            "fields": self.fields.to_json(),
+            "updated": now_iso(),
+        }
         atomic_write_json(self.root / MANIFEST, self.manifest)
 
 

@@ -54,3 +54,29 @@ def test_cli_bad_index_is_one_line(tmp_path, tiny_checkpoint, capsys):
                             str(tiny_checkpoint), "dog"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_hits_explain_and_export_carry_the_stored_metadata(
+    client, service_corpus, tiny_checkpoint, capsys, tmp_path
+):
+    from indexer.export import export_store_jsonl
+    from indexer.store import CorpusStore
+
+    with CorpusStore.open(service_corpus.store) as store:
+        records = store.metadata_records(store.ids())
+    assert {r["album"] for r in records.values()} == {"", "more"}
+    assert {r["collection"] for r in records.values()} == {"default"}
+    served = client.post("/search", json={"query": "a red circle", "top_k": 12}).json()
+    assert len(served["hits"]) == 12
+    for hit in served["hits"]:
+        assert hit["metadata"] == records[hit["id"]]
+        assert hit["metadata"]["path"].endswith(hit["id"])
+    [result] = _cli_json(capsys, service_corpus, tiny_checkpoint, "--top-k", "12", "a red circle")
+    assert [h["metadata"] for h in result["hits"]] == [h["metadata"] for h in served["hits"]]
+    hit = served["hits"][0]
+    explained = client.post("/explain", json={"query": "a red circle", "image_id": hit["id"]})
+    assert explained.json()["metadata"] == records[hit["id"]]
+    out = tmp_path / "vectors.jsonl"
+    assert export_store_jsonl(service_corpus.store, out) == len(records)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {line["id"]: line["metadata"] for line in lines} == records

@@ -81,6 +81,8 @@ def test_merged_shards_equal_one_build(built, model):
         assert [s.id for s in merged.skipped()] == ["broken.jpg"]
         assert merged.metadata("img005.jpg").sha256 == full.metadata("img005.jpg").sha256
         assert merged.thumbnail("img005.jpg") == full.thumbnail("img005.jpg")
+        assert merged.metadata_records(ids) == full.metadata_records(ids)
+        assert merged.manifest["fields"] == full.manifest["fields"]
         assert merged.manifest["checkpoint_id"] == full.manifest["checkpoint_id"]
         queries = full.vectors_of(ids[:4])
     index = open_index(built / "index", vocabulary_hash=model.vocabulary.hash)
@@ -137,6 +139,18 @@ def test_merge_refuses_mismatch_and_collisions(built, tmp_path, capsys):
     assert cli.main(["merge", "--out", str(tmp_path / "o3"), str(other / "threshold"),
                      str(built / "part0")]) == 2  # fmt: skip
     assert "threshold" in capsys.readouterr().err
+
+
+def test_merge_refuses_parts_whose_field_types_differ(built, tmp_path):
+    with CorpusStore.open(built / "part0") as part:
+        m, vocabulary = part.manifest, part.vocabulary
+    for name, kind in (("a", "integer"), ("b", "keyword")):
+        with CorpusStore.create(
+            tmp_path / name, vocabulary, m["checkpoint_id"], m["threshold"]
+        ) as s:
+            s.declare_fields([f"year:{kind}"])
+    with pytest.raises(MergeError, match="field 'year' is of type keyword there but integer here"):
+        merge_stores(tmp_path / "out", [tmp_path / "a", tmp_path / "b"])
 
 
 def test_merge_refuses_another_vocabulary(built, tmp_path, tiny_lora_checkpoint):

@@ -35,6 +35,7 @@ SKIP_REASONS = (
     "unreadable_shard",  # a shard file that cannot be opened or whose tar structure is broken
     "bad_row",  # a manifest row that cannot be parsed or lacks the image (or caption) field
     "duplicate_id",  # an id already given to an earlier, different image of the same source
+    "bad_metadata",  # a metadata value that does not parse as its field's type (indexer.metadata)
     "other",  # a record written before reasons had codes (read back from an old store)
 )
 

@@ -4,7 +4,9 @@ A source yields :class:`SourceItem` records in a stable order (sorted paths, man
 shard order) with a stable ``id``: the manifest's ``id`` column, else the path as the manifest
 writes it or relative to the folder (POSIX separators), else the webdataset sample key. Stable
 ids and order are what let a killed indexing job resume without duplicates. Captions come along
-as metadata (``caption``, and ``captions`` when a manifest gives an image several).
+as metadata (``caption``, and ``captions`` when a manifest gives an image several), with a
+manifest's other columns, a sample's ``.json`` keys, and a folder image's ``album`` (its parent
+folder relative to the root, "" at the root).
 
 Sources never raise for one bad entry: a duplicate id, a sample without an image member or a
 corrupt shard becomes an item whose ``error`` is a :class:`~model.data.skips.Skipped` marker.
@@ -51,6 +53,7 @@ class SourceItem:
     image_member: str | None = None
     data: bytes | None = None  # bytes already in memory (uploads, tests)
     error: Skipped | None = None  # set when the source already knows the item is unusable
+    metadata: dict[str, Any] = field(default_factory=dict)  # typed fields (the indexer sets them)
 
     def read_bytes(self) -> bytes:
         """The image's bytes; DecodeError (with a skip reason) if they cannot be read."""
@@ -95,7 +98,9 @@ def iter_folder(root: str | Path) -> Iterator[SourceItem]:
         for name in sorted(filenames):
             if is_image_name(name):
                 path = Path(dirpath) / name
-                yield SourceItem(id=path.relative_to(root).as_posix(), path=str(path))
+                rel = path.relative_to(root)
+                album = "" if rel.parent == Path(".") else rel.parent.as_posix()
+                yield SourceItem(id=rel.as_posix(), path=str(path), extra={"album": album})
 
 
 def iter_manifest(path: str | Path, image_root: str | Path | None = None) -> Iterator[SourceItem]:
@@ -118,7 +123,7 @@ def iter_manifest(path: str | Path, image_root: str | Path | None = None) -> Ite
 
 
 def iter_webdataset(shards: Sequence[str | Path]) -> Iterator[SourceItem]:
-    """One item per sample of the shards: caption from ``.txt``, scalar ``.json`` fields as metadata."""
+    """One item per sample of the shards: caption from ``.txt``, ``.json`` fields as metadata."""
     seen = _Dedup()
     for shard in shards:
         for record in shard_records(Path(shard)):
@@ -147,8 +152,8 @@ def _sample_item(record: ShardRecord) -> SourceItem:
     except (json.JSONDecodeError, UnicodeDecodeError):  # optional metadata: not worth a skip
         meta = {}
     if isinstance(meta, dict):
-        scalars = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)}
-        item.extra = {**scalars, **item.extra}
+        values = {k: v for k, v in meta.items() if v is not None}
+        item.extra = {**values, **item.extra}
     return item
 
 

@@ -7,7 +7,7 @@ written into ``/openapi.json`` when the app is created (``service.main``).
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -129,6 +129,11 @@ class SearchHit(BaseModel):
     bound_patch: list[int] | None = Field(
         default=None, description="bind: that patch's [row, column] in the image's patch grid"
     )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The image's metadata record (capture time, album, tags, collection, ...); "
+        "empty when the server has no corpus store",
+    )
 
 
 class SearchTimings(BaseModel):
@@ -195,6 +200,9 @@ class ExplainResponse(BaseModel):
     index_version: str
     timings: ExplainTimings
     notes: list[str] = []
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The image's metadata record (as on a search hit)"
+    )
 
 
 class EncodeResponse(BaseModel):

@@ -11,6 +11,7 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import scipy.sparse as sp
 
@@ -258,6 +259,7 @@ class SearchPipeline:
         )
         self.metrics.stage_seconds.labels("search").observe(outcome.search_ms / 1e3)
         self.metrics.stage_seconds.labels("rescore").observe(outcome.rescore_ms / 1e3)
+        records = await self.metadata_records([h.id for h in outcome.hits])
         hits = [
             SearchHit(
                 rank=fetch.offset + n + 1,
@@ -268,6 +270,7 @@ class SearchPipeline:
                 matched=[matched_word(c) for c in h.matched],
                 other_matched_words=h.other_words,
                 other_contribution=h.other_contribution,
+                metadata=records.get(h.id, {}),
             )
             for n, h in enumerate(outcome.hits)
         ]
@@ -295,6 +298,13 @@ class SearchPipeline:
             timings=timings,
             notes=outcome.notes,
         )
+
+    async def metadata_records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """id -> metadata record from the corpus store (on the search pool); {} without one."""
+        if self.store is None or not ids:
+            return {}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.search_executor, self.store.metadata_records, ids)
 
     # --- encode -------------------------------------------------------------------------------
     async def encode(self, req: EncodeRequest) -> EncodeResponse:
