@@ -194,15 +194,18 @@ def test_sharded_jobs_writing_one_shared_target_report_it_then_publish(
 
 
 def test_the_service_settings_reach_each_engine_under_their_names(monkeypatch):
-    """LEXVLA_QDRANT_* are the qdrant engine's open options, LEXVLA_MMAP the memory engine's;
-    engines without settings (compact, lucene, here) open with their defaults."""
+    """LEXVLA_QDRANT_* are the qdrant engine's open options, LEXVLA_MMAP the memory engine's,
+    LEXVLA_COMPACT_THREADS the compact engine's; engines without settings (lucene, here) open
+    with their defaults."""
     from service.core.config import Settings
+    from service.search.indexes import search_threads
 
     monkeypatch.setenv("LEXVLA_QDRANT_URL", "http://qdrant:6333")
     monkeypatch.setenv("LEXVLA_QDRANT_API_KEY", "secret")
     monkeypatch.setenv("LEXVLA_MMAP", "true")
     options = index_options(Settings())
-    assert set(options) == {"memory", "qdrant"} and options["memory"] == {"mmap": True}
+    assert set(options) == {"memory", "qdrant", "compact"} and options["memory"] == {"mmap": True}
+    assert options["compact"] == {"threads": search_threads(1)}  # a worker's share of the cores
     qdrant = engine("qdrant").options("open", options["qdrant"])
     assert qdrant.connection()["url"] == "http://qdrant:6333"
     assert qdrant.connection()["api_key"] == "secret"

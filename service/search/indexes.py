@@ -66,8 +66,11 @@ def index_options(settings: Any) -> dict[str, dict[str, Any]]:
     outside names: ``qdrant_url`` is the qdrant engine's ``url``); the index's engine takes its
     own when the index is opened, so the settings need not know which engine that is. The
     compact engine's search threads default to this worker's share of the cores."""
-    threads = settings.compact_threads or search_threads(settings.workers)
-    return options_by_engine(settings.model_copy(update={"compact_threads": threads}), "open")
+    options = options_by_engine(settings, "open")
+    compact = options.get("compact")
+    if compact is not None and compact.get("threads") is None:
+        compact["threads"] = search_threads(settings.workers)
+    return options
 
 
 def search_threads(workers: int) -> int:
