@@ -6,7 +6,9 @@ top. Weights are kept as they are (not re-normalised), so a sparse dot product i
 product restricted to the kept words, and every score is a sum of per-word contributions.
 
 Vectors on a GPU are cut there (:func:`sparsify_on_device`): only the ~1,000 kept entries of a
-row cross to the host, not its 17k dense floats, and the host waits once, for the result.
+row cross to the host, not its 17k dense floats, and the host waits once, for the result. Rows
+that are already sparse (the query table's sums, ``model.query_table``) are cut by the same rule
+without ever being made dense (:func:`sparsify_sparse`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def sparsify(
     """Rows of ``dense`` (B x V) -> float32 CSR keeping entries ``> threshold``, then the top k.
 
     ``threshold=None`` means the default ``1/sqrt(V)``; pass 0.0 to keep every positive entry.
+    A scipy sparse matrix is cut as it is (:func:`sparsify_sparse`).
     """
+    if sp.issparse(dense):
+        return sparsify_sparse(dense, threshold, top_k)
     if isinstance(dense, torch.Tensor) and dense.device.type != "cpu":
         return sparsify_on_device(dense, threshold, top_k)
     if isinstance(dense, torch.Tensor):
@@ -51,6 +56,27 @@ def sparsify(
         np.put_along_axis(kept, drop, 0.0, axis=1)
     out = sp.csr_matrix(kept)
     out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def sparsify_sparse(
+    rows: sp.spmatrix | sp.sparray, threshold: float | None = None, top_k: int | None = None
+) -> sp.csr_matrix:
+    """:func:`sparsify` of a sparse (B x V) matrix: the same rows (ties in top-k aside), its
+    implicit zeros never materialised."""
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    out = sp.csr_matrix(rows, dtype=np.float32, copy=True)
+    out.sum_duplicates()
+    limit = default_threshold(out.shape[1]) if threshold is None else float(threshold)
+    out.data[~(out.data > limit)] = 0.0
+    out.eliminate_zeros()
+    if top_k is not None:
+        for r in np.flatnonzero(np.diff(out.indptr) > top_k):
+            values = out.data[out.indptr[r] : out.indptr[r + 1]]  # a view: zeroed in place
+            values[np.argpartition(-values, top_k)[top_k:]] = 0.0
+        out.eliminate_zeros()
     out.sort_indices()
     return out
 
