@@ -16,22 +16,9 @@ from model.checkpoint import CheckpointError
 from model.lexical import l2norm, l2norm_rows
 from model.query_table import FILE, MissingQueryTable, QueryTable, require_table
 from model.sparsify import sparsify
+from table_fixtures import random_table
 
 CAPTIONS = ["a red circle", "A large blue square left of a small yellow star", "star star"]
-
-
-def random_table(model, seed: int = 0, per_token: int = 12) -> QueryTable:
-    """Every token row: ``per_token`` random words with random positive weights."""
-    rng = np.random.default_rng(seed)
-    tokens, words = len(model.tokenizer), len(model.vocabulary)
-    cols = np.stack([rng.choice(words, per_token, replace=False) for _ in range(tokens)])
-    values = rng.uniform(0.01, 1.0, size=cols.shape).astype(np.float32)
-    rows = sp.csr_matrix(
-        (values.ravel(), cols.ravel(), np.arange(0, tokens * per_token + 1, per_token)),
-        shape=(tokens, words),
-    )
-    rows.sort_indices()
-    return QueryTable.for_model(rows, model, {"teacher": "random"})
 
 
 def test_vector_is_the_normalised_thresholded_sum_of_token_rows(tiny_model):
