@@ -235,6 +235,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 400,
         "checkpoint": {"every": 100, "keep_last": 2},
         "eval": {"data": "shapes:200", "top_k": [64, 32, 16, 8]},
+        # the query table (training.query_table): its texts use ~5 words, 16 a token is plenty
+        "query_table": {"steps": 100, "batch_size": 32, "top_k": 16},
     },
 }
 
