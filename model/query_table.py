@@ -57,37 +57,27 @@ def query_token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     if isinstance(texts, str):
         raise TypeError("pass a list of texts, not a single string")
     lowered = [t.lower() for t in texts]
-    found = tokenizer(lowered, add_special_tokens=False)["input_ids"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's Rust half
+    if backend is not None:  # the same ids without transformers' per-call work (tested)
+        found = [e.ids for e in backend.encode_batch_fast(lowered, add_special_tokens=False)]
+    else:
+        found = tokenizer(lowered, add_special_tokens=False)["input_ids"]
     prior = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
     return [prior + list(ids) for ids in found]
 
 
 def token_counts(ids: Sequence[Sequence[int]], tokens: int) -> sp.csr_matrix:
-    """(B, tokens) float32 counts of each text's token ids."""
-    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-    indptr = np.zeros(len(ids) + 1, dtype=np.int64)
+    """(B, tokens) float32 counts of each text's token ids: a repeated token is stored once per
+    occurrence (a product sums them; summing them here would sort every row)."""
+    lengths = np.fromiter((len(i) for i in ids), dtype=np.int32, count=len(ids))
+    indptr = np.zeros(len(ids) + 1, dtype=np.int32)
     np.cumsum(lengths, out=indptr[1:])
     flat = np.fromiter((t for i in ids for t in i), dtype=np.int32, count=int(indptr[-1]))
     if len(flat) and (flat.min() < 0 or flat.max() >= tokens):
         raise ValueError(f"token id {int(flat.max())} is outside the table's {tokens} rows")
-    counts = sp.csr_matrix(
+    return sp.csr_matrix(
         (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(ids), tokens)
     )
-    counts.sum_duplicates()
-    return counts
-
-
-def top_k_rows(dense: np.ndarray, top_k: int) -> sp.csr_matrix:
-    """Each row's ``top_k`` largest positive entries as float32 CSR (what a table stores)."""
-    dense = np.asarray(dense, dtype=np.float32)
-    kept = np.where(dense > 0, dense, 0.0).astype(np.float32)
-    if top_k < kept.shape[1]:
-        drop = np.argpartition(-kept, top_k, axis=1)[:, top_k:]
-        np.put_along_axis(kept, drop, 0.0, axis=1)
-    out = sp.csr_matrix(kept)
-    out.eliminate_zeros()
-    out.sort_indices()
-    return out
 
 
 class QueryTable:

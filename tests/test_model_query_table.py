@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from table_fixtures import random_table
 
 from model import LexVLA, hub
 from model import cli as model_cli
@@ -16,7 +17,6 @@ from model.checkpoint import CheckpointError
 from model.lexical import l2norm, l2norm_rows
 from model.query_table import FILE, MissingQueryTable, QueryTable, require_table
 from model.sparsify import sparsify
-from table_fixtures import random_table
 
 CAPTIONS = ["a red circle", "A large blue square left of a small yellow star", "star star"]
 
@@ -108,3 +108,23 @@ def test_a_model_without_a_table_says_how_to_get_one(tiny_model):
         require_table(tiny_model)
     message = str(caught.value)
     assert "query_table.steps" in message and "\n" not in message
+
+
+def test_token_ids_from_the_rust_tokenizer_are_the_tokenizers_own(
+    llama2_tokenizer_dir, flickr_sample
+):
+    """Llama 2's fast tokenizer: the query table reads ids from its Rust half directly."""
+    import csv
+
+    from model.backbones import load_tokenizer
+    from model.config import load_preset
+    from model.query_table import query_token_ids
+
+    text = load_preset("lexvla-7b").text.model_copy(update={"tokenizer": str(llama2_tokenizer_dir)})
+    tokenizer = load_tokenizer(text)
+    assert tokenizer.backend_tokenizer is not None
+    with (flickr_sample / "captions.csv").open() as f:
+        captions = [row["caption"] for row in csv.DictReader(f)][:300]
+    captions += ["Ünïcode café, 3 dogs!", "  spaces  ", ""]
+    own = tokenizer([c.lower() for c in captions], add_special_tokens=False)["input_ids"]
+    assert query_token_ids(tokenizer, captions) == [[1, *ids] for ids in own]

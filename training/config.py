@@ -151,7 +151,7 @@ class QueryTableSettings(_Strict):
     steps: int = Field(default=0, ge=0)  # 0: no table
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=1e-2, gt=0)  # Adam on the table's entries
-    top_k: int = Field(default=128, ge=1)  # words kept per token
+    top_k: int = Field(default=64, ge=1)  # words kept per token (bench/query_table.py)
     distill_weight: float = Field(default=1.0, ge=0)  # 1 - cos(student, teacher's query vector)
     contrastive_weight: float = Field(default=1.0, ge=0)  # InfoNCE against the frozen images
     prune_fraction: float = Field(default=0.5, ge=0, le=1)  # last part of the steps: top_k rows

@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +51,7 @@ from torch import nn
 from model import LexVLA
 from model.lexical import l2norm
 from model.losses import contrastive_loss
-from model.query_table import QueryTable, query_token_ids, top_k_rows
+from model.query_table import QueryTable, query_token_ids
 from model.sparsify import default_threshold
 from training import checkpoints
 from training.config import QueryTableSettings, TrainConfig
@@ -106,9 +108,17 @@ class TableStudent(nn.Module):
                 if isinstance(value, torch.Tensor) and value.shape == self.weight.shape:
                     value.mul_(self.support)
 
-    def export(self, top_k: int) -> Any:
-        """The stored form: each row's ``top_k`` largest positive entries, float32 CSR."""
-        return top_k_rows(self.weight.detach().float().cpu().numpy(), top_k)
+    @torch.no_grad()
+    def export(self, top_k: int) -> sp.csr_matrix:
+        """The stored form: each row's ``top_k`` largest positive entries, float32 CSR (the
+        selection runs where the table is, on the GPU for a full-size one)."""
+        top = self.weight.detach().float().topk(min(top_k, self.weight.shape[1]), dim=1)
+        values, cols = top.values.cpu().numpy(), top.indices.cpu().numpy().astype(np.int32)
+        keep = values > 0
+        indptr = np.concatenate(([0], np.cumsum(keep.sum(axis=1))))
+        rows = sp.csr_matrix((values[keep], cols[keep], indptr), shape=tuple(self.weight.shape))
+        rows.sort_indices()
+        return rows
 
 
 def teacher_vectors(
