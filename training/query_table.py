@@ -192,12 +192,45 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _teacher(config: TrainConfig, checkpoint: Path, device: torch.device | str) -> LexVLA:
+    """The frozen checkpoint; its backbones in bf16 on CUDA (it trains nothing) unless the
+    config asks for float32."""
+    device = torch.device(device)
+    bf16 = device.type == "cuda" and config.model.backbone_dtype != "float32"
+    return LexVLA.from_pretrained(
+        checkpoint, device=device, backbone_dtype=torch.bfloat16 if bf16 else None
+    )
+
+
+def _resume(
+    path: Path,
+    meta: dict[str, str],
+    student: TableStudent,
+    optimizer: torch.optim.Optimizer,
+    stream: TrainStream,
+) -> int:
+    """Restore a saved state of this same stage (teacher and settings); the step to go on from."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location=student.weight.device, weights_only=False)
+    if state.get("meta") != meta:
+        logger.info("query table: %s is another teacher's or settings' state; starting over", path)
+        return 0
+    student.load_state_dict(state["student"])
+    student.support = state["support"]
+    optimizer.load_state_dict(state["optimizer"])
+    stream.load_state_dict(state["data"])
+    checkpoints.set_rng_state(state["rng"])
+    logger.info("query table: resumed at step %d", state["step"])
+    return int(state["step"])
+
+
 def train_query_table(
     config: TrainConfig, checkpoint: Path, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
     """Distil (or resume distilling) the table of ``checkpoint`` and save it into that folder."""
     settings = config.query_table
-    teacher = LexVLA.from_pretrained(checkpoint, device=device)
+    teacher = _teacher(config, checkpoint, device)
     meta = _meta(teacher, settings)
     existing = teacher.query_table
     if existing is not None and all(existing.meta.get(k) == v for k, v in meta.items()):
@@ -206,48 +239,37 @@ def train_query_table(
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.lr)
     stream = _stream(config, teacher)
     state_path = Path(config.output_dir) / STATE
-    step = 0
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=teacher.device, weights_only=False)
-        if state.get("meta") == meta:
-            student.load_state_dict(state["student"])
-            student.support = state["support"]
-            optimizer.load_state_dict(state["optimizer"])
-            stream.load_state_dict(state["data"])
-            checkpoints.set_rng_state(state["rng"])
-            step = int(state["step"])
-            logger.info("query table: resumed at step %d", step)
+    step = _resume(state_path, meta, student, optimizer, stream)
     prune_from = settings.steps - round(settings.prune_fraction * settings.steps)
     start, history = time.perf_counter(), []
     try:
         while step < settings.steps:
+            batch = stream.next_batch()
             history.append(
-                table_step(
-                    student, teacher, optimizer, stream.next_batch(), settings, config.precision
-                )
+                table_step(student, teacher, optimizer, batch, settings, config.precision)
             )
             step += 1
             student.project(settings.top_k if step > prune_from else None, optimizer)
             if step % settings.every == 0 and step < settings.steps:
                 _save_state(state_path, {
-                    "meta": meta, "step": step, "student": student.state_dict(), "support": student.support,
-                    "optimizer": optimizer.state_dict(), "data": stream.state_dict(),
-                    "rng": checkpoints.rng_state(),
+                    "meta": meta, "step": step, "student": student.state_dict(),
+                    "support": student.support, "optimizer": optimizer.state_dict(),
+                    "data": stream.state_dict(), "rng": checkpoints.rng_state(),
                 })  # fmt: skip
     finally:
         stream.close()
     table = QueryTable.for_model(student.export(settings.top_k), teacher, meta)
     table.save(checkpoint)
     state_path.unlink(missing_ok=True)
-    head, tail = history[: max(1, len(history) // 10)], history[-max(1, len(history) // 10) :]
+    window = max(1, len(history) // 10)
     return {
         "reused": False,
         "path": str(checkpoint),
         "steps": settings.steps,
         "resumed_at": settings.steps - len(history),
         "seconds": time.perf_counter() - start,
-        "first_loss": _mean(head),
-        "last_loss": _mean(tail),
+        "first_loss": _mean(history[:window]),
+        "last_loss": _mean(history[-window:]),
         "stored_entries": int(table.rows.nnz),
     }
 
