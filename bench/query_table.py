@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import os
 
-for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
-    os.environ[_name] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if __name__ == "__main__":  # one thread everywhere, set before numpy and tokenizers start pools
+    for _name in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "RAYON_NUM_THREADS",
+    ):
+        os.environ[_name] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -63,6 +69,16 @@ def pin_one_core() -> int | None:
     return core
 
 
+def random_rows(tokens: int, words: int, top_k: int, seed: int) -> sp.csr_matrix:
+    """``top_k`` random words a token, heavy-tailed like a trained row's: a few strong, many
+    weak."""
+    rng = np.random.default_rng(seed)
+    cols = np.sort(np.stack([rng.choice(words, top_k, replace=False) for _ in range(tokens)]))
+    values = (rng.pareto(1.5, size=cols.shape) + 0.01).astype(np.float32)
+    indptr = np.arange(0, tokens * top_k + 1, top_k)
+    return sp.csr_matrix((values.ravel(), cols.ravel(), indptr), shape=(tokens, words))
+
+
 def build_table(tokenizer_dir: Path, top_k: int, seed: int) -> Any:
     from model.backbones import load_tokenizer
     from model.config import load_preset
@@ -72,15 +88,23 @@ def build_table(tokenizer_dir: Path, top_k: int, seed: int) -> Any:
     config = load_preset("lexvla-7b")
     tokenizer = load_tokenizer(config.text.model_copy(update={"tokenizer": str(tokenizer_dir)}))
     vocabulary = Vocabulary.from_tokenizer(tokenizer, config.vocabulary_rule)
-    rng = np.random.default_rng(seed)
-    tokens, words = len(tokenizer), len(vocabulary)
-    cols = np.sort(np.stack([rng.choice(words, top_k, replace=False) for _ in range(tokens)]))
-    # heavy-tailed like a trained row: a few strong words, many weak ones
-    values = (rng.pareto(1.5, size=cols.shape) + 0.01).astype(np.float32)
-    indptr = np.arange(0, tokens * top_k + 1, top_k)
-    rows = sp.csr_matrix((values.ravel(), cols.ravel(), indptr), shape=(tokens, words))
+    rows = random_rows(len(tokenizer), len(vocabulary), top_k, seed)
     s = config.sparsity
     return QueryTable(rows, tokenizer, vocabulary, s.threshold, s.top_k, {"teacher": "random"})
+
+
+def add_random_table(checkpoint: Path, top_k: int = 64, seed: int = 0) -> None:
+    """Give a checkpoint folder a random query table, unless it has one (``bench/serve.py``'s
+    table scenario: its timings depend on the table's entry counts, not on what it learned)."""
+    from model import LexVLA
+    from model.query_table import FILE, QueryTable
+
+    if (checkpoint / FILE).is_file():
+        return
+    model = LexVLA.from_pretrained(checkpoint)
+    top_k = min(top_k, len(model.vocabulary))
+    rows = random_rows(len(model.tokenizer), len(model.vocabulary), top_k, seed)
+    QueryTable.for_model(rows, model, {"teacher": "random"}).save(checkpoint)
 
 
 def captions(limit: int) -> list[str]:
