@@ -10,9 +10,10 @@ Tokenization (:func:`query_token_ids`): the text is lower-cased (the vocabulary 
 words mode does the same) and tokenized without special tokens, and the tokenizer's BOS token is
 put first, so it is part of every query: its row is a learned query prior, added to every text.
 
-Encoding a batch is three sparse products and no Python loop over words: token counts (B x T)
-times the table (T x V), row norms, the threshold. It needs no torch, so the service runs it on
-its event loop, like words mode (``service.search.pipeline``).
+Encoding a batch is one sparse product, token counts (B x T) times the table (T x V), then the
+row norms and the threshold on the stored entries only (no row is ever dense, and each is sorted
+once, after the threshold). It needs no torch, so the service runs it on its event loop, like
+words mode (``service.search.pipeline``); ``bench/query_table.py`` measures it.
 
 The rows are learned by distillation from the checkpoint's text encoder (``training.query_table``
 states the objective). They are stored inside the checkpoint folder, beside the weights::
