@@ -19,12 +19,13 @@ The rows are learned by distillation from the checkpoint's text encoder (``train
 states the objective). They are stored inside the checkpoint folder, beside the weights::
 
     query_table.safetensors   indptr (T+1, int64), indices (nnz, int32), values (nnz, float32);
-                              metadata: format, format_version, vocabulary_hash, tokens, top_k,
-                              teacher (the checkpoint id it was distilled from), steps
+                              metadata: format, format_version, vocabulary_hash, tokens (T),
+                              teacher (the checkpoint id it was distilled from), settings (the
+                              stage's, JSON)
 
-A table belongs to a vocabulary and a tokenizer, not to one set of weights: it does not enter the
-checkpoint id, so indexes built with the checkpoint stay valid when a table is added. Loading
-checks the vocabulary hash and the tokenizer size.
+A table changes no image vector, so it does not enter the checkpoint id: indexes built with the
+checkpoint stay valid when a table is added. Loading checks the vocabulary hash and that every
+token of the tokenizer has a row.
 """
 
 from __future__ import annotations
