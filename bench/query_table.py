@@ -2,7 +2,8 @@
 
     python bench/query_table.py --out bench-results/query-table.json
     python bench/query_table.py --page docs/results-query-table.md \\
-        --from docs/results/query-table.json --demo-metrics docs/results/demo-metrics.json
+        --from docs/results/query-table.json --demo-metrics docs/results/demo-metrics.json \\
+        --serve-results docs/results/serve-table-words.json
 
 The process is pinned to one core and every library is told to use one thread (the tokenizer's
 Rust pool included), so the figures are per core: a server's throughput is about this times its
@@ -179,8 +180,44 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     } | {"load_average_1min_after": round(os.getloadavg()[0], 2)}
 
 
-def page(result: dict[str, Any], demo: dict[str, Any] | None, source: str) -> str:
-    """The results page (Markdown) of one run's JSON, and the demo's query modes if given."""
+def serve_section(serve: dict[str, Any]) -> list[str]:
+    """The service's table and words scenarios of one ``bench/serve.py`` run, in run order."""
+    lines = [
+        "",
+        "## The service, table mode beside words mode (`bench/serve.py`)",
+        "",
+        f"{serve['date']}, {serve['machine']} (shared), one worker, {serve['images']:,} synthetic "
+        f"images ({serve['active_per_image']} active words each) in a {serve['engine']} index, "
+        "the tiny model on Llama 2's tokenizer (17,234 words) with a random table of 64 words a",
+        "token; every query distinct (no cache), 8 concurrent Python clients on the same cores.",
+        "Command: `python bench/serve.py --images 20000 --llama2 --scenarios "
+        "words,table,words,table --requests 2000 --max-seconds 20`.",
+        "",
+        "| scenario | req/s | p50 (ms) | p99 (ms) | server: encode / search / rescore (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in serve["results"]:
+        ms = r["server_ms"]
+        lines.append(
+            f"| {r['scenario']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{ms['encode_ms']} / {ms['search_ms']} / {ms['rescore_ms']} |"
+        )
+    lines += [
+        "",
+        "A table query has far more active words than a words-mode one (each token adds up to",
+        "64), so its search and re-scoring cost more as well as its encoding.",
+    ]
+    return lines
+
+
+def page(
+    result: dict[str, Any],
+    demo: dict[str, Any] | None,
+    source: str,
+    serve: dict[str, Any] | None = None,
+) -> str:
+    """The results page (Markdown) of one run's JSON, and the demo's query modes and a
+    ``bench/serve.py`` run's table and words scenarios if given."""
     m, first = result["machine"], result["runs"][0]
     lines = [
         "# Query table: encoding speed and retrieval quality",
@@ -224,6 +261,8 @@ def page(result: dict[str, Any], demo: dict[str, Any] | None, source: str) -> st
         "includes other programs' turns on the core. \"One a call\" is the service's path for a",
         "query it has not cached (on its event loop, like words mode); a batch is bulk encoding.",
     ]
+    if serve is not None:
+        lines += serve_section(serve)
     if demo is not None:
         modes = demo["query_modes"]
         model_r1 = modes["model"]["t2i_r1"]
@@ -268,13 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page", type=Path, help="write the results page (Markdown) here")
     p.add_argument("--from", dest="source", type=Path, help="--page: the JSON of a run")
     p.add_argument("--demo-metrics", type=Path, help="--page: a demo's metrics.json")
+    p.add_argument("--serve-results", type=Path, help="--page: a bench/serve.py JSON")
     args = p.parse_args(argv)
     if args.page is not None:
         if args.source is None:
             p.error("--page needs --from RESULT.json")
         result = json.loads(args.source.read_text())
         demo = json.loads(args.demo_metrics.read_text()) if args.demo_metrics else None
-        args.page.write_text(page(result, demo, str(args.source)))
+        serve = json.loads(args.serve_results.read_text()) if args.serve_results else None
+        args.page.write_text(page(result, demo, str(args.source), serve))
         return 0
     if not (args.tokenizer / "tokenizer.model").is_file():
         p.error(f"no Llama 2 tokenizer at {args.tokenizer} (pass --tokenizer DIR)")
