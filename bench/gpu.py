@@ -13,7 +13,10 @@ written after every section, so a run cut short still leaves its table):
    workers, encode, sparsify, store with thumbnails), and the reader stage alone;
 4. ``query_encoding``: batch-1 latency with the full prompt, with the shared prefix and with
    static shapes (CUDA graphs), and batched queries/s;
-5. ``training``: the real training loop (``training.loop.Trainer``) for ``--train-steps`` steps
+5. ``query_table``: the query table stage's distillation step (``training.query_table``) with
+   the model as its teacher: steps/s, peak memory with the dense table and Adam, the losses
+   over ``--table-steps`` steps on one batch, then pruning and the export to the stored form;
+6. ``training``: the real training loop (``training.loop.Trainer``) for ``--train-steps`` steps
    on a synthetic shard set, samples/s and peak memory, then the shared-prefix step against the
    full-prompt step on one batch.
 
@@ -63,6 +66,8 @@ SIZES: dict[str, dict[str, int]] = {
         "train_batch": 128,
         "train_steps": 20,
         "check_samples": 8,
+        "table_batch": 128,
+        "table_steps": 5,
     },
     "tiny": {
         "image_batch": 8,
@@ -73,6 +78,8 @@ SIZES: dict[str, dict[str, int]] = {
         "train_batch": 4,
         "train_steps": 4,
         "check_samples": 4,
+        "table_batch": 8,
+        "table_steps": 3,
     },
 }
 
@@ -221,6 +228,10 @@ def inference_sections(run: Run, model: LexVLA, workdir: Path) -> None:
         "query_encoding",
         lambda: sections.query_encoding(model, args.text_batch, args.query_repeats),
     )
+    run.section(
+        "query_table",
+        lambda: sections.query_table(model, args.table_batch, args.table_steps),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             return sections.bf16_vs_fp32(holder["model"], args.check_samples)
 
         run.section("bf16_vs_fp32", first)
-        inference = ("image_encoding", "indexing", "query_encoding")
+        inference = ("image_encoding", "indexing", "query_encoding", "query_table")
         if "model" not in holder and any(run.wants(name) for name in inference):
             try:  # the first section was not asked for, or failed before the model was built
                 holder["model"] = build_model(args, device, tokenizer, workdir)

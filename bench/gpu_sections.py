@@ -241,3 +241,49 @@ def query_encoding(model: LexVLA, batch: int, repeats: int) -> dict[str, Any]:
     out["batched_full_prompt_queries_per_s"] = round(batch / statistics.median(full_batch), 1)
     out["batched_shared_prefix_queries_per_s"] = round(batch / statistics.median(shared_batch), 1)
     return out
+
+
+def query_table(model: LexVLA, batch: int, steps: int, top_k: int = 64) -> dict[str, Any]:
+    """The query table stage's step (``training.query_table.table_step``) with ``model`` as the
+    frozen teacher: its text and image vectors of a batch, then the dense table's step (sums of
+    token rows, both losses, Adam), the projection; steps/s, peak memory, the losses; then the
+    one-off pruning to ``top_k`` words a token and the export to the stored form."""
+    from training.config import QueryTableSettings
+    from training.query_table import TableStudent, table_step
+
+    device = model.device
+    settings = QueryTableSettings(steps=steps, batch_size=batch, top_k=top_k)
+    reset_peak(device)
+    student = TableStudent(model.tokenizer, model.vocabulary).to(device)
+    optimizer = torch.optim.Adam(student.parameters(), lr=settings.lr)
+    size = model.config.image.image_size
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    data = {"captions": captions(batch, seed=5), "pixel_values": pixels}
+    losses: list[dict[str, float]] = []
+
+    def step() -> None:
+        losses.append(table_step(student, model, optimizer, data, settings))
+        student.project(None, optimizer)
+
+    seconds = timed(step, device, steps, warmup=1)
+    prune = timed(lambda: student.project(top_k, optimizer), device, 1, warmup=0)
+    start = time.perf_counter()
+    rows = student.export(top_k)
+    export_s = time.perf_counter() - start
+    first, last = losses[0]["distill_loss"], losses[-1]["distill_loss"]
+    finite = all(np.isfinite(v) for r in losses for v in r.values())
+    return {
+        "batch": batch,
+        "timed_steps": steps,
+        "steps_per_s": round(1 / statistics.median(seconds), 2),
+        "samples_per_s": round(batch / statistics.median(seconds), 1),
+        "table_gib": round(student.weight.numel() * 4 / 2**30, 2),
+        "peak_memory_gib": peak_gib(device),
+        "prune_s": round(prune[0], 3),
+        "export_s": round(export_s, 2),
+        "stored_entries": int(rows.nnz),
+        "distill_loss_first": round(first, 4),
+        "distill_loss_last": round(last, 4),
+        "losses_finite": finite,
+        "pass": finite and last < first,  # one batch, repeated: the loss must fall
+    }

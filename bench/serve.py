@@ -16,7 +16,8 @@ text is distinct (random captions from the tiny preset's word list), so the quer
 answers; the micro-batcher does combine concurrent model-mode queries.
 
 Scenarios: ``model`` (LLM text encoder, micro-batched), ``words`` (the query's own words, no
-LLM), and ``overload`` (model mode at 4x the concurrency against a server that admits
+LLM), ``table`` (the query table, no LLM; a checkpoint without one gets a random table of 64
+words a token, ``bench/query_table.py``), and ``overload`` (model mode at 4x the concurrency against a server that admits
 ``--concurrency``: the extra requests must be refused with 429 at once, not queued; with
 ``--client wrk``, wrk's 4x connections fill the admission slots, backing off 50 ms after a 429,
 and a probe sends the extra requests).
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.index_synthetic import VOCAB, cached_corpus, make_corpus  # noqa: E402
+from bench.query_table import add_random_table  # noqa: E402
 from bench.serve_load import captions, row_text, run_load, run_wrk  # noqa: E402
 
 LLAMA2_TOKENIZER = ROOT.parent / "shared" / "data" / "llama2-tokenizer"
@@ -195,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         port = args.port or _free_port()
         url = f"http://127.0.0.1:{port}"
         texts = captions(8 * args.requests, seed=0)
-        modes = {"model": "model", "words": "words", "overload": "model"}
+        modes = {"model": "model", "words": "words", "table": "table", "overload": "model"}
+        if "table" in args.scenarios.split(","):
+            add_random_table(ckpt)
         results = []
         n = 0
         for workers in [int(w) for w in args.workers.split(",")]:

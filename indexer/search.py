@@ -4,7 +4,8 @@
     lexvla search --index index/ --checkpoint org/name --store store/ --json "a dog" "a cat"
 
 The way pyserini users search without a server: the query goes through the model's text encoder
-(``--mode model``) or the tokenizer alone (``--mode words``), the index answers, and every hit is
+(``--mode model``), the checkpoint's query table (``--mode table``, no language model) or the
+tokenizer alone (``--mode words``), the index answers, and every hit is
 scored and explained by ``indexer.scoring``, the same code the service's ``/search`` and
 ``/explain`` run: a hit's score is the sum of its matched words' contributions
 ``query_weight x image_weight``. ``--json`` prints what the service would return (hits with
@@ -38,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index directory or one version directory")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or hub id org/name")
     p.add_argument("--store", help="corpus store: exact re-scoring and image paths")
-    p.add_argument("--mode", choices=["model", "words"], default="model")
+    p.add_argument("--mode", choices=["model", "table", "words"], default="model")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--min-score", type=float, default=0.0)
@@ -55,6 +56,10 @@ def query_row(model: LexicalModel, text: str, mode: str) -> sp.csr_matrix:
         from model import bag_of_words_row
 
         return bag_of_words_row(text, model.tokenizer, model.vocabulary)
+    if mode == "table":
+        from model.query_table import require_table
+
+        return require_table(model).encode_row(text)
     return model.sparsify(model.encode_texts([text]))
 
 

@@ -3,13 +3,15 @@
 1. train the tiny LexVLA on synthetic shapes on the CPU (the built-in ``tiny-shapes`` training
    preset): first its random backbones are pretrained on the shapes, as the paper's DINOv2 and
    Llama 2 were pretrained before LexVLA (``training.pretrain``), then frozen, and LexVLA's
-   adapter, visual codebook and text LoRA are trained on top; a finished run in the work folder
-   is reused, a killed one resumes;
+   adapter, visual codebook and text LoRA are trained on top, and the query table is distilled
+   from its text encoder (``training.query_table``); a finished run in the work folder is
+   reused, a killed one resumes;
 2. draw a separate set of shape images (held out: another split and seed) with their captions;
 3. index them into a corpus store and a ``memory`` index (and a ``lucene`` one when pyserini and
    Java are installed);
-4. measure on the held-out images (``lexvla.demo_eval``): retrieval recall, PatchDis, how the
-   vectors use the vocabulary, the query "a red circle", how strong shape words are;
+4. measure on the held-out images (``lexvla.demo_eval``): retrieval recall (and per query mode),
+   PatchDis, how the vectors use the vocabulary, the query "a red circle", how strong shape
+   words are;
 5. print two example searches with their word-by-word explanations, then serve the index (web
    UI at the printed URL) unless ``--no-serve``.
 """
@@ -61,13 +63,30 @@ def train_model(
     summary = train(config)
     checkpoint = latest_checkpoint(config.output_dir)
     assert checkpoint is not None
+    table = summary.get("query_table")
     if summary.get("start_step", 0) >= config.steps:
         print(f"reusing the trained checkpoint {checkpoint}")
-        return checkpoint
-    for side, report in summary.get("pretraining", {}).items():
-        print(describe_pretraining(side, report))
-    print(f"trained {config.steps} steps in {time.perf_counter() - start:.0f} s -> {checkpoint}")
+    else:
+        for side, report in summary.get("pretraining", {}).items():
+            print(describe_pretraining(side, report))
+        print(
+            f"trained {config.steps} steps in {time.perf_counter() - start:.0f} s -> {checkpoint}"
+        )
+    if table is not None:
+        print(describe_table(table))
     return checkpoint
+
+
+def describe_table(report: dict[str, Any]) -> str:
+    """One line about the query table stage (``training.query_table``)."""
+    if report.get("reused"):
+        return "reusing its query table"
+    first, last = report["first_loss"], report["last_loss"]
+    return (
+        f"distilled the query table: {report['steps']} steps in {report['seconds']:.0f} s "
+        f"(distillation loss {first['distill_loss']:.3f} -> {last['distill_loss']:.3f}, "
+        f"{report['stored_entries']} stored entries)"
+    )
 
 
 def describe_pretraining(side: str, report: dict[str, Any]) -> str:

@@ -4,6 +4,8 @@ prints them (``print_metrics``). The demo test asserts on the numbers, never on 
 - retrieval recall over the held-out captions (``training.evaluation``), PatchDis over shape
   kinds and colours, and how the vectors use the vocabulary (active words, activation mass on
   words that occur in no caption);
+- text-to-image R@1 of each query mode (``query_modes``: the text encoder, the query table,
+  the query's own words) at the checkpoint's threshold, the same measure as the first;
 - the query "a red circle" through the service itself: how many of the top 5 images show a red
   circle (and how many show something red and a circle: a bag of words cannot bind a colour to
   a kind, so "a red heart and a brown circle" has every word "a red circle" asks for), and each
@@ -35,6 +37,34 @@ def evaluate_retrieval(model: Any, manifest: Path) -> dict[str, Any]:
 
     settings = EvalSettings(data=str(manifest), patchdis="shapes:200", top_k=[64, 16])
     return evaluate(model, settings)
+
+
+QUERY_MODES = {"model": "llm", "table": "table", "words": "bow"}  # service mode -> text side
+
+
+def query_modes(model: Any, manifest: Path) -> dict[str, dict[str, float]]:
+    """Text-to-image R@1 (percent) of every query mode the checkpoint has, on the held-out
+    captions at the checkpoint's threshold (``evaluate_retrieval``'s ``threshold`` setting)."""
+    import torch
+
+    from training.evaluation.datasets import eval_dataset
+    from training.evaluation.encode import encode_images, encode_texts
+    from training.evaluation.retrieval import retrieval_scores, sparse_rows
+
+    sparsity = model.config.sparsity
+    dataset = eval_dataset(str(manifest), image_size=model.config.image.image_size)
+    out = {}
+    with torch.inference_mode():
+        encoded = encode_images(model, dataset)
+        images = sparse_rows(encoded.images, sparsity.threshold, sparsity.top_k)
+        for mode, side in QUERY_MODES.items():
+            if mode == "table" and model.query_table is None:
+                continue
+            texts = encode_texts(model, encoded.captions, side)
+            rows = sparse_rows(texts, sparsity.threshold, sparsity.top_k)
+            scores = retrieval_scores(images, rows, encoded.text_image)
+            out[mode] = {"t2i_r1": scores["text_to_image"]["R@1"]}
+    return out
 
 
 def red_circle_check(
@@ -147,6 +177,7 @@ def demo_metrics(
         "red_circle_bound": red_circle_check(client, truth, bind=True),
         "no_star": excluded_star_check(client, truth),
         "shape_words": shape_word_strength(ids, rows, truth, model.vocabulary),
+        "query_modes": query_modes(model, manifest),
     }
 
 
@@ -179,6 +210,11 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         f"{summary['vocabulary_size']} ({summary['active_share_per_image']:.1%}); activation "
         f"mass on words in no caption: images {summary['image_mass_off_captions']:.1%}, "
         f"texts {summary['text_mass_off_captions']:.1%}"
+    )
+    modes = metrics.get("query_modes", {})
+    print(
+        "text->image R@1 by query mode: "
+        + ", ".join(f"{mode} {score['t2i_r1']:.1f}" for mode, score in modes.items())
     )
     check = metrics["red_circle"]
     print(

@@ -9,6 +9,8 @@ Layout (format version 1)::
     text_lora/               peft LoRA adapter (text.train_mode == "lora")
     text_model.safetensors   the whole Llama body (text.train_mode == "full")
     bases/text, bases/image  the base backbones, when embedded (small or random models)
+    query_table.safetensors  optional: the ``table`` query mode's rows (``model.query_table``);
+                             not part of the checkpoint id, as it changes no image vector
 
 The text codebook is not saved: it is the base Llama's ``lm_head`` rows for the vocabulary, frozen.
 A checkpoint is written to a temporary sibling folder and renamed into place, so a reader never
@@ -123,6 +125,8 @@ def save_checkpoint(model: LexVLA, path: str | Path, embed_bases: bool | None = 
         "vocabulary_hash": model.vocabulary.hash,
     }
     (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2))
+    if model.query_table is not None:
+        model.query_table.save(tmp)
     replace_directory(tmp, final)
     model.checkpoint_id = checkpoint_id
     return final
@@ -206,6 +210,8 @@ def load_checkpoint(
     backbone_dtype: torch.dtype | None = None,
 ) -> LexVLA:
     from .lexvla import LexVLA
+    from .query_table import FILE as QUERY_TABLE
+    from .query_table import QueryTable
 
     root = Path(path)
     meta, config = read_checkpoint_meta(root)
@@ -228,6 +234,8 @@ def load_checkpoint(
         state = load_file(str(root / "text_model.safetensors"))
         model.text.backbone.load_state_dict(state)
     model.checkpoint_id = meta["checkpoint_id"]
+    if (root / QUERY_TABLE).is_file():
+        model.query_table = QueryTable.load(root / QUERY_TABLE, model)
     model.place(device=device, dtype=dtype)
     if not trainable:
         model.eval()

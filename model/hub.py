@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, read_checkpoint_meta
+from .query_table import FILE as QUERY_TABLE
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 TRAINING_STATE = "training_state.pt"  # optimiser state of a training checkpoint: not uploaded
@@ -134,6 +135,8 @@ def model_card(root: Path, repo_id: str) -> str:
         f"hash `{vocabulary['hash'][:12]}`",
         f"- sparsity: threshold {'1/sqrt(V)' if threshold is None else threshold}"
         + (f", top-{config.sparsity.top_k}" if config.sparsity.top_k else ""),
+        "- query table (the `table` query mode, no language model): "
+        + ("included" if (root / QUERY_TABLE).is_file() else "none"),
         "",
         "## Training",
     ]

@@ -19,8 +19,13 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any
     def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(exports[name], package), name)
-        namespace[name] = value
-        return value
+        module = importlib.import_module(exports[name], package)
+        # Bind every export of that module: importing ``model.bag_of_words`` for
+        # ``bag_of_words_row`` set the package's ``bag_of_words`` to the submodule, which would
+        # then shadow the function of that name.
+        for other, where in exports.items():
+            if where == exports[name]:
+                namespace[other] = getattr(module, other)
+        return namespace[name]
 
     return __getattr__

@@ -7,6 +7,7 @@ Inference API (used by the indexer and the service; ``model.protocols.LexicalMod
     dense = model.encode_pil([rgb_image])                     # (B, V)
     dense = model.encode_images(uint8_or_float_pixels)        # (B, V), pixels on any device
     rows = model.sparsify(dense)                              # scipy CSR, vocabulary index space
+    rows = model.query_table.encode(["a dog"])                # no LLM (None: no table)
     maps = model.patch_vectors(model.preprocess([rgb_image])) # (B, 256, V)
     model.text.enable_static_queries((1,)).warm_up()          # batch-1 queries: CUDA graphs
 
@@ -30,6 +31,7 @@ from .backbones import load_dinov2, load_llama, load_tokenizer
 from .config import LexVLAConfig
 from .image_encoder import ImageEncoder
 from .preprocessing import batch_eval
+from .query_table import QueryTable
 from .sparsify import sparsify
 from .text_encoder import TextEncoder
 from .vocabulary import Vocabulary
@@ -51,6 +53,8 @@ class LexVLA(nn.Module):
         # CLIP's parametrisation: log of the inverse temperature, initialised at 1/0.07.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.checkpoint_id = f"{config.name}-untrained-{vocabulary.short_hash}"
+        # The ``table`` query mode (``model.query_table``): loaded with a checkpoint that has one.
+        self.query_table: QueryTable | None = None
 
     # --- construction -------------------------------------------------------------------------
     @classmethod

@@ -1,7 +1,7 @@
 """What the indexer and the service need of a model: a small structural type.
 
 :class:`LexicalModel` lists the calls they make (encode texts, images and pixel batches, sparsify, the
-vocabulary and config, patch vectors for heat maps); ``model.LexVLA`` implements it, and so can a
+vocabulary and config, patch vectors for heat maps, the query table); ``model.LexVLA`` implements it, and so can a
 stand-in in a test or another encoder with the same vocabulary-space outputs. Annotating with it
 instead of ``Any`` lets mypy check every call site.
 """
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .config import LexVLAConfig
+from .query_table import QueryTable
 from .vocabulary import Vocabulary
 
 
@@ -27,6 +28,7 @@ class LexicalModel(Protocol):
     config: LexVLAConfig
     vocabulary: Vocabulary
     checkpoint_id: str
+    query_table: QueryTable | None  # the ``table`` query mode; None: the checkpoint has none
 
     @property
     def tokenizer(self) -> Any:

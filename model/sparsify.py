@@ -6,7 +6,9 @@ top. Weights are kept as they are (not re-normalised), so a sparse dot product i
 product restricted to the kept words, and every score is a sum of per-word contributions.
 
 Vectors on a GPU are cut there (:func:`sparsify_on_device`): only the ~1,000 kept entries of a
-row cross to the host, not its 17k dense floats, and the host waits once, for the result.
+row cross to the host, not its 17k dense floats, and the host waits once, for the result. Rows
+that are already sparse (the query table's sums, ``model.query_table``) are cut by the same rule
+without ever being made dense (:func:`sparsify_sparse`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def sparsify(
     """Rows of ``dense`` (B x V) -> float32 CSR keeping entries ``> threshold``, then the top k.
 
     ``threshold=None`` means the default ``1/sqrt(V)``; pass 0.0 to keep every positive entry.
+    A scipy sparse matrix is cut as it is (:func:`sparsify_sparse`).
     """
+    if sp.issparse(dense):
+        return sparsify_sparse(dense, threshold, top_k)
     if isinstance(dense, torch.Tensor) and dense.device.type != "cpu":
         return sparsify_on_device(dense, threshold, top_k)
     if isinstance(dense, torch.Tensor):
@@ -53,6 +58,30 @@ def sparsify(
     out.eliminate_zeros()
     out.sort_indices()
     return out
+
+
+def sparsify_sparse(
+    rows: sp.spmatrix | sp.sparray, threshold: float | None = None, top_k: int | None = None
+) -> sp.csr_matrix:
+    """:func:`sparsify` of a sparse (B x V) matrix: the same rows (ties in top-k aside), its
+    implicit zeros never materialised. Like ``model.lexical.l2norm_rows`` it takes rows that
+    may be unsorted but store no column twice; the kept entries come out sorted."""
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    rows = sp.csr_matrix(rows, dtype=np.float32)
+    limit = default_threshold(rows.shape[1]) if threshold is None else float(threshold)
+    kept = np.flatnonzero(rows.data > limit)  # before sorting: the threshold drops most
+    indptr = np.searchsorted(kept, rows.indptr).astype(rows.indices.dtype)
+    out = sp.csr_matrix((rows.data.take(kept), rows.indices.take(kept), indptr), shape=rows.shape)
+    if top_k is not None:
+        for r in np.flatnonzero(np.diff(out.indptr) > top_k):
+            values = out.data[out.indptr[r] : out.indptr[r + 1]]  # a view: zeroed in place
+            values[np.argpartition(-values, top_k)[top_k:]] = 0.0
+        out.eliminate_zeros()
+    if out.shape[0] < 32:  # a few rows: sort each (the counting sort below costs O(V))
+        out.sort_indices()
+        return out
+    return out.tocsc().tocsr()  # sorted by two counting passes: faster than sorting each row
 
 
 def sparsify_on_device(

@@ -20,7 +20,14 @@ from bench import gpu  # noqa: E402
 from bench.memory_estimate import estimate  # noqa: E402
 from bench.standin_tokenizer import write_standin  # noqa: E402
 
-SECTIONS = ["bf16_vs_fp32", "image_encoding", "indexing", "query_encoding", "training"]
+SECTIONS = [
+    "bf16_vs_fp32",
+    "image_encoding",
+    "indexing",
+    "query_encoding",
+    "query_table",
+    "training",
+]
 
 
 @pytest.fixture()
@@ -46,11 +53,15 @@ def test_tiny_run_writes_every_section(tmp_path, one_thread):
     query = sections["query_encoding"]
     assert query["cuda_graphs"] is False and query["static_shapes"] >= 4
     assert query["static_vs_eager_max_abs_diff"] < 1e-2  # bf16, different padding
+    table = sections["query_table"]
+    assert table["pass"] and table["timed_steps"] == 3 and table["samples_per_s"] > 0
+    assert table["stored_entries"] > 0
     loop, check = sections["training"]["loop"], sections["training"]["shared_prefix_check"]
     assert loop["timed_steps"] == 1 and loop["losses_finite"] and loop["samples_per_s"] > 0
     assert check["pass"] and check["loss_relative_diff"] < 1e-5 and check["text_grad_tensors"] > 0
-    table = (out / "results.md").read_text()
-    assert "| training loop (samples/s) |" in table and "not measured" not in table
+    page = (out / "results.md").read_text()
+    assert "| training loop (samples/s) |" in page and "not measured" not in page
+    assert "| query table: distillation loss falls, finite |" in page
     assert results["machine"]["preset"] == "tiny"
 
 

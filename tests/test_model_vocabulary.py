@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,17 @@ def test_bag_of_words_row_is_the_sparse_form_of_bag_of_words(llama2_tokenizer_di
         v.index("cat"): np.float32(1) / np.sqrt(np.float32(10)),
     }
     assert bag_of_words_row("!!! 123", tok, v).nnz == 0
+
+
+def test_the_bag_of_words_function_is_not_shadowed_by_its_module():
+    """``from model import bag_of_words`` after ``bag_of_words_row`` loaded the module of the
+    same name (the service imports the one, training the other) is still the function."""
+    import subprocess
+    import sys
+
+    code = (
+        "from model import bag_of_words_row\n"
+        "from model import bag_of_words\n"
+        "assert callable(bag_of_words), bag_of_words\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -38,7 +38,7 @@ def _error(r, status: int, *fragments: str) -> dict:
         ({"query": "dog", "top_k": 101}, ["top_k=101", "limit of 100"]),
         ({"query": "dog", "top_k": 5000}, ["top_k", "less than or equal to 1000"]),
         ({"query": "dog", "offset": -1}, ["offset"]),
-        ({"query": "dog", "mode": "llm"}, ["mode", "'model' or 'words'"]),
+        ({"query": "dog", "mode": "llm"}, ["mode", "'model', 'table' or 'words'"]),
         ({"query": "dog", "min_score": "high"}, ["min_score"]),
         ({"query": "dog", "boost": {"red": -1}}, ["boost.red", "greater than or equal to 0"]),
         ({"query": "dog", "colour": "red"}, ["colour", "Extra inputs are not permitted"]),

@@ -144,6 +144,21 @@ class PretrainSettings(_Strict):
         return self.image.steps > 0 or self.text.steps > 0
 
 
+class QueryTableSettings(_Strict):
+    """The query table stage (``training.query_table``), run after the main training on its last
+    checkpoint; every value is ours (*default*)."""
+
+    steps: int = Field(default=0, ge=0)  # 0: no table
+    batch_size: int = Field(default=64, ge=2)
+    lr: float = Field(default=1e-2, gt=0)  # Adam on the table's entries
+    top_k: int = Field(default=64, ge=1)  # words kept per token (bench/query_table.py)
+    distill_weight: float = Field(default=1.0, ge=0)  # 1 - cos(student, teacher's query vector)
+    contrastive_weight: float = Field(default=1.0, ge=0)  # InfoNCE against the frozen images
+    prune_fraction: float = Field(default=0.5, ge=0, le=1)  # last part of the steps: top_k rows
+    every: int = Field(default=200, ge=1)  # steps between resumable states
+    data: str | None = None  # None: data.train
+
+
 class TrainConfig(_Strict):
     output_dir: str = "runs/lexvla"
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -153,6 +168,7 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+    query_table: QueryTableSettings = Field(default_factory=QueryTableSettings)
     batch_size: int = Field(default=32, ge=1)  # global: split evenly over the ranks
     steps: int = Field(default=1000, ge=1)
     seed: int = 0
@@ -219,6 +235,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 400,
         "checkpoint": {"every": 100, "keep_last": 2},
         "eval": {"data": "shapes:200", "top_k": [64, 32, 16, 8]},
+        # the query table (training.query_table): its texts use ~5 words, 16 a token is plenty
+        "query_table": {"steps": 100, "batch_size": 32, "top_k": 16},
     },
 }
 

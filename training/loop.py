@@ -2,7 +2,8 @@
 
 Order of one step: next local batch (``training.stream``) -> ``training.step.train_step`` ->
 log every ``log_every`` steps -> checkpoint every ``checkpoint.every`` steps and at the end ->
-evaluate every ``eval.every`` steps and at the end (rank 0; the others wait).
+evaluate every ``eval.every`` steps and at the end (rank 0; the others wait). After the last
+step, the query table stage (``training.query_table``) when ``query_table.steps > 0``.
 
 A run whose output folder holds checkpoints resumes from the latest one (``resume = "auto"``):
 model, optimiser, scheduler, step, data position and RNG states are restored, so a killed run
@@ -277,6 +278,19 @@ class Trainer:
         }
 
 
+def _query_table_stage(config: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
+    """The query table stage (``training.query_table``) on the last checkpoint, on rank 0."""
+    result = None
+    if info.is_main:
+        from training.query_table import train_query_table
+
+        last = checkpoints.latest_checkpoint(config.output_dir)
+        assert last is not None  # the run always saves its last step
+        result = train_query_table(config, last, info.device)
+    distributed.barrier()
+    return result
+
+
 def train(config: TrainConfig, on_step: StepHook | None = None) -> dict[str, Any]:
     """Run (or resume) a training run; under torchrun, every process calls this."""
     created = not distributed.is_initialized()
@@ -286,7 +300,10 @@ def train(config: TrainConfig, on_step: StepHook | None = None) -> dict[str, Any
         # Small CPU ops are much slower with a thread pool on a busy machine; tests use 1.
         torch.set_num_threads(config.cpu_threads)
     try:
-        return Trainer(config, info).run(on_step)
+        summary = Trainer(config, info).run(on_step)
+        if config.query_table.steps > 0:
+            summary["query_table"] = _query_table_stage(config, info)
+        return summary
     finally:
         torch.set_num_threads(threads)
         if created:

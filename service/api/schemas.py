@@ -17,8 +17,8 @@ Word = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Factor = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
 QueryText = Annotated[str, StringConstraints(min_length=1, max_length=HARD_MAX_QUERY_CHARS)]
 ImageId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-Mode = Literal["model", "words"]
-SearchMode = Literal["model", "words", "image"]
+Mode = Literal["model", "table", "words"]
+SearchMode = Literal["model", "table", "words", "image"]
 
 
 class _Request(BaseModel):
@@ -31,7 +31,9 @@ class _QueryFields(_Request):
         description="Query text; '+word' tokens require words, '-word' tokens exclude them"
     )
     mode: Mode = Field(
-        "model", description="'model': LexVLA text encoder; 'words': the query's own words"
+        "model",
+        description="'model': LexVLA text encoder; 'table': the checkpoint's query table (no "
+        "language model; 422 if it has none); 'words': the query's own words",
     )
     require: list[Word] = Field(
         [], max_length=64, description="Filter: only images that have all these words"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,7 @@ from indexer.filters import STRONG_FRACTION, STRONG_TOP, WordFilter
 from indexer.store import CorpusStore
 from model import bag_of_words_row
 from model.protocols import LexicalModel
+from model.query_table import MissingQueryTable, require_table
 from service.api.schemas import (
     AppliedFilters,
     EncodeRequest,
@@ -107,6 +109,7 @@ class SearchPipeline:
             metrics=metrics,
         )
         self.words_cache: LRUCache[sp.csr_matrix] = LRUCache(settings.query_cache_size)
+        self.table_cache: LRUCache[sp.csr_matrix] = LRUCache(settings.query_cache_size)
         self.patches = PatchMaps(
             model,
             store,
@@ -146,13 +149,35 @@ class SearchPipeline:
         return QueryVector(row, clean, excluded, timer.ms, required, edits.filters)
 
     async def encode_text(self, text: str, mode: str) -> sp.csr_matrix:
+        """``model`` on the model thread (micro-batched); ``table`` and ``words`` need no model
+        call and run here, on the event loop, behind a cache each."""
         if mode == "model":
             return await self.batcher.encode(text)
-        cached = self.words_cache.get(text)
-        self.metrics.cache_lookup("words", cached is not None)
+        if mode == "table":
+            try:
+                table = require_table(self.model)
+            except MissingQueryTable as exc:
+                raise InvalidInput(str(exc), loc=["body", "mode"]) from None
+            return self._cached(self.table_cache, "table", text, table.encode_row)
+        return self._cached(
+            self.words_cache,
+            "words",
+            text,
+            lambda t: bag_of_words_row(t, self.model.tokenizer, self.vocabulary),
+        )
+
+    def _cached(
+        self,
+        cache: LRUCache[sp.csr_matrix],
+        name: str,
+        text: str,
+        encode: Callable[[str], sp.csr_matrix],
+    ) -> sp.csr_matrix:
+        cached = cache.get(text)
+        self.metrics.cache_lookup(name, cached is not None)
         if cached is None:
-            cached = bag_of_words_row(text, self.model.tokenizer, self.vocabulary)
-            self.words_cache.put(text, cached)
+            cached = encode(text)
+            cache.put(text, cached)
         return cached
 
     async def image_query(

@@ -1,9 +1,13 @@
 """Query vectors: text -> sparse lexical vector, and the edits a user can make to it.
 
-Two modes build the vector from text. ``model`` runs the LexVLA text encoder (the LLM) and
-sparsifies its output with the checkpoint's threshold, like the indexed images. ``words`` uses the
+Three modes build the vector from text. ``model`` runs the LexVLA text encoder (the LLM) and
+sparsifies its output with the checkpoint's threshold, like the indexed images. ``table`` sums the
+rows of the query's tokens in the checkpoint's query table (``model.query_table``, distilled from
+the text encoder), normalised and thresholded like a model query: no LLM call, but the words a
+caption implies as well as its own; a checkpoint without a table answers 422. ``words`` uses the
 query's own words through the tokenizer (``model.bag_of_words``): no LLM call, exact words only,
-weights = normalised counts.
+weights = normalised counts. A request that names no mode gets ``model``, with or without a GPU
+(the table is the fast choice a client makes; ``docs/results-query-table.md`` has the figures).
 
 Edits work on the vector and on which images may match, so they compose with every mode (and
 with image queries):

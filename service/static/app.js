@@ -36,7 +36,7 @@ async function api(path, options) {
 function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
   state.query = p.get("q") || "";
-  state.mode = p.get("mode") === "words" ? "words" : "model";
+  state.mode = ["words", "table"].includes(p.get("mode")) ? p.get("mode") : "model";
   state.bind = p.get("bind") === "1";
   state.offset = Math.max(0, parseInt(p.get("offset") || "0", 10) || 0);
   state.open = p.get("open");

@@ -2,8 +2,9 @@
 
 Images go through ``training.data.Collate(train=False)`` (resize and centre crop, the masks
 cropped the same way); samples that cannot be read are skipped and counted, and their captions
-are left out with them. Texts are encoded by the LLM, or by ``model.bag_of_words`` for the BoW
-ablation.
+are left out with them. Texts are encoded by the LLM, by ``model.bag_of_words`` for the BoW
+ablation, or by the checkpoint's query table (``table``: its normalised sums of token rows, which
+the sweep's threshold turns into exactly the table's query vectors).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model import LexVLA, bag_of_words
+from model.lexical import l2norm_rows
+from model.query_table import require_table
 from training.data import Collate
 from training.evaluation.patchdis import PatchDis
 
@@ -38,6 +41,9 @@ def encode_texts(
         chunk = list(texts[start : start + batch_size])
         if text_side == "bow":
             out.append(bag_of_words(chunk, model.text.tokenizer, model.vocabulary))
+        elif text_side == "table":
+            summed = require_table(model).summed(chunk)
+            out.append(torch.from_numpy(l2norm_rows(summed).toarray()))
         else:
             out.append(model.encode_texts(chunk).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(model.vocabulary))
