@@ -42,6 +42,7 @@ from service.search.indexes import (
     index_options,
     open_handle,
     open_store,
+    search_threads,
     wrap_index,
 )
 from service.search.pipeline import Page, SearchPipeline
@@ -91,8 +92,8 @@ class ServiceState:
         self.search_executor = ThreadPoolExecutor(
             s.search_threads, "lexvla-search", initializer=lower_priority, initargs=nice
         )
-        if s.torch_threads is not None:
-            torch.set_num_threads(s.torch_threads)
+        # like the compact engine's threads: N workers share the cores rather than each take all
+        torch.set_num_threads(s.torch_threads or search_threads(s.workers))
         if self.model is None:
             self.model = await asyncio.to_thread(load_model, s)
         vocabulary = self.model.vocabulary

@@ -60,7 +60,11 @@ class Settings(BaseSettings):
         description="on CUDA, encode query texts at static shapes captured as CUDA graphs "
         "(batch 1 and batch_size; ignored on the CPU)",
     )
-    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads (default: the cores divided by the workers)",
+    )
 
     # --- a Qdrant server or cluster (indexes built with --engine qdrant --qdrant-url) ----------
     qdrant_url: str | None = Field(
