@@ -160,9 +160,7 @@ class IndexHolder:
 
 def _close(index: SearchIndex, version: str, on_closed: Callable[[str], None] | None) -> None:
     """Release a retired version's resources (runs when its last request lets go of it)."""
-    close = getattr(index, "close", None)  # engines holding more than memory maps define it
-    if callable(close):
-        close()
+    index.close()
     if on_closed is not None:
         on_closed(version)
 
