@@ -4,6 +4,7 @@ replaced, reloads and restarts under load (``service.workers``, ``service.state`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -305,27 +306,31 @@ def test_a_graceful_restart_drops_no_request(server):
 
     thread = threading.Thread(target=load)
     thread.start()
+    upgraded: set[int] = set()
     try:
         server.process.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 180
+        while not upgraded and time.monotonic() < deadline:
+            upgraded = _children(server.process.pid) - before  # the new server's arbiter
+            time.sleep(0.1)
         new: set[int] = set()
         while len(new) < 2 and time.monotonic() < deadline:
             new |= _pids(server.url, want=4, deadline_s=5) - before
         assert len(new) == 2, "the new server's workers did not start"
-        upgraded = _children(server.process.pid) - before
-        assert len(upgraded) == 1, upgraded  # the new server's arbiter
+        assert len(upgraded) == 1, upgraded
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(60) == 0
         assert _pids(server.url) == new
     finally:
         stop.set()
         thread.join(60)
+        for arbiter in upgraded:  # even when an assertion failed: no server is left running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(arbiter, signal.SIGTERM)
     assert len(statuses) > 10 and set(statuses) == {200}, (Counter(statuses), resent)
     assert len(resent) <= 2, resent  # at most one per closed connection (one per old worker)
-    (arbiter,) = upgraded
-    os.kill(arbiter, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while any(_alive(pid) for pid in (arbiter, *new)):
+    while any(_alive(pid) for pid in (*upgraded, *new)):
         assert time.monotonic() < deadline, "SIGTERM did not stop the new server"
         time.sleep(0.2)
     assert "Traceback" not in server.log.read_text()
