@@ -2,7 +2,7 @@
 
 gunicorn's arbiter starts the workers, replaces one that dies or hangs (a worker whose event
 loop has not reported for ``LEXVLA_WORKER_TIMEOUT_S`` is killed) and stops them on SIGTERM,
-each finishing its requests. A restart without a dropped request is gunicorn's live upgrade:
+each finishing its requests. A restart that answers every request is gunicorn's live upgrade:
 SIGUSR2 starts a new arbiter and workers beside the old ones, and once they answer, SIGTERM to
 the old arbiter (SIGHUP instead stops the old workers as soon as the new ones are forked, so
 nothing answers while they load the model). Every worker runs the
