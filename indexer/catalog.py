@@ -254,6 +254,12 @@ class Catalog:
                 out.update((row[0], _record(row)) for row in self._db.execute(query, chunk))
         return out
 
+    def live_metadata(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """(ids, metadata records) of every live image."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, metadata FROM images WHERE deleted=0").fetchall()
+        return [r[0] for r in rows], [json.loads(r[1] or "{}") for r in rows]
+
     def fields(self) -> list[Field]:
         with self._lock:
             rows = self._db.execute("SELECT name, type, source FROM fields ORDER BY name")

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from indexer import scoring_kernels as kernels
 from indexer.engines.base import SearchIndex
+from indexer.fields import FieldColumns, Where, WhereError
 from indexer.filters import WordFilter
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
@@ -58,6 +59,8 @@ class SearchOutcome:
     rescore_ms: float
     candidates: int
     notes: list[str] = field(default_factory=list)
+    facets: dict[str, dict[str, int]] = field(default_factory=dict)
+    matches: int | None = None  # every matching image, counted when sorting or faceting
 
 
 def is_exact(index: SearchIndex) -> bool:
@@ -148,6 +151,24 @@ def row_vectors(index: SearchIndex, store: CorpusStore | None, ids: list[str]) -
     return index.vectors_of(ids)
 
 
+@dataclass(frozen=True)
+class Arrangement:
+    """What a search returns besides relevance: metadata conditions, an order and facets.
+
+    ``sort``: None (relevance) or (field, descending); ``facets``: (name, field, part) as
+    :func:`indexer.fields.where.check_facets` gives them.
+    """
+
+    where: Where | None = None
+    sort: tuple[str, bool] | None = None
+    facets: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def needs_all(self) -> bool:
+        """True when every matching image must be found, not only the page."""
+        return self.sort is not None or bool(self.facets)
+
+
 def search(
     index: SearchIndex,
     store: CorpusStore | None,
@@ -161,23 +182,33 @@ def search(
     matched_limit: int | None = None,
     rescore_factor: int = 4,
     filters: WordFilter | None = None,
+    arrange: Arrangement = Arrangement(),
 ) -> SearchOutcome:
     """Top ``top_k`` hits after ``offset`` with exact scores >= ``min_score``.
 
     ``exact`` says whether the engine's own top-k can be trusted (:func:`is_exact`); otherwise
-    ``rescore_factor`` times the page is fetched and re-scored exactly.
+    ``rescore_factor`` times the page is fetched and re-scored exactly. ``arrange`` adds
+    metadata conditions (applied by the engine), a field order and facet counts
+    (:func:`arranged`).
     """
     if query.nnz == 0:
         note = "the query has no active vocabulary words, so nothing can match"
-        return SearchOutcome([], 0.0, 0.0, 0, [note])
+        return SearchOutcome([], 0.0, 0.0, 0, [note], {}, 0 if arrange.needs_all else None)
+    if arrange.needs_all:
+        return arranged(
+            index, store, vocabulary, query, exact=exact, top_k=top_k, offset=offset,
+            min_score=min_score, matched_limit=matched_limit, rescore_factor=rescore_factor,
+            filters=filters, arrange=arrange,
+        )  # fmt: skip
     start = time.perf_counter()
     if not exact and (store is None or index.exact_rows) and index.ranks_by_rows:
         exact = True  # the engine's order is final for the rows that explain the hits
+    where = arrange.where
     if exact:
-        found = index.search(query, top_k, offset, filters)
+        found = index.search(query, top_k, offset, filters, where=where)
     else:
         want = min(MAX_CANDIDATES, (offset + top_k) * rescore_factor)
-        found = index.search(query, want, 0, filters)
+        found = index.search(query, want, 0, filters, where=where)
     searched = time.perf_counter()
     ids = [i for i, _ in found]
     hits: list[ScoredHit] = []
@@ -193,3 +224,87 @@ def search(
         hits = [h for h in hits if h.score >= min_score]
     done = time.perf_counter()
     return SearchOutcome(hits, (searched - start) * 1e3, (done - searched) * 1e3, len(found))
+
+
+def arranged(
+    index: SearchIndex,
+    store: CorpusStore | None,
+    vocabulary: Vocabulary,
+    query: sp.csr_matrix,
+    *,
+    exact: bool,
+    top_k: int,
+    offset: int,
+    min_score: float,
+    matched_limit: int | None,
+    rescore_factor: int,
+    filters: WordFilter | None,
+    arrange: Arrangement,
+) -> SearchOutcome:
+    """A search that needs every matching image: ordered by a field, or with facet counts.
+
+    The images that *match* share a word with the query (the engine returns them all), pass
+    the word filters and ``where``, and score at least ``min_score``. With ``min_score`` above
+    0 and an engine whose scores are not exact, every match is re-scored exactly first, so the
+    floor is the one the hits show. Facets count all matches. The page is the relevance page
+    (:func:`search`), or the matches ordered by the field (images without it last; ties by
+    score, then id, so that pages are stable).
+    """
+    start = time.perf_counter()
+    fields = index.fields
+    if fields is None:
+        raise WhereError(
+            "sort" if arrange.sort else "facets",
+            "this index version has no metadata columns to sort or count by; rebuild it from "
+            "the store (`lexvla index reindex`)",
+        )
+    found = index.search(query, max(1, index.count()), 0, filters, where=arrange.where)
+    ids = [i for i, _ in found]
+    scores = np.array([s for _, s in found], dtype=np.float64)
+    q = dense_query(query)
+    if ids and min_score > 0 and not exact:
+        scores = np.asarray(row_vectors(index, store, ids).astype(np.float64) @ q).ravel()
+    keep = (scores >= min_score) & (scores > 0)
+    ids = [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
+    scores = scores[keep]
+    positions = fields.positions(ids)
+    facets = {
+        name: fields.facet_counts(field, part, positions[positions >= 0])
+        for name, field, part in arrange.facets
+    }
+    searched = time.perf_counter()
+    if arrange.sort is None:
+        outcome = search(
+            index, store, vocabulary, query, exact=exact, top_k=top_k, offset=offset,
+            min_score=min_score, matched_limit=matched_limit, rescore_factor=rescore_factor,
+            filters=filters, arrange=Arrangement(arrange.where),
+        )  # fmt: skip
+        hits = outcome.hits
+    else:
+        order = _order(ids, scores, positions, fields, arrange.sort)
+        page = [ids[i] for i in order[offset : offset + top_k]]
+        hits = scored_hits(page, q, row_vectors(index, store, page), vocabulary, matched_limit)
+    done = time.perf_counter()
+    return SearchOutcome(
+        hits, (searched - start) * 1e3, (done - searched) * 1e3, len(found), [], facets, len(ids)
+    )
+
+
+def _order(
+    ids: list[str],
+    scores: np.ndarray,
+    positions: np.ndarray,
+    fields: FieldColumns,
+    sort: tuple[str, bool] | None,
+) -> np.ndarray:
+    """Indices of ``ids`` in page order: by the sort field (missing last), then score
+    descending, then id."""
+    by_id = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.zeros(0, int)
+    id_rank = np.empty(len(ids), dtype=np.int64)
+    id_rank[by_id] = np.arange(len(ids))
+    if sort is None:
+        return np.lexsort((id_rank, -scores))
+    field, descending = sort
+    key, missing = fields.sort_keys(field, np.maximum(positions, 0))
+    missing = missing | (positions < 0)
+    return np.lexsort((id_rank, -scores, -key if descending else key, missing))

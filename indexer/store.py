@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
+from indexer.fields import FieldColumns
 from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
 from model.data import Skipped
 from model.data.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
@@ -257,6 +258,10 @@ class CorpusStore:
     def metadata_records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """id -> metadata record of the live images among ``ids`` (unknown ids left out)."""
         return {i: r.metadata for i, r in self.catalog.records(ids).items()}
+
+    def field_columns(self) -> FieldColumns:
+        """The live images' metadata as columns (what a published index version carries)."""
+        return FieldColumns.build(*self.catalog.live_metadata(), self.fields)
 
     def thumbnail(self, image_id: str) -> bytes | None:
         """JPEG thumbnail bytes of a live image, None if it has none; KeyError if unknown."""

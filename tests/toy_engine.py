@@ -28,6 +28,7 @@ from indexer.engines.base import (
     top_k,
 )
 from indexer.engines.engine import BuildHints, Engine, EngineOptions
+from indexer.fields import Where
 from model.data.atomic import atomic_write_json
 
 NAME = "toy"
@@ -86,8 +87,10 @@ class ToyIndex(SearchIndex):
         k: int = 10,
         offset: int = 0,
         filters: wf.WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[Hit]:
-        return self.search_batch(query, k, offset, filters)[0]
+        return self.search_batch(query, k, offset, filters, where=where)[0]
 
     def search_batch(
         self,
@@ -95,7 +98,10 @@ class ToyIndex(SearchIndex):
         k: int = 10,
         offset: int = 0,
         filters: wf.WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
+        self.where_fields(where)  # refused: this engine does not filter by metadata
         allowed = wf.allowed_rows(filters, self.rows)
         found = []
         for n in range(queries.shape[0]):

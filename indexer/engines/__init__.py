@@ -13,7 +13,8 @@ Package map:
   impact index), ``qdrant/`` (Qdrant Edge in-process, or a server/cluster).
 
 :func:`open_index` opens an index directory's current version with the engine its manifest names
-and refuses one built with another vocabulary. Its options are checked against that engine's
+(with the version's metadata columns, :mod:`indexer.fields`) and refuses one built with another
+vocabulary. Its options are checked against that engine's
 open options: an unknown one is refused in one line naming the engine's known options.
 """
 
@@ -26,7 +27,8 @@ from typing import Any
 from indexer.engines.base import IndexManifest, SearchIndex
 from indexer.engines.engine import Engine, EngineOptionError, EngineOptions
 from indexer.engines.registry import DEFAULT_ENGINE, engine, names, register, unregister
-from indexer.engines.versions import publish, resolve
+from indexer.engines.versions import FIELDS, publish, resolve
+from indexer.fields import FieldColumns
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -64,4 +66,7 @@ def open_index(
         engine(name).options("open", given)
     chosen = engine(manifest.engine)
     given = {**(per_engine or {}).get(chosen.name, {}), **options}
-    return chosen.open(version, chosen.options("open", given))
+    index = chosen.open(version, chosen.options("open", given))
+    if (version / FIELDS).is_dir():
+        index.fields = FieldColumns.open(version / FIELDS)
+    return index

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
+from indexer.fields import FieldColumns, Where, WhereError
 from indexer.filters import WordFilter
 from model.data.atomic import atomic_write_json, now_iso
 from model.vocabulary import VocabularyMismatchError
@@ -94,6 +95,34 @@ class SearchIndex(Protocol):
     """
 
     manifest: IndexManifest
+    # the version's metadata columns (indexer.fields): set by a build before it publishes, and
+    # by ``open_index`` from the version's ``fields/`` folder; saved by ``publish``
+    fields: FieldColumns | None = None
+
+    @property
+    def filters_metadata(self) -> bool:
+        """True when :meth:`search` applies ``where`` (metadata conditions). Default: False,
+        and a search with conditions is refused (:meth:`where_fields`)."""
+        return False
+
+    def where_fields(self, where: Where | None) -> FieldColumns | None:
+        """The columns to apply ``where`` with, None when there is nothing to apply;
+        :class:`~indexer.fields.WhereError` when this index cannot apply it."""
+        if where is None or where.empty:
+            return None
+        if not self.filters_metadata:
+            raise WhereError(
+                "where",
+                f"the {self.manifest.engine} engine does not filter by metadata; rebuild the "
+                "index with the compact, memory or qdrant engine (`lexvla index reindex`)",
+            )
+        if self.fields is None:
+            raise WhereError(
+                "where",
+                "this index version has no metadata columns; rebuild it from the store "
+                "(`lexvla index reindex`)",
+            )
+        return self.fields
 
     @property
     def exact(self) -> bool:
@@ -140,9 +169,12 @@ class SearchIndex(Protocol):
         k: int = 10,
         offset: int = 0,
         filters: WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[Hit]:
         """Best ``k`` (id, score) after skipping ``offset``, by score then insertion order,
-        among the images that pass ``filters``."""
+        among the images that pass ``filters`` and ``where``; only images sharing a word with
+        the query (score > 0) are hits."""
         ...
 
     def search_batch(
@@ -151,6 +183,8 @@ class SearchIndex(Protocol):
         k: int = 10,
         offset: int = 0,
         filters: WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for each row of ``queries`` (the same filters for all)."""
         ...

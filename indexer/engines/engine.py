@@ -173,6 +173,7 @@ class Engine:
             )
             for ids, rows in store.iter_shards():
                 index.add(ids, rows)
+            index.fields = store.field_columns()
             version = publish(index, index_dir)
             index.activate()
             return Built(version)

@@ -31,6 +31,7 @@ from model.data.atomic import atomic_write_bytes, fsync_dir
 CURRENT = "CURRENT"
 PINNED = "PINNED"
 VERSIONS = "versions"
+FIELDS = "fields"  # a version's metadata columns (indexer.fields.columns)
 _VERSION = re.compile(r"v(\d{4,})")
 
 
@@ -130,6 +131,8 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     index.save(tmp)
+    if index.fields is not None:
+        index.fields.save(tmp / FIELDS)
     for file in tmp.rglob("*"):
         if file.is_file():
             with open(file, "rb") as f:

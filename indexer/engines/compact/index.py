@@ -60,6 +60,7 @@ from indexer.engines.compact.merge import merge_small
 from indexer.engines.compact.pruning import DEFAULT_PRUNING, ImpactPruning
 from indexer.engines.compact.search import Scorer
 from indexer.engines.compact.snapshot import Snapshot
+from indexer.fields import Where
 
 ENGINE = "compact"
 CODES = kernels.CODES
@@ -72,6 +73,7 @@ class CompactIndex(SearchIndex):
     exact = False  # scores are quantised (within the documented bound) ...
     exact_rows = False  # ... and so are the rows: the service re-scores from the corpus store
     ranks_by_rows = True  # top-k are complete dot products of the quantised rows
+    filters_metadata = True  # ``where``: the version's metadata columns mask each block's rows
 
     def __init__(
         self,
@@ -173,20 +175,27 @@ class CompactIndex(SearchIndex):
         offset: int = 0,
         filters: wf.WordFilter | None = None,
         pruning: ImpactPruning | object | None = _NO_PRUNING,
+        *,
+        where: Where | None = None,
     ) -> list[Hit]:
-        """Top ``k`` after ``offset`` by quantised score among the images ``filters`` allow;
-        ``pruning`` overrides the index's."""
+        """Top ``k`` after ``offset`` by quantised score among the images ``filters`` and
+        ``where`` allow; ``pruning`` overrides the index's."""
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         q = as_query_row(query, self.manifest.vocabulary_size)
+        fields = self.where_fields(where)
         snap = self._snapshot()
         keep = q.data > 0
         words, weights = q.indices[keep].astype(np.int32), q.data[keep].astype(np.float32)
         if not snap.blocks or len(words) == 0:
             return []
         settings = cast(ImpactPruning | None, self.pruning if pruning is _NO_PRUNING else pruning)
+        allowed = None
+        if fields is not None:
+            assert where is not None
+            allowed = [fields.allowed(where, block.ids) for block in snap.blocks]
         hits, docs = self._scorer.search(
-            snap, words, weights, k + offset, offset, filters, settings
+            snap, words, weights, k + offset, offset, filters, settings, allowed
         )
         self._recent.page = (
             snap.blocks,
@@ -200,9 +209,14 @@ class CompactIndex(SearchIndex):
         k: int = 10,
         offset: int = 0,
         filters: wf.WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         queries = sp.csr_matrix(queries, dtype=np.float32)
-        return [self.search(queries[i], k, offset, filters) for i in range(queries.shape[0])]
+        return [
+            self.search(queries[i], k, offset, filters, where=where)
+            for i in range(queries.shape[0])
+        ]
 
     def vectors_of(self, ids: Sequence[str]) -> sp.csr_matrix:
         """Dequantised rows of live ids, in the given order (KeyError for an unknown id)."""

@@ -13,8 +13,9 @@ histograms before anything is read), keeps the best ``candidates`` partial score
 them completely from the forward rows. The budget follows the query and the corpus (a share of what
 exact search would read), and a query for which pruning would cost as much as reading everything is
 searched exactly, so pruning is never slower than exact search. Recall against exact float32 search
-is measured in bench/index_search.py. A word filter first narrows the snapshot's live masks; when
-it leaves fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
+is measured in bench/index_search.py. A word filter, and a metadata condition (a row mask per
+block from the version's metadata columns), first narrow the snapshot's live masks; when they
+leave fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
 exactly those are re-scored.
 """
 
@@ -73,22 +74,24 @@ class Scorer:
         offset: int,
         filters: wf.WordFilter | None,
         settings: ImpactPruning | None,
+        allowed: list[np.ndarray] | None = None,
     ) -> tuple[list[Hit], np.ndarray]:
         """Hits ``offset:need`` of a query (its words, their positive weights) in ``snap``
-        among the images ``filters`` allow: pruned as ``settings`` plan it, or exact (None);
-        and the hits' documents."""
+        among the images ``filters`` and ``allowed`` (a row mask per block: metadata
+        conditions) allow: pruned as ``settings`` plan it, or exact (None); and the hits'
+        documents."""
+        narrowed = wf.active(filters) or allowed is not None
         with self.searching():
-            if wf.active(filters):
-                assert filters is not None
-                snap, allowed = snap.filtered(filters)
-                if allowed <= self.direct_limit(snap, words):  # few: score them all
+            if narrowed:
+                snap, left = snap.filtered(filters, allowed)
+                if left <= self.direct_limit(snap, words):  # few: score them all
                     docs = np.concatenate(
                         [(b << 16) | np.flatnonzero(m) for b, m in enumerate(snap.live)]
                     )
                     return _page(snap, docs, self.rescore(snap, docs, words, weights), offset, need)
             threshold, capacity = self.plan(snap, words, weights, settings, need)
             heap_s, heap_d = self.score(snap, words, weights, threshold, capacity)
-            if threshold > 0 and filters is not None and len(heap_d) < need:
+            if threshold > 0 and narrowed and len(heap_d) < need:
                 # a filter left too few partial scores to fill the page: read everything
                 heap_s, heap_d = self.score(snap, words, weights, 0.0, need)
             elif threshold > 0:  # pruned: the partial scores only chose the candidates

@@ -62,14 +62,21 @@ class Snapshot:
             )  # fmt: skip
         return sp.csr_matrix((weights, words, indptr), shape=(len(docs), vocabulary_size))
 
-    def filtered(self, filters: wf.WordFilter) -> tuple[Snapshot, int]:
-        """The snapshot with the live masks narrowed to the images ``filters`` allow, and how
-        many images that leaves."""
-        filters.check(len(self.counts))  # counts has a row per vocabulary word
-        live = [
-            m & wf.allowed_by_lists(filters, block.rows, block.having)
-            for block, m in zip(self.blocks, self.live, strict=True)
-        ]
+    def filtered(
+        self, filters: wf.WordFilter | None, allowed: list[np.ndarray] | None = None
+    ) -> tuple[Snapshot, int]:
+        """The snapshot with the live masks narrowed to the images ``filters`` and ``allowed``
+        (a row mask per block) allow, and how many images that leaves."""
+        live = list(self.live)
+        if wf.active(filters):
+            assert filters is not None
+            filters.check(len(self.counts))  # counts has a row per vocabulary word
+            live = [
+                m & wf.allowed_by_lists(filters, block.rows, block.having)
+                for block, m in zip(self.blocks, live, strict=True)
+            ]
+        if allowed is not None:
+            live = [m & a for m, a in zip(live, allowed, strict=True)]
         return Snapshot(self.blocks, self.scales, live, self.counts), sum(
             int(m.sum()) for m in live
         )

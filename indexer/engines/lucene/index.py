@@ -48,6 +48,7 @@ from indexer.engines.base import (
 )
 from indexer.engines.lucene import DEFAULT_SCALE
 from indexer.engines.lucene.jvm import java_class
+from indexer.fields import Where
 from indexer.filters import WordFilter, active, allowed_by_has, has_matrix
 from model.data.atomic import atomic_write_json
 
@@ -163,9 +164,11 @@ class LuceneIndex(SearchIndex):
         k: int = 10,
         offset: int = 0,
         filters: WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[Hit]:
         row = as_query_row(query, self.manifest.vocabulary_size)
-        return self.search_batch(row, k, offset, filters)[0]
+        return self.search_batch(row, k, offset, filters, where=where)[0]
 
     def search_batch(
         self,
@@ -173,7 +176,10 @@ class LuceneIndex(SearchIndex):
         k: int = 10,
         offset: int = 0,
         filters: WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
+        self.where_fields(where)  # refused: this engine does not filter by metadata
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         queries = sp.csr_matrix(queries, dtype=np.float32)

@@ -74,6 +74,8 @@ from indexer.engines.memory.search import (
     impact_sorted_inverted,
     pruned_scores,
 )
+from indexer.fields import Where
+from indexer.fields.columns import encode_ids
 from model.data.atomic import atomic_write_json
 
 ENGINE = "memory"
@@ -95,6 +97,7 @@ class MemoryIndex(SearchIndex):
         self._delta_parts: list[sp.csr_matrix] = []  # rows [n_base, n), not inverted yet
         self._delta: sp.csr_matrix | None = None
         self._cuts: np.ndarray | None = None  # strong-word cut per forward row (lazy)
+        self._id_keys: np.ndarray | None = None  # the ids as a bytes array (metadata lookups)
         # searches may run in threads (the service); writes and the lazy rebuild take this lock
         self._lock = threading.RLock()
 
@@ -145,6 +148,10 @@ class MemoryIndex(SearchIndex):
         return self.pruning is None
 
     @property
+    def filters_metadata(self) -> bool:
+        return True
+
+    @property
     def exact_rows(self) -> bool:
         return True
 
@@ -163,17 +170,26 @@ class MemoryIndex(SearchIndex):
         offset: int = 0,
         filters: wf.WordFilter | None = None,
         pruning: Pruning | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[Hit]:
         """Top ``k`` after ``offset``; ``pruning`` overrides the index default (exact if None)."""
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         q = as_query_row(query, self.manifest.vocabulary_size)
+        fields = self.where_fields(where)
         with self._lock:  # a consistent snapshot; scoring itself runs unlocked
             self._fold_delta_if_large()
             forward, inverted, delta, live = (
                 self._forward, self._inverted, self._delta_matrix(), self._live
             )  # fmt: skip
             allowed = self._allowed(filters, forward, inverted, delta)
+            if fields is not None:
+                assert where is not None
+                if self._id_keys is None or len(self._id_keys) != len(self._ids):
+                    self._id_keys = encode_ids(self._ids)
+                by_where = fields.allowed(where, self._id_keys)
+                allowed = by_where if allowed is None else allowed & by_where
         settings = pruning if pruning is not None else self.pruning
         if settings is None:
             rows, scores = exact_scores(q, inverted)
@@ -195,10 +211,13 @@ class MemoryIndex(SearchIndex):
         offset: int = 0,
         filters: wf.WordFilter | None = None,
         pruning: Pruning | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         queries = sp.csr_matrix(queries, dtype=np.float32)
         return [
-            self.search(queries[i], k, offset, filters, pruning) for i in range(queries.shape[0])
+            self.search(queries[i], k, offset, filters, pruning, where=where)
+            for i in range(queries.shape[0])
         ]
 
     def _allowed(
@@ -272,6 +291,7 @@ class MemoryIndex(SearchIndex):
             live = np.flatnonzero(self._live)
             rows = self._all_rows()[live]
             self._ids = [self._ids[r] for r in live]
+            self._id_keys = None
             self._row_of = {i: n for n, i in enumerate(self._ids)}
             self._live = np.ones(len(self._ids), dtype=bool)
             self._forward = sp.csr_matrix((0, self.manifest.vocabulary_size), dtype=np.float32)

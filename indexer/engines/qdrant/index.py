@@ -64,6 +64,7 @@ from indexer.engines.qdrant.server import (
     create_collection,
     open_published,
 )
+from indexer.fields import Where
 from indexer.filters import RULE, WordFilter, check_rule
 
 ENGINE = "qdrant"
@@ -241,10 +242,16 @@ class QdrantIndex(SearchIndex):
         return self.backend.count()
 
     def search(
-        self, query: sp.csr_matrix, k: int = 10, offset: int = 0, filters: WordFilter | None = None
+        self,
+        query: sp.csr_matrix,
+        k: int = 10,
+        offset: int = 0,
+        filters: WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[Hit]:
         row = as_query_row(query, self.manifest.vocabulary_size)
-        return self.search_batch(row, k, offset, filters)[0]
+        return self.search_batch(row, k, offset, filters, where=where)[0]
 
     def search_batch(
         self,
@@ -252,7 +259,10 @@ class QdrantIndex(SearchIndex):
         k: int = 10,
         offset: int = 0,
         filters: WordFilter | None = None,
+        *,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
+        self.where_fields(where)  # refused: this engine does not filter by metadata
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         if filters is not None:

@@ -84,6 +84,7 @@ def build_qdrant(
         atomic_write_json(marker, state)
     if not publish_version:
         return None, index
+    index.fields = store.field_columns()
     version = publish(index, index_dir)
     index.activate()
     marker.unlink()
