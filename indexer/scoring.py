@@ -19,14 +19,17 @@ would change nothing. Word filters go to the engine, which applies them before i
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from indexer import scoring_kernels as kernels
 from indexer.engines.base import SearchIndex
-from indexer.fields import FieldColumns, Where, WhereError
+from indexer.fields import FieldColumns, Where, WhereError, parse_where
+from indexer.fields.where import check_facets, check_sort, collection_condition
 from indexer.filters import WordFilter
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
@@ -169,6 +172,36 @@ class Arrangement:
         return self.sort is not None or bool(self.facets)
 
 
+RELEVANCE = Arrangement()  # no conditions, relevance order, no facets
+
+
+def arrangement(
+    fields: FieldColumns | None,
+    where: Mapping[str, Any] | None = None,
+    sort: str = "relevance",
+    facets: Sequence[str] = (),
+    collections: Iterable[str] | None = None,
+) -> Arrangement:
+    """A search's conditions, order and facets checked against an index version's fields
+    (:class:`~indexer.fields.WhereError` names what is wrong); ``collections``: only their
+    images (a collection-scoped key), whatever ``where`` says."""
+    if fields is None:
+        if where or sort != "relevance" or facets or collections is not None:
+            raise WhereError(
+                "where",
+                "this index version has no metadata columns, so it cannot filter, sort or count "
+                "by metadata (nor serve a key limited to collections); rebuild it from the store "
+                "(`lexvla index reindex`)",
+            )
+        return RELEVANCE
+    parsed = parse_where(where, fields.registry)
+    order = check_sort(sort, fields.registry)
+    counted = tuple(check_facets(list(facets), fields.registry))
+    if collections is not None:
+        parsed = parsed.also(collection_condition(sorted(collections)))
+    return Arrangement(None if parsed.empty else parsed, order, counted)
+
+
 def search(
     index: SearchIndex,
     store: CorpusStore | None,
@@ -182,7 +215,7 @@ def search(
     matched_limit: int | None = None,
     rescore_factor: int = 4,
     filters: WordFilter | None = None,
-    arrange: Arrangement = Arrangement(),
+    arrange: Arrangement = RELEVANCE,
 ) -> SearchOutcome:
     """Top ``top_k`` hits after ``offset`` with exact scores >= ``min_score``.
 

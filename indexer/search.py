@@ -26,8 +26,9 @@ from typing import Any
 import scipy.sparse as sp
 
 from indexer.engines import open_index
+from indexer.engines.base import SearchIndex
 from indexer.engines.versions import resolve
-from indexer.scoring import ScoredHit, is_exact, search, top_words
+from indexer.scoring import ScoredHit, arrangement, is_exact, search, top_words
 from indexer.store import CorpusStore
 from model.backbones import BackboneLoadError
 from model.protocols import LexicalModel
@@ -45,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.0)
     p.add_argument("--matched", type=int, default=10, help="matched words listed per hit")
     p.add_argument("--rescore-factor", type=int, default=4, help="for approximate engines")
+    p.add_argument(
+        "--where", type=json.loads, help='metadata conditions as JSON: {"album": "Trip"}'
+    )
+    p.add_argument("--sort", default="relevance", help="relevance, FIELD or -FIELD (descending)")
+    p.add_argument("--facet", action="append", default=[], help="count a field (repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON (one object per query)")
     return p
@@ -63,13 +69,17 @@ def query_row(model: LexicalModel, text: str, mode: str) -> sp.csr_matrix:
     return model.sparsify(model.encode_texts([text]))
 
 
-def _hit_json(rank: int, hit: ScoredHit, store: CorpusStore | None) -> dict[str, Any]:
+def _hit_json(
+    rank: int, hit: ScoredHit, index: SearchIndex, store: CorpusStore | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"rank": rank, "id": hit.id, "score": hit.score}
+    if index.fields is not None:
+        out["metadata"] = index.fields.records([hit.id]).get(hit.id, {})
     if store is not None:
         with contextlib.suppress(KeyError):  # in the index but not (yet) in the store
             record = store.metadata(hit.id)
             out["path"] = record.path
-            out["metadata"] = record.metadata
+            out.setdefault("metadata", record.metadata)
     out["matched"] = [{k: v for k, v in asdict(c).items() if k != "index"} for c in hit.matched]
     out["other_matched_words"] = hit.other_words
     out["other_contribution"] = hit.other_contribution
@@ -87,18 +97,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     results = []
     try:
+        arrange = arrangement(index.fields, args.where, args.sort, args.facet)
         for text in args.queries:
             row = query_row(model, text, args.mode)
             outcome = search(
                 index, store, model.vocabulary, row, exact=is_exact(index), top_k=args.top_k,
                 offset=args.offset, min_score=args.min_score, matched_limit=args.matched,
-                rescore_factor=args.rescore_factor,
+                rescore_factor=args.rescore_factor, arrange=arrange,
             )  # fmt: skip
             results.append({
                 "query": text, "mode": args.mode, "active_words": int(row.nnz),
                 "query_words": [{"word": w, "weight": v} for w, v in top_words(row, model.vocabulary, 20)],
                 "index_version": version.name, "notes": outcome.notes,
-                "hits": [_hit_json(args.offset + n + 1, h, store) for n, h in enumerate(outcome.hits)],
+                "matches": outcome.matches, "facets": outcome.facets,
+                "hits": [_hit_json(args.offset + n + 1, h, index, store) for n, h in enumerate(outcome.hits)],
             })  # fmt: skip
     finally:
         if store is not None:
@@ -112,6 +124,8 @@ def _print_text(results: list[dict[str, Any]]) -> None:
         print(f"query: {r['query']}  ({r['active_words']} active words: {words})")
         for note in r["notes"]:
             print(f"  note: {note}")
+        for name, counts in r["facets"].items():
+            print(f"  {name}: " + ", ".join(f"{v} {n}" for v, n in counts.items()))
         for h in r["hits"]:
             matched = ", ".join(f"{m['word']} {m['contribution']:.4f}" for m in h["matched"][:6])
             more = f" (+{h['other_matched_words']} more)" if h["other_matched_words"] else ""

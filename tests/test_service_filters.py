@@ -110,8 +110,10 @@ def qdrant_apps(service_settings, service_corpus, tiny_model, tmp_path_factory):
     for index in (embedded, server):
         index.add(ids, rows)
     clients = []
+    # these apps serve the index objects given, never the shared corpus's index directory
+    settings = service_settings.model_copy(update={"index": None})
     for index in (embedded, server):
-        app = create_app(service_settings, model=tiny_model, index=index, store=store)
+        app = create_app(settings, model=tiny_model, index=index, store=store)
         clients.append(TestClient(app).__enter__())
     yield clients, server
     for c in clients:

@@ -78,8 +78,8 @@ class ApproximateEngine:
             "approx", oracle.manifest.vocabulary_hash, oracle.manifest.vocabulary_size
         )
 
-    def search(self, query, k=10, offset=0, filters=None):
-        hits = self.oracle.search(query, k + offset, 0, filters)
+    def search(self, query, k=10, offset=0, filters=None, *, where=None):
+        hits = self.oracle.search(query, k + offset, 0, filters, where=where)
         noisy = [(i, round(s, 1)) for i, s in hits]  # coarse: ties and reorderings
         return sorted(noisy, key=lambda h: -h[1])[offset : offset + k]
 

@@ -100,16 +100,12 @@ AccessDep = Annotated[Access | None, Depends(get_access)]
 
 async def require_search(access: AccessDep) -> Access:
     """Search, explain, images and thumbnails: any key of the keys file with the search right
-    (or none, when there is no keys file)."""
+    (or none, when there is no keys file); what it sees is limited to its collections
+    (``service.search.scope``)."""
     if access is None:
         return OPEN
     if not access.can("search"):
         raise Forbidden("this API key has no search right")
-    if access.collections is not None:  # scoped searches need collections in the index
-        raise Forbidden(
-            "this API key is limited to collections, which this version does not enforce on "
-            "searches yet; use a key for every collection ('--collection \"*\"')"
-        )
     return access
 
 

@@ -57,7 +57,30 @@ class _QueryFields(_Request):
         return value
 
 
-class SearchRequest(_QueryFields):
+class _Arrangement(_Request):
+    where: dict[str, Any] | None = Field(
+        None,
+        description="Metadata conditions, all ANDed (and with the word filters): a value "
+        "(equality; a list field contains it), {'in': [...]}, {'gte'|'gt'|'lte'|'lt': ...} for "
+        "numbers and ISO 8601 datetimes, {'near': {'lat', 'lon', 'km'}} for geo points",
+        examples=[{"album": "Trip", "taken_at": {"gte": "2020-01-01"}}],
+    )
+    sort: str = Field(
+        "relevance",
+        min_length=1,
+        max_length=70,
+        description="'relevance', a field ('taken_at': oldest first) or '-field' (newest first); "
+        "applied to every image that passes where, the word filters and min_score",
+    )
+    facets: list[Annotated[str, StringConstraints(min_length=1, max_length=70)]] = Field(
+        [],
+        max_length=16,
+        description="Keyword fields (and 'taken_at:year' / 'taken_at:month') to count over every "
+        "image that passes, not just the page",
+    )
+
+
+class SearchRequest(_Arrangement, _QueryFields):
     top_k: int = Field(10, ge=1, le=HARD_MAX_TOP_K, description="Hits per page")
     offset: int = Field(0, ge=0, le=HARD_MAX_OFFSET, description="Hits skipped (paging)")
     min_score: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="Score floor")
@@ -168,6 +191,25 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     timings: SearchTimings
     notes: list[str] = []
+    facets: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Facet -> value -> images that pass with that value (largest first)",
+    )
+    matches: int | None = Field(
+        None, description="Images that pass (counted when sorting by a field or with facets)"
+    )
+
+
+class FieldInfo(BaseModel):
+    type: str = Field(description="keyword, keywords, integer, float, datetime or geo")
+    source: str = Field(description="file, exif, collection, declared or inferred")
+
+
+class FieldsResponse(BaseModel):
+    index_version: str
+    fields: dict[str, FieldInfo] = Field(
+        description="The metadata fields of the served index: what where, sort and facets take"
+    )
 
 
 class HeatMap(BaseModel):

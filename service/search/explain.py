@@ -29,7 +29,7 @@ async def explain(
     vocabulary = pipeline.vocabulary
     image_row = scoring.image_row(handle, pipeline.score_store, req.image_id)  # 404 before encoding
     q = await pipeline.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
-    records = await pipeline.metadata_records([req.image_id])
+    records = await pipeline.metadata_records(handle, [req.image_id])
     with pipeline.metrics.stage("explain") as timer:
         hit = scoring.explain_row(q.row, image_row, vocabulary)
         notes: list[str] = []

@@ -41,14 +41,17 @@ def require_store(store: CorpusStore | None, what: str) -> CorpusStore:
     return store
 
 
+def missing_in_store(image_id: str) -> NotFound:
+    """The 404 for an image the corpus store does not hold (or the key may not see)."""
+    return NotFound(f"no image {image_id!r} in the corpus store", loc=["path", "image_id"])
+
+
 def read_original(store: CorpusStore, image_id: str) -> StoredImage | None:
     """The original file's bytes, None if it cannot be read any more; NotFound if unknown."""
     try:
         record = store.metadata(image_id)
     except KeyError:
-        raise NotFound(
-            f"no image {image_id!r} in the corpus store", loc=["path", "image_id"]
-        ) from None
+        raise missing_in_store(image_id) from None
     media_type = MEDIA_TYPES.get(record.format.upper(), "application/octet-stream")
     try:
         data = _read_path(record.path)
@@ -73,9 +76,7 @@ def read_thumbnail(store: CorpusStore, image_id: str) -> bytes:
     try:
         data = store.thumbnail(image_id)
     except KeyError:
-        raise NotFound(
-            f"no image {image_id!r} in the corpus store", loc=["path", "image_id"]
-        ) from None
+        raise missing_in_store(image_id) from None
     if data is None:
         raise NotFound(f"image {image_id!r} has no thumbnail", loc=["path", "image_id"])
     return data

@@ -17,6 +17,7 @@ from typing import Any
 import scipy.sparse as sp
 
 from indexer.filters import STRONG_FRACTION, STRONG_TOP, WordFilter
+from indexer.scoring import RELEVANCE, Arrangement
 from indexer.store import CorpusStore
 from model import bag_of_words_row
 from model.protocols import LexicalModel
@@ -35,9 +36,10 @@ from service.api.schemas import (
 )
 from service.core.config import Settings
 from service.core.errors import InvalidInput
+from service.core.keys import OPEN, Access
 from service.core.lru import LRUCache
 from service.core.metrics import Metrics
-from service.search import binding, scoring
+from service.search import binding, scope, scoring
 from service.search.batcher import MicroBatcher
 from service.search.images import decode_upload
 from service.search.indexes import IndexHandle
@@ -227,12 +229,15 @@ class SearchPipeline:
         return self.store if self.settings.exact_scores else None
 
     # --- search -------------------------------------------------------------------------------
-    async def search(self, req: SearchRequest, handle: IndexHandle) -> SearchResponse:
+    async def search(
+        self, req: SearchRequest, handle: IndexHandle, access: Access = OPEN
+    ) -> SearchResponse:
         start = time.perf_counter()
         page = Page(req.top_k, req.offset, req.min_score, req.matched_limit, req.query_words_limit)
         self.check_paging(page)
+        arrange = scope.arrangement(handle, access, req.where, req.sort, req.facets)
         q = await self.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
-        return await self.run_search(handle, q, req.mode, page, start, req.bind)
+        return await self.run_search(handle, q, req.mode, page, start, req.bind, arrange)
 
     async def search_image(
         self,
@@ -242,11 +247,12 @@ class SearchPipeline:
         exclude: list[str],
         page: Page,
         require: list[str] | None = None,
+        arrange: Arrangement = RELEVANCE,
     ) -> SearchResponse:
         start = time.perf_counter()
         self.check_paging(page)
         q = await self.image_query(data, name, exclude, require)
-        return await self.run_search(handle, q, "image", page, start)
+        return await self.run_search(handle, q, "image", page, start, arrange=arrange)
 
     async def run_search(
         self,
@@ -256,8 +262,14 @@ class SearchPipeline:
         page: Page,
         start: float,
         bind: bool = False,
+        arrange: Arrangement = RELEVANCE,
     ) -> SearchResponse:
         fetch = page  # what the index is asked for: the page, or bind's lexical candidates
+        if bind and arrange.sort is not None:
+            raise InvalidInput(
+                "bind re-ranks by relevance; it cannot be combined with a field sort",
+                loc=["body", "bind"],
+            )
         if bind:
             if self.store is None:
                 raise InvalidInput(
@@ -280,11 +292,12 @@ class SearchPipeline:
                 matched_limit=fetch.matched_limit,
                 rescore_factor=self.settings.rescore_factor,
                 filters=q.filters,
+                arrange=arrange,
             ),
         )
         self.metrics.stage_seconds.labels("search").observe(outcome.search_ms / 1e3)
         self.metrics.stage_seconds.labels("rescore").observe(outcome.rescore_ms / 1e3)
-        records = await self.metadata_records([h.id for h in outcome.hits])
+        records = await self.metadata_records(handle, [h.id for h in outcome.hits])
         hits = [
             SearchHit(
                 rank=fetch.offset + n + 1,
@@ -322,14 +335,25 @@ class SearchPipeline:
             hits=hits,
             timings=timings,
             notes=outcome.notes,
+            facets=outcome.facets,
+            matches=outcome.matches,
         )
 
-    async def metadata_records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """id -> metadata record from the corpus store (on the search pool); {} without one."""
-        if self.store is None or not ids:
+    async def metadata_records(
+        self, handle: IndexHandle, ids: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        """id -> metadata record (on the search pool): the served version's own, else the
+        corpus store's (a version published before versions carried metadata); {} without."""
+        fields = handle.index.fields
+        source: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None
+        if fields is not None:
+            source = fields.records
+        elif self.store is not None:
+            source = self.store.metadata_records
+        if source is None or not ids:
             return {}
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.search_executor, self.store.metadata_records, ids)
+        return await loop.run_in_executor(self.search_executor, source, ids)
 
     # --- encode -------------------------------------------------------------------------------
     async def encode(self, req: EncodeRequest) -> EncodeResponse:

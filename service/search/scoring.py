@@ -14,9 +14,12 @@ from collections.abc import Iterator
 import scipy.sparse as sp
 
 from indexer.engines.base import IndexUnavailable
+from indexer.fields import WhereError
 from indexer.filters import WordFilter
 from indexer.scoring import (
     MAX_CANDIDATES,
+    RELEVANCE,
+    Arrangement,
     Contribution,
     ScoredHit,
     SearchOutcome,
@@ -27,7 +30,7 @@ from indexer.scoring import (
 from indexer.scoring import search as search_index
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
-from service.core.errors import NotFound, Unavailable
+from service.core.errors import InvalidInput, NotFound, Unavailable
 from service.search.indexes import IndexHandle
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "engine_errors",
     "explain_row",
     "image_row",
+    "missing_in_index",
     "search",
 ]
 
@@ -55,6 +59,7 @@ def search(
     matched_limit: int | None = None,
     rescore_factor: int = 4,
     filters: WordFilter | None = None,
+    arrange: Arrangement = RELEVANCE,
 ) -> SearchOutcome:
     """``indexer.scoring.search`` on the handle's index (runs in a search thread)."""
     with engine_errors():
@@ -70,16 +75,20 @@ def search(
             matched_limit=matched_limit,
             rescore_factor=rescore_factor,
             filters=filters,
+            arrange=arrange,
         )
 
 
 @contextlib.contextmanager
 def engine_errors() -> Iterator[None]:
-    """An engine server that is down, slow or refusing the key -> 503 with its message."""
+    """An engine server that is down, slow or refusing the key -> 503 with its message; a
+    metadata condition the index cannot apply -> 422 naming it."""
     try:
         yield
     except IndexUnavailable as exc:
         raise Unavailable(f"the index is unavailable: {exc}") from None
+    except WhereError as exc:
+        raise InvalidInput(str(exc), loc=["body", exc.field]) from None
 
 
 def image_row(
@@ -93,6 +102,11 @@ def image_row(
         with engine_errors():
             return row_vectors(handle.index, store, [image_id])
     except KeyError:
-        raise NotFound(
-            f"no image {image_id!r} in the index (version {handle.version})", loc=loc
-        ) from None
+        raise missing_in_index(handle, image_id, loc) from None
+
+
+def missing_in_index(
+    handle: IndexHandle, image_id: str, loc: tuple[str, ...] = ("body", "image_id")
+) -> NotFound:
+    """The 404 for an image the served index does not hold (or the key may not see)."""
+    return NotFound(f"no image {image_id!r} in the index (version {handle.version})", loc=loc)

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
 
-from service.api.deps import StateDep, require_search
+from service.api.deps import SearchDep, StateDep, require_search
 from service.core.errors import NotFound, error_responses
-from service.search.images import read_original, read_thumbnail, require_store
+from service.search import scope
+from service.search.images import missing_in_store, read_original, read_thumbnail, require_store
 
 router = APIRouter(
     dependencies=[Depends(require_search)],
@@ -24,9 +25,12 @@ _IMAGE: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/images/{image_id:path}", response_class=Response, responses=_IMAGE)
-async def image(image_id: ImageIdPath, state: StateDep) -> Response:
+async def image(image_id: ImageIdPath, state: StateDep, access: SearchDep) -> Response:
     """The original image file, as indexed."""
     store = require_store(state.store, "serving images")
+    await asyncio.to_thread(
+        scope.check_in_store, store, access, image_id, missing_in_store(image_id)
+    )
     found = await asyncio.to_thread(read_original, store, image_id)
     if found is None:
         raise NotFound(
@@ -38,9 +42,12 @@ async def image(image_id: ImageIdPath, state: StateDep) -> Response:
 
 
 @router.get("/thumbnails/{image_id:path}", response_class=Response, responses=_IMAGE)
-async def thumbnail(image_id: ImageIdPath, state: StateDep) -> Response:
+async def thumbnail(image_id: ImageIdPath, state: StateDep, access: SearchDep) -> Response:
     """The thumbnail (JPEG, at most 256 px) made when the image was indexed."""
     store = require_store(state.store, "serving thumbnails")
+    await asyncio.to_thread(
+        scope.check_in_store, store, access, image_id, missing_in_store(image_id)
+    )
     data = await asyncio.to_thread(read_thumbnail, store, image_id)
     return Response(data, media_type="image/jpeg", headers=_CACHE)
 
