@@ -291,20 +291,11 @@ def arranged(
             "this index version has no metadata columns to sort or count by; rebuild it from "
             "the store (`lexvla index reindex`)",
         )
-    found = index.search(query, max(1, index.count()), 0, filters, where=arrange.where)
-    ids = [i for i, _ in found]
-    scores = np.array([s for _, s in found], dtype=np.float64)
-    q = dense_query(query)
-    if ids and min_score > 0 and not exact:
-        scores = np.asarray(row_vectors(index, store, ids).astype(np.float64) @ q).ravel()
-    keep = (scores >= min_score) & (scores > 0)
-    ids = [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
-    scores = scores[keep]
-    positions = fields.positions(ids)
-    facets = {
-        name: fields.facet_counts(field, part, positions[positions >= 0])
-        for name, field, part in arrange.facets
-    }
+    rows, scores = index.matching(query, filters, arrange.where)
+    found = len(rows)
+    if min_score > 0:
+        rows, scores = _floor(index, store, query, fields, rows, scores, min_score)
+    facets = {name: fields.facet_counts(field, part, rows) for name, field, part in arrange.facets}
     searched = time.perf_counter()
     if arrange.sort is None:
         outcome = search(
@@ -314,30 +305,47 @@ def arranged(
         )  # fmt: skip
         hits = outcome.hits
     else:
-        order = _order(ids, scores, positions, fields, arrange.sort)
-        page = [ids[i] for i in order[offset : offset + top_k]]
+        order = _order(rows, scores, fields, arrange.sort)[offset : offset + top_k]
+        page = fields.id_texts(rows[order])
+        q = dense_query(query)
         hits = scored_hits(page, q, row_vectors(index, store, page), vocabulary, matched_limit)
     done = time.perf_counter()
     return SearchOutcome(
-        hits, (searched - start) * 1e3, (done - searched) * 1e3, len(found), [], facets, len(ids)
+        hits, (searched - start) * 1e3, (done - searched) * 1e3, found, [], facets, len(rows)
     )
 
 
-def _order(
-    ids: list[str],
-    scores: np.ndarray,
-    positions: np.ndarray,
+def _floor(
+    index: SearchIndex,
+    store: CorpusStore | None,
+    query: sp.csr_matrix,
     fields: FieldColumns,
-    sort: tuple[str, bool] | None,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    min_score: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The matches whose exact score is at least ``min_score``: the engine's scores decide
+    beyond its error bound, the images within it (all of them when the bound is unknown) are
+    re-scored exactly."""
+    error = index.score_error(query)
+    if error is None:
+        unsure = np.ones(len(rows), dtype=bool)
+    else:
+        unsure = np.abs(scores - min_score) <= error
+    if unsure.any():
+        ids = fields.id_texts(rows[unsure])
+        exact = np.asarray(row_vectors(index, store, ids).astype(np.float64) @ dense_query(query))
+        scores = scores.copy()
+        scores[unsure] = exact.ravel()
+    keep = scores >= min_score
+    return rows[keep], scores[keep]
+
+
+def _order(
+    rows: np.ndarray, scores: np.ndarray, fields: FieldColumns, sort: tuple[str, bool]
 ) -> np.ndarray:
-    """Indices of ``ids`` in page order: by the sort field (missing last), then score
-    descending, then id."""
-    by_id = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.zeros(0, int)
-    id_rank = np.empty(len(ids), dtype=np.int64)
-    id_rank[by_id] = np.arange(len(ids))
-    if sort is None:
-        return np.lexsort((id_rank, -scores))
+    """Indices of the matches in page order: by the sort field (images without it last), then
+    score descending, then id (``rows`` are in id order)."""
     field, descending = sort
-    key, missing = fields.sort_keys(field, np.maximum(positions, 0))
-    missing = missing | (positions < 0)
-    return np.lexsort((id_rank, -scores, -key if descending else key, missing))
+    key, missing = fields.sort_keys(field, rows)
+    return np.lexsort((rows, -scores, -key if descending else key, missing))

@@ -124,6 +124,25 @@ class SearchIndex(Protocol):
             )
         return self.fields
 
+    def matching(
+        self, query: sp.csr_matrix, filters: WordFilter | None = None, where: Where | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every image that shares a word with ``query`` and passes ``filters`` and ``where``:
+        (its row in :attr:`fields`, its score in the engine's arithmetic), in no order; for
+        field orders and facets. Default: :meth:`search` for all of them; engines that can score
+        into arrays override it."""
+        if self.fields is None:
+            raise WhereError("where", "this index version has no metadata columns")
+        found = self.search(query, max(1, self.count()), 0, filters, where=where)
+        rows = self.fields.positions([i for i, _ in found])
+        scores = np.array([s for _, s in found], dtype=np.float64)
+        return rows[rows >= 0], scores[rows >= 0]
+
+    def score_error(self, query: sp.csr_matrix) -> float | None:
+        """Largest difference between this engine's score and the exact one for ``query``:
+        0 for exact engines, None when unknown (the default for inexact ones)."""
+        return 0.0 if self.exact else None
+
     @property
     def exact(self) -> bool:
         """True when top-k and scores are the float32 dot products of the stored rows."""

@@ -142,6 +142,10 @@ class FieldColumns:
         found[found] = self.ids[at[found]] == keys[found]
         return np.where(found, at, -1)
 
+    def id_texts(self, rows: np.ndarray) -> list[str]:
+        """The ids of ``rows``."""
+        return [bytes(i).decode("utf-8") for i in self.ids[np.asarray(rows, dtype=np.int64)]]
+
     def records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """id -> record of the ids that have one."""
         ptr, blob = self.arrays["records_ptr"], self.arrays["records"]
@@ -156,10 +160,11 @@ class FieldColumns:
         here are cached) pass ``where``; ids without a record pass only an empty ``where``."""
         if where.empty:
             return np.ones(len(ids), dtype=bool)
-        rows = self._rows_of_array(ids)
+        rows = self.rows_of_array(ids)
         return self.mask(where)[np.maximum(rows, 0)] & (rows >= 0)
 
-    def _rows_of_array(self, ids: np.ndarray) -> np.ndarray:
+    def rows_of_array(self, ids: np.ndarray) -> np.ndarray:
+        """:meth:`positions` of an engine's id array that never changes (cached by identity)."""
         key = id(ids)
         with self._lock:
             cached = self._rows.get(key)
@@ -243,21 +248,18 @@ class FieldColumns:
             codes, dictionary = np.asarray(self.arrays[f"{stem}_day"])[rows], f"{stem}_daydict"
         elif self.registry.type_of(field) == "keywords":
             ptr, flat = self.arrays[f"{stem}_ptr"], self.arrays[f"{stem}_codes"]
-            codes = np.concatenate(
-                [np.zeros(0, np.int32)]
-                + [flat[ptr[r] : ptr[r + 1]] for r in np.asarray(rows).tolist()]
-            )
-            dictionary = f"{stem}_dict"
+            chosen = np.zeros(len(self.ids), dtype=bool)
+            chosen[rows] = True
+            codes, dictionary = np.asarray(flat)[np.repeat(chosen, np.diff(ptr))], f"{stem}_dict"
         else:
             codes, dictionary = np.asarray(self.arrays[f"{stem}_codes"])[rows], f"{stem}_dict"
-        codes = codes[codes >= 0]
         values = self.arrays[dictionary]
-        counts: Counter[str] = Counter()
-        uniq, n = np.unique(codes, return_counts=True)
+        tally = np.bincount(codes[codes >= 0], minlength=len(values))
         width = 4 if part == "year" else 7 if part == "month" else None
-        for code, count in zip(uniq.tolist(), n.tolist(), strict=True):
+        counts: Counter[str] = Counter()
+        for code in np.flatnonzero(tally).tolist():
             text = bytes(values[code]).decode("utf-8")
-            counts[text[:width] if width else text] += count
+            counts[text[:width] if width else text] += int(tally[code])
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

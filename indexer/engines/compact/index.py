@@ -60,7 +60,7 @@ from indexer.engines.compact.merge import merge_small
 from indexer.engines.compact.pruning import DEFAULT_PRUNING, ImpactPruning
 from indexer.engines.compact.search import Scorer
 from indexer.engines.compact.snapshot import Snapshot
-from indexer.fields import Where
+from indexer.fields import Where, WhereError
 
 ENGINE = "compact"
 CODES = kernels.CODES
@@ -234,6 +234,42 @@ class CompactIndex(SearchIndex):
             missing = ids[int(np.flatnonzero(where < 0)[0])]
             raise KeyError(f"image {missing!r} is not in the index")
         return snap.rows_of(where, self.manifest.vocabulary_size)
+
+    def matching(
+        self,
+        query: sp.csr_matrix,
+        filters: wf.WordFilter | None = None,
+        where: Where | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every image sharing a word with ``query`` that ``filters`` and ``where`` allow, as
+        (row in :attr:`fields`, quantised score) arrays: exact scoring of the allowed images
+        straight into arrays (no ids decoded), mapped to rows by each block's cached lookup."""
+        fields = self.where_fields(where) or self.fields
+        if fields is None:
+            raise WhereError("where", "this index version has no metadata columns")
+        q = as_query_row(query, self.manifest.vocabulary_size)
+        keep = q.data > 0
+        words, weights = q.indices[keep].astype(np.int32), q.data[keep].astype(np.float32)
+        snap = self._snapshot()
+        if not snap.blocks or len(words) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        allowed = None
+        if where is not None and not where.empty:
+            allowed = [fields.allowed(where, block.ids) for block in snap.blocks]
+        snap, left = snap.filtered(filters, allowed)
+        with self._scorer.searching():
+            scores, docs = self._scorer.score(snap, words, weights, 0.0, max(1, left))
+        keep = scores > 0
+        scores, docs = scores[keep], docs[keep]
+        rows = np.empty(len(docs), dtype=np.int64)
+        blocks = docs >> 16
+        for b in np.unique(blocks).tolist():
+            at = blocks == b
+            rows[at] = fields.rows_of_array(snap.blocks[b].ids)[docs[at] & 0xFFFF]
+        return rows[rows >= 0], scores[rows >= 0].astype(np.float64)
+
+    def score_error(self, query: sp.csr_matrix) -> float:
+        return self.error_bound(query)
 
     def error_bound(self, query: sp.csr_matrix) -> float:
         """Largest |quantised - float32| score of any image for ``query`` (the scale bound)."""
