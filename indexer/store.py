@@ -381,6 +381,10 @@ class CorpusStore:
                 self._shards.popitem(last=False)
             return matrix
 
+    def thumbnail_path(self, sha256: str) -> Path:
+        """Where the thumbnail of images with these bytes is (content-addressed)."""
+        return self._thumbnail_path(sha256)
+
     def _thumbnail_path(self, sha256: str) -> Path:
         return self.root / "thumbnails" / sha256[:2] / f"{sha256}.jpg"
 

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from indexer.engines.base import SearchIndex
 from indexer.store import CorpusStore
 from model.protocols import LexicalModel
-from service.api.routes import admin, encode, explain, health, images, search, ui
+from service.api.routes import admin, encode, explain, health, images, search, ui, writes
 from service.core.config import Settings
 from service.core.errors import install_error_handlers
 from service.core.metrics import Metrics
@@ -82,7 +82,7 @@ def create_app(
     )
     app.state.service = state
     install_error_handlers(app)
-    for module in (search, explain, encode, images, health, admin, ui):
+    for module in (search, explain, encode, images, writes, health, admin, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
 

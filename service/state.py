@@ -29,9 +29,11 @@ import torch
 
 from indexer.engines.base import SearchIndex
 from indexer.engines.versions import pin, unpin
+from indexer.live import LiveWriter
 from indexer.store import CorpusStore
 from model.protocols import LexicalModel
 from service.core.config import Settings
+from service.core.errors import Conflict
 from service.core.keys import KeyRing
 from service.core.metrics import Metrics
 from service.core.processes import ProcessRegistry, ProcessStatus
@@ -78,8 +80,22 @@ class ServiceState:
         self.index_error: str | None = None  # the last version that failed to open, and why
         self._failed: tuple[str, float] | None = None  # (version, when) of that failure
         self._follower: asyncio.Task | None = None
+        self._writer: LiveWriter | None = None
         if model is not None and index is not None:  # fail at construction, not first request
             wrap_index(index, model.vocabulary.hash)
+
+    def writer(self) -> LiveWriter:
+        """The writer of single-image changes (``indexer.live``); 409 when this server serves
+        no corpus store or no versioned index directory to write to."""
+        if self._writer is None:
+            holder = self.holder
+            if self.store is None or holder is None or not holder.follows or holder.source is None:
+                raise Conflict(
+                    "writes need a corpus store (LEXVLA_STORE) and an index directory with "
+                    "versions (LEXVLA_INDEX, as `lexvla index build` makes it)"
+                )
+            self._writer = LiveWriter(self.store, holder.source, self.settings.max_image_pixels)
+        return self._writer
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -112,6 +112,25 @@ async def require_search(access: AccessDep) -> Access:
 SearchDep = Annotated[Access, Depends(require_search)]
 
 
+async def require_write(state: StateDep, access: AccessDep) -> Access:
+    """Adding, changing and deleting images: ``LEXVLA_API_KEY`` or a keys-file key with the
+    write right (for the image's collection, checked by the route). With neither configured,
+    writes are off: an open service never takes writes from anyone."""
+    if access is None:
+        if state.settings.api_key is None and state.keys is None:
+            raise Forbidden(
+                "writes are disabled: configure LEXVLA_KEYS_FILE (keys with the write right) or "
+                "LEXVLA_API_KEY"
+            )
+        raise Unauthorized(_MISSING, headers=_CHALLENGE)
+    if not access.can("write"):
+        raise Forbidden("this API key has no write right")
+    return access
+
+
+WriteDep = Annotated[Access, Depends(require_write)]
+
+
 async def require_admin(
     state: StateDep, access: AccessDep, api_key: KeyDep, bearer: BearerDep
 ) -> None:

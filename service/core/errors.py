@@ -90,6 +90,10 @@ class Unavailable(ServiceError):
     status_code, type = 503, "unavailable"
 
 
+class InsufficientStorage(ServiceError):
+    status_code, type = 507, "insufficient_storage"
+
+
 def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[ErrorItem]]:
     """Pydantic/FastAPI errors -> (one readable sentence, JSON-safe items)."""
     items: list[ErrorItem] = []

@@ -1,0 +1,243 @@
+"""Single-image writes on a served index: add (or replace), change metadata, delete.
+
+Batch jobs (:mod:`indexer.runner`) load millions of images; a photo library also receives
+photos one at a time and removes some. :class:`LiveWriter` does that on the corpus store and the
+index directory the service serves, in three steps per write:
+
+1. the change is committed to the corpus store (vector shard and thumbnail files fsynced, then
+   one SQLite transaction);
+2. a new index version is made from the current one with the change applied (the compact
+   engine links its unchanged blocks, seals added rows into a small block and records deletions
+   as live masks, so a version costs what changed) and published (files fsynced, then
+   ``CURRENT`` replaced atomically), with the store's metadata as its columns;
+3. only then does the caller answer: an acknowledged write is on disk, and every serving process
+   (each follows ``CURRENT``, ``LEXVLA_INDEX_REFRESH_S``) searches it within that interval.
+
+One writer at a time: the steps run under an exclusive ``flock`` on ``<index>/.write.lock``, so
+writes from every worker of a server, and batch jobs that take the same lock, are serialised.
+A crash between steps 1 and 2 leaves the store ahead of the index; the next write's version is
+made from the store's live images where they differ (:meth:`LiveWriter.reconcile`), so nothing
+acknowledged is lost and nothing half-written is served. A full disk raises :class:`DiskFull`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexer.decode import Decoded, ImageInfo, decode_item, thumbnail_jpeg
+from indexer.engines import open_index
+from indexer.engines.base import SearchIndex
+from indexer.engines.versions import prune, publish
+from indexer.metadata import (
+    COLLECTION,
+    DEFAULT_COLLECTION,
+    MetadataError,
+    check_collection,
+    source_fields,
+)
+from indexer.store import CorpusStore
+from model.data import Skipped, SourceItem
+
+LOCK = ".write.lock"
+KEEP_VERSIONS = 4  # versions kept: a serving process may still be opening the one before last
+
+
+class DiskFull(OSError):
+    """The disk holding the store or the index is full (nothing was acknowledged)."""
+
+
+@dataclass
+class Upload:
+    """One image sent for indexing: its bytes, and optionally its id, collection, metadata."""
+
+    data: bytes
+    name: str = "upload"
+    id: str | None = None
+    collection: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """An upload decoded and typed, ready to encode (``image``) and write."""
+
+    info: ImageInfo
+    image: Any  # PIL image, RGB
+    thumbnail: bytes
+
+
+def default_id(sha256: str) -> str:
+    return f"upload/{sha256[:16]}"
+
+
+class LiveWriter:
+    """Writes on ``store`` and the index directory ``index_dir`` (see the module docstring)."""
+
+    def __init__(self, store: CorpusStore, index_dir: str | Path, max_pixels: int):
+        self.store = store
+        self.index_dir = Path(index_dir)
+        self.max_pixels = max_pixels
+        self._thread_lock = threading.Lock()
+
+    # --- preparing (no lock, no model) --------------------------------------------------------
+    def prepare(self, upload: Upload) -> Prepared | Skipped:
+        """Decode and type one upload: the same limits and skip reasons as indexing."""
+        item = SourceItem(
+            id=upload.id or "", path=f"upload:{upload.name}", data=upload.data,
+            extra={**upload.metadata, **({COLLECTION: upload.collection} if upload.collection else {})},
+        )  # fmt: skip
+        decoded = decode_item(item, self.max_pixels)
+        if isinstance(decoded, Skipped):
+            return decoded
+        assert isinstance(decoded, Decoded)
+        image_id = upload.id or default_id(decoded.info.sha256)
+        raw = source_fields(item.extra)
+        try:
+            if COLLECTION in raw:
+                check_collection(str(raw[COLLECTION]))
+            self.store.fields.infer([raw])
+            typed = self.store.fields.coerce(raw)
+        except (MetadataError, ValueError) as err:
+            return Skipped("bad_metadata", item.path, str(err), image_id)
+        typed.setdefault(COLLECTION, DEFAULT_COLLECTION)
+        info = decoded.info
+        metadata = {**info.metadata, **typed, "path": item.path}
+        info = ImageInfo(
+            image_id, item.path, info.bytes, info.format, info.width, info.height, info.sha256,
+            dict(upload.metadata), metadata,
+        )  # fmt: skip
+        return Prepared(info, decoded.image, thumbnail_jpeg(decoded.image))
+
+    # --- writing (one writer at a time) -------------------------------------------------------
+    def add(self, prepared: Sequence[Prepared], rows: sp.csr_matrix) -> str:
+        """Store and index ``prepared`` (row i is image i); an id already present is replaced.
+        Returns the published version's name."""
+        ids = [p.info.id for p in prepared]
+        with self.locked(), disk_errors():
+            replaced = [i for i in ids if self.store.has_id(i)]
+            if replaced:
+                self.store.delete(replaced)
+            self.store.append_shard(
+                ids, rows, [p.info for p in prepared], [p.thumbnail for p in prepared]
+            )
+            return self._publish(add=(ids, rows), remove=replaced)
+
+    def update(self, image_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change an image's metadata (a null value removes the field); KeyError if unknown,
+        MetadataError for a value that does not parse. Returns the new record."""
+        with self.locked(), disk_errors():
+            record = self.store.metadata(image_id)
+            raw = {k: v for k, v in changes.items() if v is not None}
+            if COLLECTION in raw:
+                check_collection(str(raw[COLLECTION]))
+            self.store.fields.infer([raw])
+            typed = self.store.fields.coerce(raw)
+            new = {k: v for k, v in {**record.metadata, **typed}.items() if k not in changes
+                   or changes[k] is not None}  # fmt: skip
+            new.setdefault(COLLECTION, DEFAULT_COLLECTION)
+            extra = {**record.extra, **{k: v for k, v in changes.items() if v is not None}}
+            self.store.catalog.save_fields(list(self.store.fields.fields.values()))
+            self.store.update_metadata({image_id: (extra, new)})
+            self._publish()
+            return new
+
+    def delete(self, image_id: str) -> bool:
+        """Remove an image from the store and the index (its thumbnail file too, unless another
+        image has the same bytes); False if it was not there."""
+        with self.locked(), disk_errors():
+            try:
+                record = self.store.metadata(image_id)
+            except KeyError:
+                return False
+            self.store.delete([image_id])
+            if not self.store.has_sha256(record.sha256):
+                with contextlib.suppress(FileNotFoundError):
+                    self.store.thumbnail_path(record.sha256).unlink()
+            self._publish(remove=[image_id])
+            return True
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The index directory's write lock (threads of this process, then processes)."""
+        with self._thread_lock:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+    def _publish(
+        self,
+        add: tuple[list[str], sp.csr_matrix] | None = None,
+        remove: Sequence[str] = (),
+    ) -> str:
+        index = open_index(self.index_dir)
+        try:
+            self.reconcile(index, add, remove)
+            index.fields = self.store.field_columns()
+            version = publish(index, self.index_dir)
+        finally:
+            index.close()
+        prune(self.index_dir, keep=KEEP_VERSIONS)
+        return version.name
+
+    def reconcile(
+        self,
+        index: SearchIndex,
+        add: tuple[list[str], sp.csr_matrix] | None,
+        remove: Sequence[str],
+    ) -> None:
+        """Apply this write to ``index``, and any earlier write the store holds but the index
+        does not (a crash between committing and publishing): the index ends with exactly the
+        store's live images. What the index holds is read from its version's metadata columns,
+        which every publish makes from the store's live images."""
+        held = set(index.fields.id_texts(np.arange(len(index.fields)))) if index.fields else set()
+        index.delete(list(remove))
+        held -= set(remove)
+        if add is not None:
+            index.delete(add[0])
+            index.add(add[0], add[1])
+            held |= set(add[0])
+        stored = set(self.store.ids())
+        if stored != held:
+            index.delete(sorted(held - stored))
+            missing = sorted(stored - held)
+            if missing:
+                index.delete(missing)
+                index.add(missing, self.store.vectors_of(missing))
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                exc.errno,
+                f"the disk is full ({exc.filename or 'store or index'}): free space, then retry; "
+                "nothing was acknowledged",
+            ) from None
+        raise
+
+
+def metadata_json(text: str) -> dict[str, Any]:
+    """A JSON object of metadata (form field); ValueError in one line otherwise."""
+    value = json.loads(text) if text.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be a JSON object")
+    return value
