@@ -16,6 +16,7 @@ from typing import Any
 
 from indexer.engines import DEFAULT_ENGINE, engine
 from indexer.engines.engine import Built
+from indexer.engines.versions import write_lock
 from indexer.store import CorpusStore
 
 
@@ -36,7 +37,10 @@ def build_engine_index(
     chosen = engine(engine_name)
     checked = chosen.options("build", options)
     chosen.check_build(checked, sharded)
-    return chosen.build(store, Path(index_dir), checked, sharded=sharded, progress=progress)
+    if sharded:
+        return chosen.build(store, Path(index_dir), checked, sharded=sharded, progress=progress)
+    with write_lock(index_dir):  # live writes wait; none is lost between read and publish
+        return chosen.build(store, Path(index_dir), checked, sharded=sharded, progress=progress)
 
 
 def build_index(

@@ -13,8 +13,10 @@ index directory the service serves, in three steps per write:
 3. only then does the caller answer: an acknowledged write is on disk, and every serving process
    (each follows ``CURRENT``, ``LEXVLA_INDEX_REFRESH_S``) searches it within that interval.
 
-One writer at a time: the steps run under an exclusive ``flock`` on ``<index>/.write.lock``, so
-writes from every worker of a server, and batch jobs that take the same lock, are serialised.
+One writer at a time: the steps run under the index directory's write lock (an exclusive
+``flock``, :func:`~indexer.engines.versions.write_lock`), which batch builds take around their
+build and publish too, so writes from every worker of a server and batch jobs are serialised; the
+corpus store takes its own lock around each commit (shard numbers are never taken twice).
 A crash between steps 1 and 2 leaves the store ahead of the index; the next write's version is
 made from the store's live images where they differ (:meth:`LiveWriter.reconcile`), so nothing
 acknowledged is lost and nothing half-written is served. A full disk raises :class:`DiskFull`.
@@ -24,10 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
-import os
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import scipy.sparse as sp
 from indexer.decode import Decoded, ImageInfo, decode_item, thumbnail_jpeg
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
-from indexer.engines.versions import prune, publish
+from indexer.engines.versions import prune, publish, write_lock
 from indexer.metadata import (
     COLLECTION,
     DEFAULT_COLLECTION,
@@ -50,7 +49,6 @@ from indexer.metadata import (
 from indexer.store import CorpusStore
 from model.data import Skipped, SourceItem
 
-LOCK = ".write.lock"
 KEEP_VERSIONS = 4  # versions kept: a serving process may still be opening the one before last
 
 
@@ -89,7 +87,6 @@ class LiveWriter:
         self.store = store
         self.index_dir = Path(index_dir)
         self.max_pixels = max_pixels
-        self._thread_lock = threading.Lock()
 
     # --- preparing (no lock, no model) --------------------------------------------------------
     def prepare(self, upload: Upload) -> Prepared | Skipped:
@@ -168,17 +165,9 @@ class LiveWriter:
             self._publish(remove=[image_id])
             return True
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """The index directory's write lock (threads of this process, then processes)."""
-        with self._thread_lock:
-            self.index_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the lock
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The index directory's write lock (:func:`~indexer.engines.versions.write_lock`)."""
+        return write_lock(self.index_dir)
 
     def _publish(
         self,

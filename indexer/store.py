@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
+from indexer.engines.versions import write_lock
 from indexer.fields import FieldColumns
 from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
 from model.data import Skipped
@@ -171,7 +172,7 @@ class CorpusStore:
         ids = [str(i) for i in ids]
         thumbs: list[bytes | None] = list(thumbnails or [None] * len(ids))
         self._check_rows(ids, rows, records, thumbs)
-        with self._lock:
+        with self._lock, write_lock(self.root):
             duplicate = self.catalog.first_live(ids)
             if duplicate is not None:
                 raise ValueError(f"image {duplicate!r} is already in the corpus store")
@@ -209,14 +210,14 @@ class CorpusStore:
         """Replace live images' (extra, metadata record) without touching their vectors."""
         if not updates:
             return 0
-        with self._lock:
+        with self._lock, write_lock(self.root):
             changed = self.catalog.update_metadata(updates, list(self.fields.fields.values()))
             self._write_manifest()
         return changed
 
     def delete(self, ids: Sequence[str]) -> int:
         """Mark images deleted (their vectors stay on disk); returns how many were live."""
-        with self._lock:
+        with self._lock, write_lock(self.root):
             changed = self.catalog.delete([str(i) for i in ids])
             self._write_manifest()
         return changed

@@ -20,9 +20,13 @@ process re-reads it on its own, so one file decides what all of them serve.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from indexer.engines.base import MANIFEST, SearchIndex
@@ -32,6 +36,8 @@ CURRENT = "CURRENT"
 PINNED = "PINNED"
 VERSIONS = "versions"
 FIELDS = "fields"  # a version's metadata columns (indexer.fields.columns)
+WRITE_LOCK = ".write.lock"
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
 _VERSION = re.compile(r"v(\d{4,})")
 
 
@@ -144,6 +150,24 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
     atomic_write_bytes(index_dir / CURRENT, f"{name}\n".encode())
     fsync_dir(index_dir)
     return final
+
+
+@contextlib.contextmanager
+def write_lock(directory: str | Path) -> Iterator[None]:
+    """Exclusive right to write ``directory`` (an index directory, or a corpus store): the
+    threads of this process one after another, then processes, through ``flock`` on its
+    ``.write.lock`` (released by the kernel when a process dies, so a crash never leaves it
+    held). Live writes and batch builds take it around what they publish."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = _THREAD_LOCKS.setdefault(str(directory.resolve()), threading.Lock())
+    with lock:
+        fd = os.open(directory / WRITE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def prune(index_dir: str | Path, keep: int = 2) -> list[str]:
