@@ -129,7 +129,9 @@ class LiveWriter:
             self.store.append_shard(
                 ids, rows, [p.info for p in prepared], [p.thumbnail for p in prepared]
             )
-            return self._publish(add=(ids, rows), remove=replaced)
+            version = self._publish(add=(ids, rows), remove=replaced)
+            assert version is not None
+            return version
 
     def update(self, image_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Change an image's metadata (a null value removes the field); KeyError if unknown,
@@ -169,14 +171,22 @@ class LiveWriter:
         """The index directory's write lock (:func:`~indexer.engines.versions.write_lock`)."""
         return write_lock(self.index_dir)
 
+    def catch_up(self) -> str | None:
+        """Publish a version with exactly the store's live images if the current one differs
+        (a crash between committing a write and publishing it); the version, or None."""
+        with self.locked():
+            return self._publish(only_if_behind=True)
+
     def _publish(
         self,
         add: tuple[list[str], sp.csr_matrix] | None = None,
         remove: Sequence[str] = (),
-    ) -> str:
+        only_if_behind: bool = False,
+    ) -> str | None:
         index = open_index(self.index_dir)
         try:
-            self.reconcile(index, add, remove)
+            if not self.reconcile(index, add, remove) and only_if_behind:
+                return None
             index.fields = self.store.field_columns()
             version = publish(index, self.index_dir)
         finally:
@@ -189,11 +199,12 @@ class LiveWriter:
         index: SearchIndex,
         add: tuple[list[str], sp.csr_matrix] | None,
         remove: Sequence[str],
-    ) -> None:
+    ) -> bool:
         """Apply this write to ``index``, and any earlier write the store holds but the index
         does not (a crash between committing and publishing): the index ends with exactly the
-        store's live images. What the index holds is read from its version's metadata columns,
+        store's live images. True when anything beyond this write was missing. What the index holds is read from its version's metadata columns,
         which every publish makes from the store's live images."""
+        known = index.fields is not None  # a version from before versions carried metadata
         held = set(index.fields.id_texts(np.arange(len(index.fields)))) if index.fields else set()
         index.delete(list(remove))
         held -= set(remove)
@@ -202,12 +213,14 @@ class LiveWriter:
             index.add(add[0], add[1])
             held |= set(add[0])
         stored = set(self.store.ids())
-        if stored != held:
-            index.delete(sorted(held - stored))
-            missing = sorted(stored - held)
-            if missing:
-                index.delete(missing)
-                index.add(missing, self.store.vectors_of(missing))
+        if not known or stored == held:
+            return False
+        index.delete(sorted(held - stored))
+        missing = sorted(stored - held)
+        if missing:
+            index.delete(missing)
+            index.add(missing, self.store.vectors_of(missing))
+        return True
 
 
 @contextlib.contextmanager

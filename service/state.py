@@ -84,6 +84,14 @@ class ServiceState:
         if model is not None and index is not None:  # fail at construction, not first request
             wrap_index(index, model.vocabulary.hash)
 
+    @property
+    def writes_enabled(self) -> bool:
+        """True when this server takes writes: keys or an admin key, a store, an index
+        directory with versions."""
+        holder = self.holder
+        keyed = self.settings.api_key is not None or self.keys is not None
+        return keyed and self.store is not None and holder is not None and holder.follows
+
     def writer(self) -> LiveWriter:
         """The writer of single-image changes (``indexer.live``); 409 when this server serves
         no corpus store or no versioned index directory to write to."""
@@ -142,6 +150,11 @@ class ServiceState:
         self.warmed_up = True
         self.processes.record(handle.version)
         freeze_heap(s.gc_freeze)
+        if self.writes_enabled:  # a crash between a write's commit and its publish
+            caught_up = await asyncio.to_thread(self.writer().catch_up)
+            if caught_up is not None:
+                log.warning("published %s: the store held writes its index did not", caught_up)
+                await self.follow(force=True)
         if self.holder.follows:
             self._follower = asyncio.create_task(self._follow_forever(), name="index-follower")
         log.info(
