@@ -47,11 +47,12 @@ from service.search.indexes import (
     search_threads,
     wrap_index,
 )
-from service.search.pipeline import Page, SearchPipeline
+from service.search.pipeline import Page, QueryVector, SearchPipeline
 
 log = logging.getLogger("service")
 RETRY_FAILED_S = 30.0  # a version that failed to open is tried again after this long
 RELOAD_WAIT_S = 60.0  # how long POST /admin/reload waits for every process to serve the version
+FULL_REFREEZE_S = 600.0  # a full collection and re-freeze after swaps, at most this often
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,6 +82,8 @@ class ServiceState:
         self._failed: tuple[str, float] | None = None  # (version, when) of that failure
         self._follower: asyncio.Task | None = None
         self._writer: LiveWriter | None = None
+        self._warm_query: QueryVector | None = None
+        self._full_freeze = time.monotonic()  # when the heap was last collected and frozen
         if model is not None and index is not None:  # fail at construction, not first request
             wrap_index(index, model.vocabulary.hash)
 
@@ -178,9 +181,11 @@ class ServiceState:
         its kernels compiled before the first request)."""
         assert self.pipeline is not None
         pipeline, start = self.pipeline, time.perf_counter()
-        query = await pipeline.query_vector("a photo", "model", [], {})
-        await pipeline.run_search(handle, query, "model", Page(top_k=1, matched_limit=0), start)
-        pipeline.batcher.cache.clear()  # warm-up queries are not real traffic
+        if self._warm_query is None:  # encoded once: a swap then costs no model call
+            self._warm_query = await pipeline.query_vector("a photo", "model", [], {})
+            pipeline.batcher.cache.clear()  # warm-up queries are not real traffic
+        page = Page(top_k=1, matched_limit=0)
+        await pipeline.run_search(handle, self._warm_query, "model", page, start)
 
     async def stop(self) -> None:
         self.warmed_up = False
@@ -263,9 +268,15 @@ class ServiceState:
             log.error("%s; still serving %s", self.index_error, self.holder.current.version)
 
     def _closed(self, version: str) -> None:
-        """A retired version's last request ended and it was closed: hand back its memory."""
+        """A retired version's last request ended and it was closed: hand back its memory. A
+        full re-freeze (collecting the old versions' reference cycles) holds the GIL for a
+        walk of the whole heap, so it runs at most every ``FULL_REFREEZE_S``; in between (live
+        writes swap versions often) only the new objects are frozen, which costs nothing."""
         log.info("index %s closed (its last request ended)", version)
-        freeze_heap(self.settings.gc_freeze)
+        full = time.monotonic() - self._full_freeze >= FULL_REFREEZE_S
+        if full:
+            self._full_freeze = time.monotonic()
+        freeze_heap(self.settings.gc_freeze, full)
 
     async def reload(self, version: str | None = None) -> tuple[IndexHandle, list[ProcessStatus]]:
         """Pin ``version`` (or unpin: follow ``CURRENT``), serve it here now, and wait until
@@ -311,7 +322,7 @@ def load_model(settings: Settings) -> LexicalModel:
     return model
 
 
-def freeze_heap(enabled: bool) -> None:
+def freeze_heap(enabled: bool, full: bool = True) -> None:
     """Collect once, then move every surviving object into the permanent generation.
 
     Python's full (generation 2) collection walks every tracked object. With a model, its
@@ -319,10 +330,14 @@ def freeze_heap(enabled: bool) -> None:
     the allocations of ordinary requests trigger every few seconds under load, held the GIL
     for 100-300 ms (measured at 1M images): every request in flight, 429s included, waited
     that long. Frozen objects are still freed by reference counting; only reference cycles among
-    them wait for :func:`gc.unfreeze`, which runs at stop, and before each re-freeze after an
-    index swap so that the old version's cycles are collected.
+    them wait for :func:`gc.unfreeze`, which runs at stop, and before a full re-freeze after an
+    index swap so that the old versions' cycles are collected; ``full`` False only freezes
+    what is new.
     """
     if not enabled:
+        return
+    if not full:  # only what is new since the last freeze: no collection, no heap walk
+        gc.freeze()
         return
     start = time.perf_counter()
     gc.unfreeze()
