@@ -194,3 +194,32 @@ def test_a_store_ahead_of_its_index_is_caught_up_by_the_next_write(tiny_model, t
         assert index.count() == store.count
         for image_id in ("a.png", "b.png"):
             assert index.vectors_of([image_id]).nnz > 0
+
+
+def test_searches_during_writes_answer_without_errors(two_workers):
+    import threading
+
+    first, second, _, _ = two_workers
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def searching(client):
+        while not stop.is_set():
+            r = client.post("/search", json={"query": "a red circle", "facets": ["album"]},
+                            headers=ADMIN)  # fmt: skip
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=searching, args=(c,)) for c in (first, second) * 2]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(6):
+            data = png(shape_image("circle", "blue", background=(n * 40, 90, 200)))
+            assert upload(first, data, id=f"during/{n}.png").status_code == 201
+            if n % 2:
+                assert first.delete(f"/images/during/{n - 1}.png", headers=ADMIN).status_code == 204
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
