@@ -41,7 +41,7 @@ from indexer.build import build_index
 from indexer.engines import DEFAULT_ENGINE, engine, names, open_index, publish
 from indexer.engines.engine import Kind
 from indexer.engines.registry import engines, options_by_engine, split_options
-from indexer.engines.versions import resolve
+from indexer.engines.versions import resolve, write_lock
 from indexer.export import export_store_jsonl
 from indexer.job import IndexJob
 from indexer.merge import MergeError, merge_stores
@@ -185,11 +185,12 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "delete":
         with CorpusStore.open(args.store) as store:
             print(f"store: {store.delete(args.ids)} deleted")
-        if args.index:
-            index = open_index(args.index, per_engine=options_by_engine(args, "open"))
-            print(
-                f"index: {index.delete(args.ids)} deleted; published {publish(index, args.index)}"
-            )
+            if args.index:
+                with write_lock(args.index):  # live writes wait
+                    index = open_index(args.index, per_engine=options_by_engine(args, "open"))
+                    deleted = index.delete(args.ids)
+                    index.fields = store.field_columns()
+                    print(f"index: {deleted} deleted; published {publish(index, args.index)}")
     elif args.command == "export-jsonl":
         lines = export_store_jsonl(args.store, args.out, args.keys, args.scale)
         print(f"wrote {lines} lines to {args.out}")

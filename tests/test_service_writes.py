@@ -223,3 +223,28 @@ def test_searches_during_writes_answer_without_errors(two_workers):
         for t in threads:
             t.join()
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
+
+
+@pytest.mark.parametrize("engine", ["memory", "compact", "qdrant"])
+def test_live_writes_on_every_engine_that_serves_them(tiny_model, tmp_path, engine):
+    from indexer.build import build_index
+
+    corpus = build_corpus(tiny_model, tmp_path / "corpus")
+    index_dir = tmp_path / f"index-{engine}"
+    with CorpusStore.open(corpus.store) as store:
+        build_index(store, index_dir, engine)
+        writer = LiveWriter(store, index_dir, max_pixels=10_000_000)
+        added = writer.prepare(Upload(png(shape_image("circle", "red", background=(9, 9, 9))),
+                                      id="live.png", metadata={"album": "Live"}))  # fmt: skip
+        rows = tiny_model.sparsify(tiny_model.encode_pil([added.image]))
+        writer.add([added], rows)
+        index = open_index(index_dir)
+        assert index.count() == store.count
+        assert index.search(rows, 1)[0][0] == "live.png"
+        assert index.fields.records(["live.png"])["live.png"]["album"] == "Live"
+        index.close()
+        assert writer.delete(corpus.ids[0])
+        index = open_index(index_dir)
+        assert index.count() == store.count
+        assert corpus.ids[0] not in [i for i, _ in index.search(rows, 50)]
+        index.close()
