@@ -20,6 +20,9 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
         "--demo-metrics", "docs/results/demo-metrics.json",
         "--serve-results", "docs/results/serve-table-words.json",
     ],
+    "docs/results-live-writes.md": [
+        "bench/writes.py", "--page", "PAGE", "--from", "docs/results/live-writes.json",
+    ],
 }  # fmt: skip
 
 
