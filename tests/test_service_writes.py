@@ -248,3 +248,39 @@ def test_live_writes_on_every_engine_that_serves_them(tiny_model, tmp_path, engi
         assert index.count() == store.count
         assert corpus.ids[0] not in [i for i, _ in index.search(rows, 50)]
         index.close()
+
+
+def test_a_batch_job_and_live_writes_lose_neither_sides_work(tiny_model, tmp_path):
+    import threading
+
+    from indexer.job import IndexJob
+    from indexer.runner import run_index_job
+    from tests.service_fixtures import write_images
+
+    corpus = build_corpus(tiny_model, tmp_path / "corpus")
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    batch_ids = write_images(batch, n_extra=6, start=100)
+    live_ids = [f"live/{n}.png" for n in range(5)]
+    with CorpusStore.open(corpus.store) as store:
+        writer = LiveWriter(store, corpus.index, max_pixels=10_000_000)
+
+        def live() -> None:
+            for n, image_id in enumerate(live_ids):
+                item = writer.prepare(Upload(
+                    png(shape_image("square", "green", background=(n * 50, 20, 20))), id=image_id
+                ))  # fmt: skip
+                writer.add([item], tiny_model.sparsify(tiny_model.encode_pil([item.image])))
+
+        thread = threading.Thread(target=live)
+        thread.start()
+        job = IndexJob(source=str(batch), store=str(corpus.store), checkpoint="unused",
+                       index=str(corpus.index), progress=False, batch_size=4, chunk_size=2)  # fmt: skip
+        run_index_job(job, model=tiny_model)
+        thread.join()
+        assert writer.catch_up() is None  # the index already holds both sides' images
+        stored = set(store.ids())
+    index = open_index(corpus.index)
+    held = set(index.fields.id_texts(range(len(index.fields))))
+    assert set(live_ids) | {f"more/{i.split('/')[-1]}" for i in batch_ids} <= stored
+    assert held == stored and index.count() == len(stored)
