@@ -20,6 +20,9 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
         "--demo-metrics", "docs/results/demo-metrics.json",
         "--serve-results", "docs/results/serve-table-words.json",
     ],
+    "docs/results-filtered-search.md": [
+        "bench/filtered_search.py", "--page", "PAGE", "--from", "docs/results/filtered-search.json",
+    ],
 }  # fmt: skip
 
 
