@@ -200,6 +200,12 @@ def test_columns_masks_equal_the_reference(corpus):
         where = parse_where(spec, reg)
         expected = [where.matches(r) for r in reversed(records)]
         assert fields.allowed(where, keys).tolist() == expected, spec
+    # answers are cached per condition and id array: asked again, or for another array, the same
+    where = parse_where(WHERES[6], reg)
+    again = fields.allowed(where, keys)
+    assert again is fields.allowed(where, keys) and not again.flags.writeable
+    forward = np.array([i.encode() for i in ids], dtype=np.bytes_)
+    assert fields.allowed(where, forward).tolist() == again[::-1].tolist()
     unknown = np.array([b"not-there", ids[0].encode()], dtype=np.bytes_)
     assert fields.allowed(parse_where({"rating": {"gte": 0}}, reg), unknown)[0] == False  # noqa: E712
     assert fields.records([ids[7], "not-there"]) == {ids[7]: records[7]}

@@ -69,6 +69,9 @@ class FieldColumns:
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         # an engine's id array (kept referenced, so its id() is not reused) -> its rows here
         self._rows: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        # (conditions, id of an engine's id array) -> (that array, which of its ids pass)
+        self._allowed: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._allowed_bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -157,11 +160,26 @@ class FieldColumns:
 
     def allowed(self, where: Where, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` (an engine's bytes array of ids, never changed once made: its rows
-        here are cached) pass ``where``; ids without a record pass only an empty ``where``."""
+        here, and the answer for recent conditions, are cached; the answer is read-only) pass
+        ``where``; ids without a record pass only an empty ``where``."""
         if where.empty:
             return np.ones(len(ids), dtype=bool)
+        key = (where.key(), id(ids))
+        with self._lock:
+            cached = self._allowed.get(key)
+            if cached is not None and cached[0] is ids:
+                self._allowed.move_to_end(key)
+                return cached[1]
         rows = self.rows_of_array(ids)
-        return self.mask(where)[np.maximum(rows, 0)] & (rows >= 0)
+        passing = self.mask(where)[np.maximum(rows, 0)] & (rows >= 0)
+        passing.flags.writeable = False  # shared by the searches that ask again
+        with self._lock:  # as many bytes as the masks' cache holds, at most
+            old = self._allowed.pop(key, None)
+            self._allowed_bytes += len(passing) - (0 if old is None else len(old[1]))
+            self._allowed[key] = (ids, passing)
+            while self._allowed_bytes > _MASKS * max(len(self.ids), 1) and len(self._allowed) > 1:
+                self._allowed_bytes -= len(self._allowed.popitem(last=False)[1][1])
+        return passing
 
     def rows_of_array(self, ids: np.ndarray) -> np.ndarray:
         """:meth:`positions` of an engine's id array that never changes (cached by identity)."""

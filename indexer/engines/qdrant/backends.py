@@ -4,9 +4,11 @@
 one directory); :class:`~indexer.engines.qdrant.server.ServerBackend` drives a Qdrant server or
 cluster. Both expose the same small surface (upsert, delete, existing, retrieve, query, count,
 flush, optimize) in plain Python types, so :mod:`indexer.engines.qdrant.index` is written once, and
-both build the same filter from a :class:`~indexer.filters.WordFilter`: the ``words`` payload
-(integer vocabulary indices of the image's strong words, with a lookup index) must contain
-every required word (``must``) and none of the excluded ones (``must_not`` any).
+both build the same filter (:func:`~indexer.engines.qdrant.conditions.build_filter`) from a
+:class:`~indexer.filters.WordFilter` and metadata conditions: the ``words`` payload (integer
+vocabulary indices of the image's strong words, with a lookup index) must contain every
+required word (``must``) and none of the excluded ones (``must_not`` any), and the ``meta``
+payload must pass every condition.
 
 An embedded index's shard lives in a directory the engine moves around (:func:`open_shard`,
 :func:`copy_shard`, :func:`move_shard`): a published shard is never written, so writes go to a
@@ -27,10 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from indexer.filters import WordFilter, active
+from indexer.engines.qdrant.conditions import WORDS, build_filter, edge_builders
+from indexer.fields import Where
+from indexer.filters import WordFilter
 
 VECTOR = "lex"  # the one sparse vector of every point
-WORDS = "words"  # payload: strong words (vocabulary indices)
 ID = "id"  # payload: the image id
 DATATYPES = ("float32", "float16", "uint8")
 SHARD = "shard"  # the Qdrant Edge shard's directory in a version or scratch directory
@@ -78,6 +81,11 @@ class EdgeBackend:
         )
         self.shard.update(qe.UpdateOperation.create_field_index(ID, qe.PayloadSchemaType.Keyword))
 
+    def index_payload(self, key: str, kind: str) -> None:
+        """A payload index on ``key`` (``kind``: keyword, float or geo)."""
+        schema = getattr(self.qe.PayloadSchemaType, kind.capitalize())
+        self.shard.update(self.qe.UpdateOperation.create_field_index(key, schema))
+
     def upsert(
         self, pids: Sequence[str], vectors: Sequence[Sparse], payloads: Sequence[dict]
     ) -> None:
@@ -102,10 +110,15 @@ class EdgeBackend:
         return out
 
     def query(
-        self, queries: Sequence[Sparse], limit: int, offset: int, filters: WordFilter | None
+        self,
+        queries: Sequence[Sparse],
+        limit: int,
+        offset: int,
+        filters: WordFilter | None,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         qe = self.qe
-        condition = self._filter(filters)
+        condition = build_filter(edge_builders(qe), filters, where)
         requests = [
             qe.QueryRequest(
                 limit=limit,
@@ -118,19 +131,6 @@ class EdgeBackend:
         ]
         found = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(p.payload[ID], float(p.score)) for p in hits] for hits in found]
-
-    def _filter(self, filters: WordFilter | None) -> Any:
-        if not active(filters):
-            return None
-        assert filters is not None
-        qe = self.qe
-        must = [qe.FieldCondition(WORDS, match=qe.MatchValue(w)) for w in sorted(filters.require)]
-        must_not = (
-            [qe.FieldCondition(WORDS, match=qe.MatchAny(sorted(filters.exclude)))]
-            if filters.exclude
-            else None
-        )
-        return qe.Filter(must=must or None, must_not=must_not)
 
     def count(self) -> int:
         return int(self.shard.count(self.qe.CountRequest(exact=True)))

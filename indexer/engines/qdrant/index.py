@@ -3,7 +3,10 @@
 One point per image: the sparse vector ``lex`` (vocabulary indices as dimensions, no IDF
 modifier, so a score is the plain dot product), and a payload with the image ``id``, its strong
 ``words`` (:mod:`indexer.filters`: integer vocabulary indices, with a lookup index, which word
-filters query) and the image's metadata when the caller passes it
+filters query), the extra keys the caller passes (the store's path, size, format) and the
+image's metadata record under ``meta``, with a payload index per field of the registry given to
+:meth:`QdrantIndex.declare_fields` (:mod:`indexer.engines.qdrant.conditions`), which metadata
+conditions (``where``) query: Qdrant applies them, with the word filters, inside its search
 (:mod:`indexer.engines.qdrant.points` turns rows into points and back). Point ids are UUIDs
 derived from the image id (``uuid5``), so upserting the same images again changes nothing: a
 re-run or resumed job is idempotent. ``add`` refuses ids already in the index (the protocol's rule);
@@ -56,6 +59,7 @@ from indexer.engines.qdrant.backends import (
     release_memory,
     scratch_dir,
 )
+from indexer.engines.qdrant.conditions import META, SCHEMA, meta_key, meta_payloads
 from indexer.engines.qdrant.points import point_id, points, query_vectors, rows_of
 from indexer.engines.qdrant.server import (
     ServerLayout,
@@ -64,8 +68,9 @@ from indexer.engines.qdrant.server import (
     create_collection,
     open_published,
 )
-from indexer.fields import Where
+from indexer.fields import Where, WhereError
 from indexer.filters import RULE, WordFilter, check_rule
+from indexer.metadata import FieldRegistry
 
 ENGINE = "qdrant"
 _BATCH = 256  # points per upsert request
@@ -95,6 +100,7 @@ class QdrantIndex(SearchIndex):
         # when the object is collected unclosed); never a work or version directory
         self._scratch: weakref.finalize | None = None
         self._since_optimize = self._since_flush = 0
+        self._registry: FieldRegistry | None = None  # the field types of ``meta`` payloads
 
     @classmethod
     def create(
@@ -135,6 +141,7 @@ class QdrantIndex(SearchIndex):
             "rule": dict(RULE),
             "optimize_every": optimize_every,
             "segment_points": segment_points,
+            "metadata": META,  # points carry their metadata record there (filters read it)
         }
         manifest = IndexManifest(
             ENGINE, vocabulary_hash, vocabulary_size, checkpoint_id, threshold, params=params
@@ -182,18 +189,32 @@ class QdrantIndex(SearchIndex):
         return self.exact
 
     @property
+    def filters_metadata(self) -> bool:
+        return True
+
+    @property
     def server(self) -> bool:
         return self.manifest.params.get("backend") == "server"
 
     # --- writing ------------------------------------------------------------------------------
+    def declare_fields(self, registry: FieldRegistry) -> None:
+        """Index the ``meta`` payload by ``registry``'s fields (a payload index each) and type
+        the records later upserts are given by it; call before writing records."""
+        self._writable()
+        for name in sorted(registry.fields):
+            self.backend.index_payload(meta_key(name), SCHEMA[registry.type_of(name)])
+        self._registry = registry
+
     def add(
         self,
         ids: Sequence[str],
         rows: sp.csr_matrix,
         metadata: Sequence[dict[str, Any]] | None = None,
+        *,
+        records: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Add images; an id already in the index is a ValueError (use :meth:`upsert`)."""
-        self.upsert(ids, rows, metadata, new_only=True)
+        self.upsert(ids, rows, metadata, new_only=True, records=records)
 
     def upsert(
         self,
@@ -201,24 +222,34 @@ class QdrantIndex(SearchIndex):
         rows: sp.csr_matrix,
         metadata: Sequence[dict[str, Any]] | None = None,
         new_only: bool = False,
+        *,
+        records: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
-        """Add or replace images (idempotent: the same rows twice change nothing)."""
+        """Add or replace images (idempotent: the same rows twice change nothing).
+
+        ``metadata``: extra payload keys per image; ``records``: each image's metadata record
+        (None: none), which ``where`` conditions filter by (:meth:`declare_fields` first)."""
         ids = [str(i) for i in ids]
         rows = check_rows(ids, rows, self.manifest.vocabulary_size)
+        meta = meta_payloads(records, self._registry, len(ids))
         self._writable()
         present = self.backend.existing([point_id(i) for i in ids]) if new_only and ids else set()
         if present:
             first = next(i for i in ids if point_id(i) in present)
             raise ValueError(f"image {first!r} is already in the index")
-        self._upsert(ids, rows, metadata)
+        self._upsert(ids, rows, metadata, meta)
 
     def _upsert(
-        self, ids: list[str], rows: sp.csr_matrix, metadata: Sequence[dict[str, Any]] | None
+        self,
+        ids: list[str],
+        rows: sp.csr_matrix,
+        metadata: Sequence[dict[str, Any]] | None,
+        meta: Sequence[dict[str, Any] | None] | None,
     ) -> None:
         rows.sort_indices()
         for start in range(0, len(ids), _BATCH):
             batch = range(start, min(len(ids), start + _BATCH))
-            self.backend.upsert(*points(ids, rows, metadata, batch))
+            self.backend.upsert(*points(ids, rows, metadata, batch, meta))
             self._since_optimize += len(batch)
             self._since_flush += len(batch)
             if self._since_flush >= FLUSH_EVERY:  # unflushed points are held in memory
@@ -262,7 +293,12 @@ class QdrantIndex(SearchIndex):
         *,
         where: Where | None = None,
     ) -> list[list[Hit]]:
-        self.where_fields(where)  # refused: this engine does not filter by metadata
+        if where is not None and not where.empty and not self.manifest.params.get("metadata"):
+            raise WhereError(
+                "where",
+                "this qdrant index was built without metadata in its points; rebuild it from "
+                "the store (`lexvla index reindex`)",
+            )
         if k <= 0 or offset < 0:
             raise ValueError(f"k must be positive and offset non-negative, got {k}, {offset}")
         if filters is not None:
@@ -272,7 +308,9 @@ class QdrantIndex(SearchIndex):
         sparse, which = query_vectors(queries)
         results: list[list[Hit]] = [[] for _ in range(queries.shape[0])]
         if sparse:
-            for n, hits in zip(which, self.backend.query(sparse, k, offset, filters), strict=True):
+            for n, hits in zip(
+                which, self.backend.query(sparse, k, offset, filters, where), strict=True
+            ):
                 results[n] = [(i, s) for i, s in hits if s > 0]
         return results
 

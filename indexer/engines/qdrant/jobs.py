@@ -1,9 +1,10 @@
 """Building a ``qdrant`` index from a corpus store: resumable, idempotent, bounded in memory.
 
-:func:`build_qdrant` upserts the store's live images shard by shard into a Qdrant Edge shard
-(embedded) or a server collection, then publishes the index as a new version (embedded: the
-shard moves into the version directory; server: the version's manifest names the collection, and
-the alias is swapped to it). Progress is recorded after each store shard is upserted (and, for
+:func:`build_qdrant` upserts the store's live images shard by shard, each point with the
+image's metadata record (filters read it; a payload index per field of the store's registry),
+into a Qdrant Edge shard (embedded) or a server collection, then publishes the index as a new
+version (embedded: the shard moves into the version directory; server: the version's manifest
+names the collection, and the alias is swapped to it). Progress is recorded after each store shard is upserted (and, for
 Qdrant Edge, flushed) in ``<index>/versions/.build-qdrant-<key>.json``; a job killed at any point
 and run again reopens the same work shard or collection and skips the shards recorded as done.
 Upserts are idempotent (point ids derive from image ids), so the shard that was being written
@@ -68,6 +69,7 @@ def build_qdrant(
     index = QdrantIndex.create(
         len(store.vocabulary), store.vocabulary.hash, m["checkpoint_id"], m["threshold"], **options
     )
+    index.declare_fields(store.fields)  # payload indexes of the metadata fields
     done = set(state["done"])
     shards = store.iter_numbered_shards()
     if progress:
@@ -77,7 +79,8 @@ def build_qdrant(
     for shard, ids, rows in shards:
         if shard in done:
             continue
-        index.upsert(ids, rows, store.payloads(ids))
+        records = store.metadata_records(ids)
+        index.upsert(ids, rows, store.payloads(ids), records=[records.get(i) for i in ids])
         index.backend.flush()
         done.add(shard)
         state["done"] = sorted(done)

@@ -1,7 +1,8 @@
 """LexVLA rows as Qdrant points and back: point ids, sparse vectors, payloads, query vectors.
 
 The point layout (one point per image; its id a ``uuid5`` of the image id; the sparse vector
-``lex``; a payload with the image ``id``, its strong ``words`` and its metadata) is described in
+``lex``; a payload with the image ``id``, its strong ``words``, the caller's extra keys and
+the image's metadata record under ``meta``) is described in
 :mod:`indexer.engines.qdrant.index`. The back ends (:mod:`indexer.engines.qdrant.backends`) take and
 return the plain Python types built here.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.qdrant.backends import ID, WORDS, Sparse
+from indexer.engines.qdrant.conditions import META
 from indexer.filters import strong_words
 
 _NAMESPACE = uuid.UUID("7b1f3c52-6a0e-4f57-9d3c-1e5a2b8c4d60")  # fixed: point ids never move
@@ -31,15 +33,21 @@ def points(
     rows: sp.csr_matrix,
     metadata: Sequence[dict[str, Any]] | None,
     batch: range,
+    meta: Sequence[dict[str, Any] | None] | None = None,
 ) -> tuple[list[str], list[Sparse], list[dict[str, Any]]]:
-    """Point ids, sparse vectors and payloads of the rows numbered ``batch`` (indices sorted)."""
+    """Point ids, sparse vectors and payloads of the rows numbered ``batch`` (indices sorted);
+    ``meta``: each image's ``meta`` payload (:func:`~indexer.engines.qdrant.conditions.meta_payload`,
+    None: the image has no metadata record)."""
     vectors, payloads = [], []
     for n in batch:
         a, b = rows.indptr[n], rows.indptr[n + 1]
         indices, data = rows.indices[a:b], rows.data[a:b]
         vectors.append((indices.tolist(), data.tolist()))
         extra = dict(metadata[n]) if metadata is not None else {}
-        payloads.append({**extra, ID: ids[n], WORDS: strong_words(indices, data).tolist()})
+        payload = {**extra, ID: ids[n], WORDS: strong_words(indices, data).tolist()}
+        if meta is not None and meta[n] is not None:
+            payload[META] = meta[n]
+        payloads.append(payload)
     return [point_id(ids[n]) for n in batch], vectors, payloads
 
 

@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 
 from indexer.engines.base import IndexManifest, IndexUnavailable
 from indexer.engines.qdrant.backends import ID, INSTALL_HINT, VECTOR, WORDS, Hit, Sparse
-from indexer.filters import RULE, WordFilter, active, check_rule
+from indexer.engines.qdrant.conditions import build_filter, client_builders
+from indexer.fields import Where
+from indexer.filters import RULE, WordFilter, check_rule
 from model.vocabulary import VocabularyMismatchError
 
 T = TypeVar("T")
@@ -131,6 +133,12 @@ class ServerBackend:
             lambda: self.client.create_payload_index(self.collection, name, kind, wait=True),
         )
 
+    def index_payload(self, key: str, kind: str) -> None:
+        """A payload index on ``key`` (``kind``: keyword, float or geo)."""
+        with warnings.catch_warnings():  # local mode warns that payload indexes do nothing there
+            warnings.simplefilter("ignore", UserWarning)
+            self._payload_index(key, getattr(self.m.PayloadSchemaType, kind.upper()))
+
     def metadata(self, name: str | None = None) -> dict[str, Any]:
         """The metadata a collection (or the one an alias names) was created with."""
         info = self.call(
@@ -204,10 +212,15 @@ class ServerBackend:
         }
 
     def query(
-        self, queries: Sequence[Sparse], limit: int, offset: int, filters: WordFilter | None
+        self,
+        queries: Sequence[Sparse],
+        limit: int,
+        offset: int,
+        filters: WordFilter | None,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         m = self.m
-        condition = self._filter(filters)
+        condition = build_filter(client_builders(m), filters, where)
         requests = [
             m.QueryRequest(
                 query=m.SparseVector(indices=i, values=v),
@@ -221,18 +234,6 @@ class ServerBackend:
         ]
         found = self.call("searching", lambda: self.client.query_batch_points(self.read, requests))
         return [[(p.payload[ID], float(p.score)) for p in r.points] for r in found]
-
-    def _filter(self, filters: WordFilter | None) -> Any:
-        if not active(filters):
-            return None
-        assert filters is not None
-        m = self.m
-        must = [
-            m.FieldCondition(key=WORDS, match=m.MatchValue(value=w))
-            for w in sorted(filters.require)
-        ]
-        must_not = [m.FieldCondition(key=WORDS, match=m.MatchAny(any=sorted(filters.exclude)))]
-        return m.Filter(must=must or None, must_not=must_not if filters.exclude else None)
 
     def count(self) -> int:
         found = self.call("counting points", lambda: self.client.count(self.read, exact=True))
@@ -298,6 +299,7 @@ def identity(manifest: IndexManifest) -> dict[str, Any]:
         "threshold": manifest.threshold,
         "rule": dict(RULE),
         "datatype": manifest.params.get("datatype"),
+        "metadata": manifest.params.get("metadata"),
     }
 
 
@@ -357,6 +359,7 @@ def attach_collection(
         "url": url,
         "datatype": found.get("datatype", "float32"),
         "rule": dict(RULE),
+        "metadata": found.get("metadata"),
     }
     manifest = IndexManifest(
         "qdrant",
