@@ -31,7 +31,9 @@ from service.core.keys import Access
 from service.search.images import missing_in_store
 from service.state import ServiceState
 
-router = APIRouter(tags=["writes"], responses=error_responses(401, 403, 409, 422, 507))
+router = APIRouter(
+    tags=["writes"], responses=error_responses(400, 401, 403, 404, 409, 422, 429, 507)
+)
 ImageIdPath = Annotated[str, Path(min_length=1, max_length=1024)]
 MAX_FILES = 64
 
