@@ -290,3 +290,20 @@ class ReloadResponse(BaseModel):
     engine: str
     images: int
     processes: list[ProcessInfo] = Field(description="every process, each serving ``current``")
+
+
+class Written(BaseModel):
+    id: str | None = Field(description="The image's id (null when the upload was skipped)")
+    status: str = Field(description="'indexed' or 'skipped'")
+    reason: str | None = Field(None, description="Why it was skipped (one line)")
+
+
+class WriteResponse(BaseModel):
+    images: list[Written]
+    index_version: str | None = Field(description="The version that holds the change")
+
+
+class MetadataPatch(_Request):
+    metadata: dict[str, Any] = Field(
+        description="Fields to set (a null value removes the field); other fields are kept"
+    )

@@ -14,12 +14,12 @@ from typing import Annotated, Any
 
 import scipy.sparse as sp
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
-from pydantic import BaseModel, Field
 
 from indexer.live import DiskFull, LiveWriter, Prepared, Upload
 from indexer.metadata import COLLECTION, DEFAULT_COLLECTION, MetadataError
 from model.data import Skipped
 from service.api.deps import StateDep, WriteDep
+from service.api.schemas import MetadataPatch, WriteResponse, Written
 from service.core.errors import (
     Forbidden,
     InsufficientStorage,
@@ -36,23 +36,6 @@ router = APIRouter(
 )
 ImageIdPath = Annotated[str, Path(min_length=1, max_length=1024)]
 MAX_FILES = 64
-
-
-class Written(BaseModel):
-    id: str | None = Field(description="The image's id (null when the upload was skipped)")
-    status: str = Field(description="'indexed' or 'skipped'")
-    reason: str | None = Field(None, description="Why it was skipped (one line)")
-
-
-class WriteResponse(BaseModel):
-    images: list[Written]
-    index_version: str | None = Field(description="The version that holds the change")
-
-
-class MetadataPatch(BaseModel):
-    metadata: dict[str, Any] = Field(
-        description="Fields to set (a null value removes the field); other fields are kept"
-    )
 
 
 @router.post("/images", status_code=201, response_model=WriteResponse,
