@@ -141,7 +141,7 @@ def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_serve
         ".map(c => parseFloat(c.style.fontSize))"
     )
     assert len(sizes) == 8 and sizes == sorted(sizes, reverse=True)  # sized by contribution
-    assert "q=a+red+circle" in b.js("location.hash")
+    assert "q=a+red+circle" in b.js("location.search")
 
     # click the first result: word cloud, matched words, heat map of the top word
     first = b.js("document.querySelector('#results .card').dataset.id")
@@ -151,14 +151,14 @@ def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_serve
     assert b.js("document.querySelectorAll('#cloud span').length") == 40
     b.wait_for(f"{IMAGE_LOADED}(document.getElementById('heatmap'))")
     top_word = b.js("document.querySelector('#matched .chip.active').dataset.word")
-    assert f"open={first}" in b.js("decodeURIComponent(location.hash)")
+    assert f"open={first}" in b.js("decodeURIComponent(location.search)")
 
     # choose another word: the heat map follows
     second = b.js("document.querySelectorAll('#matched .chip')[1].dataset.word")
     assert second != top_word
     b.js("document.querySelectorAll('#matched .chip')[1].click()")
     b.wait_for(
-        f"document.getElementById('heatmap').src.includes('word=' + encodeURIComponent({json.dumps(second)}))"
+        f"document.getElementById('heatmap').dataset.src.includes('word=' + encodeURIComponent({json.dumps(second)}))"
         f" && {IMAGE_LOADED}(document.getElementById('heatmap'))"
     )
     shot = b.screenshot()
@@ -182,10 +182,13 @@ def test_filter_chips_switch_filters_off_and_on(browser, live_server):
     hits = base.json()["hits"]
     # a word the top hit matches strongly enough to be among its own: excluding it drops that hit
     word = next(m["word"] for m in hits[0]["matched"] if m["word"].isalpha())
+    # a link of the older #q=... form opens that search, and becomes ?q=...
     b.call(
         "Page.navigate", url=live_server.url + "/#q=" + f"a red circle -{word}".replace(" ", "+")
     )
     b.wait_for("document.body && document.body.dataset.ready === 'true'")
+    assert b.js("location.hash") == ""
+    assert b.js("new URLSearchParams(location.search).get('q')") == f"a red circle -{word}"
     chip = f"document.querySelector('#filters .chip[data-token=\"-{word}\"]')"
     b.wait_for(f"{chip} && !{chip}.classList.contains('off')")
     assert b.js("document.getElementById('filters').hidden") is False
@@ -194,7 +197,7 @@ def test_filter_chips_switch_filters_off_and_on(browser, live_server):
     b.js(f"{chip}.click()")  # off: the query loses -word, the chip stays, struck through
     b.wait_for(f"{chip} && {chip}.classList.contains('off')")
     assert b.js("document.getElementById('query').value") == "a red circle"
-    assert f"-{word}" in b.js("decodeURIComponent(location.hash)")  # kept as off=...
+    assert b.js("new URLSearchParams(location.search).get('off')") == f"-{word}"
     b.wait_for(f"document.querySelectorAll('#results .card').length === {len(hits[:12])}")
     b.js(f"{chip}.click()")  # on again
     b.wait_for(f"{chip} && !{chip}.classList.contains('off')")
@@ -210,7 +213,7 @@ def test_together_checkbox_sends_bind_and_shows_where(browser, live_server):
     bound = httpx.post(
         live_server.url + "/search", json={"query": "a red circle", "top_k": 12, "bind": True}
     ).json()["hits"]
-    b.open_ui(live_server.url + "/#q=a+red+circle&bind=1")
+    b.open_ui(live_server.url + "/?q=a+red+circle&bind=1")
     b.wait_for(f"document.querySelectorAll('#results .card').length === {len(bound)}")
     assert b.js("document.getElementById('bind').checked") is True
     cards = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
@@ -219,5 +222,5 @@ def test_together_checkbox_sends_bind_and_shows_where(browser, live_server):
     assert f"together {bound[0]['bound_score']:.3f}" in shown
     b.js("document.getElementById('bind').click()")  # off, then search again
     b.js("document.getElementById('search-form').requestSubmit()")
-    b.wait_for("!decodeURIComponent(location.hash).includes('bind=1')")
+    b.wait_for("!location.search.includes('bind=1')")
     b.wait_for("document.querySelector('#results .card .bound') === null")
