@@ -284,9 +284,9 @@ $("search-form").addEventListener("submit", (event) => {
 $("filter-form").addEventListener("change", applyControls);
 $("filter-form").addEventListener("submit", (event) => { event.preventDefault(); applyControls(); });
 $("clear-filters").addEventListener("click", () => {
-  Object.assign(state, { album: "", collection: "", from: "", to: "", sort: "relevance" });
+  Object.assign(state, { album: "", collection: "", from: "", to: "", sort: "relevance", offset: 0 });
   syncControls();
-  applyControls();
+  go();
 });
 $("upload").addEventListener("change", (event) => {
   const file = event.target.files[0];
