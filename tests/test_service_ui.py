@@ -12,8 +12,10 @@ import base64
 import io
 import itertools
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.service_fixtures import REPO, free_port, stop, wait_ready
 from tests.ui_stub import FACETS, RECORDS, serve_stub
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
@@ -455,3 +458,71 @@ def test_a_401_asks_for_a_key_kept_for_the_tab_and_sent_with_every_request(brows
     b.wait_for("document.getElementById('status').classList.contains('error')")
     assert "wrong API key" in b.js("document.getElementById('status').textContent")
     assert b.js(DIALOG_OPEN) is False
+
+
+@pytest.fixture
+def keyed_server(live_server, tiny_checkpoint, tmp_path):
+    """``python -m service`` over the live server's corpus with a keys file: every read needs a
+    key. Yields (url, a key with the search right, the keys file)."""
+    from service.core.keys import add_key
+
+    keys = tmp_path / "keys.json"
+    key, _ = add_key(keys, ["*"], ["search"], name="ui")
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEXVLA_CHECKPOINT": str(tiny_checkpoint),
+        "LEXVLA_STORE": str(live_server.corpus.store),
+        "LEXVLA_KEYS_FILE": str(keys),
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("LEXVLA_API_KEY", None)
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--index", str(live_server.corpus.index),
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield url, key, keys
+    finally:
+        stop(process)
+
+
+def test_the_key_form_opens_a_service_with_a_keys_file(browser, keyed_server):
+    """The real service: its 401 opens the form; with the key, search, thumbnails (fetched with
+    the header, shown through object URLs), explain and heat maps answer; a revoked key asks
+    again."""
+    from service.core.keys import read_keys, revoke_key
+
+    url, key, keys = keyed_server
+    b = browser
+    b.call("Page.enable")
+    b.call("Page.navigate", url=url + "/?q=a+red+circle")
+    b.wait_for(DIALOG_OPEN)
+    _enter_key(b, key)
+    b.wait_for("document.getElementById('status').textContent.startsWith('Results')")
+    b.wait_for(
+        f"[...document.querySelectorAll('#results .card img')].every(i => {IMAGE_LOADED}(i))"
+    )
+    assert b.js("document.querySelector('#results .card img').src").startswith("blob:")
+    b.js("document.querySelector('#results .card').click()")
+    b.wait_for(f"{IMAGE_LOADED}(document.getElementById('heatmap'))")
+    assert (
+        b.js("sessionStorage.getItem('lexvla.apiKey')") == key and b.js("localStorage.length") == 0
+    )
+
+    revoke_key(keys, read_keys(keys)[0].id)
+    deadline = time.monotonic() + 20  # the service re-reads its keys file within a second
+    bearer = {"Authorization": f"Bearer {key}"}
+    while httpx.get(url + "/thumbnails/red-circle.png", headers=bearer).status_code != 401:
+        assert time.monotonic() < deadline, "the service did not see the key revoked"
+        time.sleep(0.2)
+    b.js("document.getElementById('close').click()")
+    b.js("document.getElementById('search-form').requestSubmit()")
+    b.wait_for(
+        f"{DIALOG_OPEN} && document.getElementById('key-message').textContent.includes('revoked')"
+    )
