@@ -112,11 +112,20 @@ class Browser:
                 self.process.kill()
 
 
+# every page records its uncaught errors and unhandled promise rejections
+CATCH_ERRORS = """window.pageErrors = [];
+addEventListener('error', (e) => pageErrors.push(String(e.message)));
+addEventListener('unhandledrejection', (e) => pageErrors.push(String(e.reason)));"""
+
+
 @pytest.fixture
 def browser(tmp_path):
     b = Browser(tmp_path / "profile")
     try:
+        b.call("Page.enable")
+        b.call("Page.addScriptToEvaluateOnNewDocument", source=CATCH_ERRORS)
         yield b
+        assert b.js("window.pageErrors") == []  # no script error on the last page
     finally:
         b.close()
 
