@@ -63,8 +63,8 @@ async function searchByImage(file) {
   form.append("file", file);
   form.append("top_k", String(PAGE));
   form.append("matched_limit", "12");
+  const mine = ++latest;
   try {
-    const mine = ++latest;
     const result = await api("/search/image", { method: "POST", body: form });
     if (mine !== latest) return;
     state.query = ""; state.offset = 0; state.open = null; state.word = null;
@@ -72,7 +72,7 @@ async function searchByImage(file) {
     render(result);
     state.imageHits = Object.fromEntries(result.hits.map((h) => [h.id, h]));
   } catch (err) {
-    setStatus(err.message, true);
+    if (mine === latest) setStatus(err.message, true);
   }
 }
 
@@ -98,9 +98,10 @@ function render(result) {
   });
   for (const img of $("results").querySelectorAll("img")) release(img);
   $("results").replaceChildren(...result.hits.map(card));
-  $("pager").hidden = result.mode === "image" || (result.offset === 0 && shown < PAGE);
+  const more = typeof result.matches === "number" ? result.offset + shown < result.matches : shown === PAGE;
+  $("pager").hidden = result.mode === "image" || (result.offset === 0 && !more);
   $("prev").disabled = result.offset === 0;
-  $("next").disabled = shown < PAGE;
+  $("next").disabled = !more;
 }
 
 // --- word filters ------------------------------------------------------------------------------
@@ -263,6 +264,7 @@ function closeDetail() {
 }
 
 function clearResults() {
+  latest++; // a search still under way is not shown
   setStatus(WELCOME);
   for (const img of $("results").querySelectorAll("img")) release(img);
   for (const id of ["results", "query-words", "filters", "facets"]) $(id).replaceChildren();
