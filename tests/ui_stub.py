@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.api.routes import ui
 from service.api.schemas import (
+    AppliedFilters,
     ExplainResponse,
     ExplainTimings,
     MatchedWord,
@@ -77,7 +78,7 @@ def search_answer(body: dict[str, Any]) -> dict[str, Any]:
     response = SearchResponse(
         query=body.get("query", ""), mode=body.get("mode", "model"),
         query_words=[WordWeight(word=w, weight=1.0) for w in WORDS], active_words=len(WORDS),
-        excluded=[], filters={}, index_version="stub", top_k=body.get("top_k", 10),
+        excluded=[], filters=AppliedFilters(), index_version="stub", top_k=body.get("top_k", 10),
         offset=body.get("offset", 0), hits=[], notes=[],
         timings=SearchTimings(encode_ms=1.0, search_ms=1.0, rescore_ms=0.0, total_ms=2.0),
     ).model_dump()  # fmt: skip

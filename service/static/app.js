@@ -5,14 +5,15 @@
 // are offered for the fields the service reports; requests carry the API key once one is asked
 // for (api.js).
 
-import { api, optional, release, showImage } from "./api.js";
+import { api, currentKey, optional, release, showImage } from "./api.js";
 import { $, el } from "./dom.js";
 import { chooseFacet, readControls, renderFacets, showControls, syncControls } from "./facets.js";
 import { facetsOf, readUrl, state, whereOf, writeUrl } from "./state.js";
 
 const PAGE = 12;
 const WELCOME = $("status").textContent;
-let fields = null; // GET /fields: {name: {type}}, or null where the service has no such endpoint
+let fields; // GET /fields: {name: {type}}; null where the service has no such endpoint
+let fieldsFailedWith; // the key (or null) of a GET /fields that failed: asked again with another
 let latest = 0; // the newest search: answers to older ones are dropped
 
 function setStatus(text, isError = false) {
@@ -38,9 +39,23 @@ function searchBody() {
   return body;
 }
 
+/** Asks the service which fields it has, until it has answered (a failure: again with a new key). */
+async function loadFields() {
+  if (fields !== undefined || fieldsFailedWith === currentKey()) return;
+  try {
+    const answer = await optional("/fields");
+    fields = answer && answer.fields ? answer.fields : null;
+  } catch (err) {
+    fieldsFailedWith = currentKey();
+    setStatus(`Field filters are unavailable for now: ${err.message}`, true);
+  }
+  showControls(fields || null);
+}
+
 /** Runs the search ``state`` describes (the URL is written by the caller). */
 async function search() {
   if (!state.query.trim()) return;
+  await loadFields();
   $("query").value = state.query;
   $("mode").value = state.mode;
   $("bind").checked = state.bind;
@@ -327,13 +342,7 @@ async function show() {
 }
 
 async function start() {
-  try {
-    const answer = await optional("/fields");
-    fields = answer && answer.fields ? answer.fields : null;
-  } catch (err) {
-    setStatus(`Field filters are unavailable: ${err.message}`, true);
-  }
-  showControls(fields);
+  await loadFields();
   await show();
   writeUrl(false); // a link of the older #q=... form becomes ?q=...
   document.body.dataset.ready = "true"; // for the headless-browser test
