@@ -535,3 +535,23 @@ def test_the_key_form_opens_a_service_with_a_keys_file(browser, keyed_server):
     b.wait_for(
         f"{DIALOG_OPEN} && document.getElementById('key-message').textContent.includes('revoked')"
     )
+
+
+def test_the_controls_follow_the_fields_the_service_has(browser, stub):
+    """An index with an album but no capture time: no date range, sort or year, and a link's
+    date and sort are not sent (the service would refuse them)."""
+    b = browser
+    stub.fields = {"album": {"type": "keyword"}, "path": {"type": "keyword"}}
+    b.open_ui(stub.url + "/?q=red+circle&album=Trip&from=2020-01-01&sort=-taken_at")
+    b.wait_for(f"document.querySelectorAll('#results .card').length === {len(RECORDS)}")
+    (sent,) = [r["body"] for r in stub.requests("/search")]
+    assert sent["where"] == {"album": "Trip"} and "sort" not in sent
+    assert sent["facets"] == ["album"]
+    shown = b.js(
+        "[...document.querySelectorAll('#filter-form label')]"
+        ".filter(l => l.offsetParent !== null).map(l => l.textContent.trim().split(/\\s/)[0])"
+    )
+    assert shown == ["Album"]
+    assert b.js(
+        "[...document.querySelectorAll('#facets .facet-group')].map(g => g.dataset.facet)"
+    ) == ["album"]

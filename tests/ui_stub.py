@@ -109,6 +109,7 @@ class Stub:
     url: str
     log: list[dict[str, Any]] = field(default_factory=list)
     key: str | None = None
+    fields: dict[str, dict[str, str]] = field(default_factory=lambda: dict(FIELDS))
 
     def requests(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.log if r["path"] == path]
@@ -139,7 +140,7 @@ def create_stub_app(stub: Stub) -> FastAPI:
 
     @app.get("/fields")
     async def fields() -> dict[str, Any]:
-        return {"fields": FIELDS}
+        return {"fields": stub.fields}
 
     @app.post("/search")
     async def search(request: Request) -> JSONResponse:

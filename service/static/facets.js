@@ -13,13 +13,15 @@ const SHOWN = 12; // values per facet, most frequent first
 /** Shows the controls that make sense for ``fields`` (null: none at all). */
 export function showControls(fields) {
   const bar = $("filter-form");
-  bar.hidden = !fields;
-  if (!fields) return;
+  bar.hidden = !fields || !["album", "collection", "taken_at"].some((name) => fields[name]);
+  if (bar.hidden) return;
   for (const node of bar.querySelectorAll("[data-field]")) {
     const known = Boolean(fields[node.dataset.field]);
     node.hidden = !known;
     if (node.tagName === "OPTION") node.disabled = !known;
   }
+  const sorts = [...$("sort").options].filter((o) => !o.disabled);
+  $("sort").closest("label").hidden = sorts.length < 2; // relevance only: nothing to choose
 }
 
 /** Puts ``state``'s filters into the controls. */
