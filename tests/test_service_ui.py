@@ -1,23 +1,19 @@
 """The web UI in headless Chromium, driven over the DevTools protocol against a live server.
 
 Skipped where Debian's ``chromium`` is not installed (``apt-get install chromium``). The
-README's picture is made from the demo by ``bench/screenshot.py``, with this module's client.
-The tests of field filters, sort, facet counts and the API-key form run against
-``tests/ui_stub.py`` (the real page, canned answers, a log of the requests the page sends).
+DevTools client is in ``tests/ui_support.py`` (``bench/screenshot.py`` makes the README's picture
+with it). The tests of field filters, sort and facet counts, and the first API-key test, run
+against that module's stand-in service (the real page, canned answers, a log of the requests the
+page sends); the other API-key test runs against the service with a keys file.
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,97 +21,11 @@ import pytest
 from PIL import Image
 
 from tests.service_fixtures import REPO, free_port, stop, wait_ready
-from tests.ui_stub import FACETS, RECORDS, serve_stub
+from tests.ui_support import CATCH_ERRORS, CHROMIUM, FACETS, RECORDS, Browser, serve_stub
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless UI test needs Chromium (apt-get install chromium)"
 )
-
-
-class Browser:
-    """Just enough of the Chrome DevTools protocol: navigate, evaluate, click files, screenshot."""
-
-    def __init__(self, profile: Path):
-        from websockets.sync.client import connect
-
-        self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "--window-size=1400,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("Chromium did not start its DevTools endpoint")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(p for p in pages if p["type"] == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.ids = itertools.count(1)
-
-    def call(self, method: str, **params):
-        n = next(self.ids)
-        self.ws.send(json.dumps({"id": n, "method": method, "params": params}))
-        while True:  # events are skipped; the reply carries our id
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == n:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def js(self, expression: str):
-        result = self.call(
-            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for: {expression}")
-
-    def open_ui(self, url: str) -> None:
-        """The UI at ``url`` in a 1400 x 900 viewport (the README's screenshot), once ready."""
-        self.call("Page.enable")
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1400,
-            height=900,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        self.call("Page.navigate", url=url)
-        self.wait_for("document.body && document.body.dataset.ready === 'true'")
-
-    def screenshot(self) -> Image.Image:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        finally:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-# every page records its uncaught errors and unhandled promise rejections
-CATCH_ERRORS = """window.pageErrors = [];
-addEventListener('error', (e) => pageErrors.push(String(e.message)));
-addEventListener('unhandledrejection', (e) => pageErrors.push(String(e.reason)));"""
 
 
 @pytest.fixture
