@@ -49,6 +49,18 @@ def _not_blank(image: Image.Image) -> None:
 IMAGE_LOADED = "(img => img && img.complete && img.naturalWidth > 0)"
 
 
+def test_a_shared_url_filters_by_album_on_the_real_service(browser, live_server):
+    """A bookmarked search with a filter runs as it was: only that album's images, and the
+    album's facet count is what the service counted."""
+    b = browser
+    b.open_ui(live_server.url + "/?q=a+red+circle&album=more")
+    albums = [r for r in live_server.corpus.ids if r.startswith("more/")]
+    assert b.wait_for("document.querySelectorAll('#results .card').length") == len(albums)
+    ids = b.js("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id || '')")
+    assert all(i in albums for i in ids if i), ids
+    assert f"of {len(albums)}" in b.js("document.getElementById('status').textContent")
+
+
 def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_server):
     b = browser
     b.open_ui(live_server.url + "/")
@@ -62,9 +74,10 @@ def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_serve
         f"[...document.querySelectorAll('#results .card img')].every(i => {IMAGE_LOADED}(i))"
     )
     assert "Results 1–" in b.js("document.getElementById('status').textContent")
-    # a service without GET /fields: no filter bar, no facets, searches without them
-    assert b.js("document.getElementById('filter-form').hidden") is True
-    assert b.js("document.getElementById('facets').hidden") is True
+    # the service lists its fields: the filter bar shows, and the facet counts of every match
+    assert b.js("document.getElementById('filter-form').hidden") is False
+    b.wait_for("!document.getElementById('facets').hidden")
+    assert "default" in b.js("document.getElementById('facets').textContent")  # collection
     sizes = b.js(
         "[...document.querySelectorAll('#results .card')[0].querySelectorAll('.chip')]"
         ".map(c => parseFloat(c.style.fontSize))"
