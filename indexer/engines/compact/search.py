@@ -11,8 +11,9 @@ search in quantised scores, the oracle of the pruned mode. Pruned search (:class
 picks ``t`` so that a share of the query's postings is read (the *budget*, planned on per-word code
 histograms before anything is read), keeps the best ``candidates`` partial scores, and re-scores
 them completely from the forward rows. The budget follows the query and the corpus (a share of what
-exact search would read), and a query for which pruning would cost as much as reading everything is
-searched exactly, so pruning is never slower than exact search. Recall against exact float32 search
+exact search would read), and a query is searched exactly whenever the pruned search's cost (the
+postings it reads plus its own steps: planning, the larger heap, re-scoring, fixed work, each
+priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall against exact float32 search
 is measured in bench/index_search.py. A word filter first narrows the snapshot's live masks; when
 it leaves fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
 exactly those are re-scored.
@@ -36,7 +37,13 @@ from indexer.engines.compact.pruning import ImpactPruning
 from indexer.engines.compact.snapshot import Snapshot
 
 CODES = kernels.CODES
-RESCORE_COST = 3.0  # a forward entry re-scored (from DRAM) costs ~3 postings accumulated (measured)
+# What a search's steps cost, in postings accumulated (one posting: ~1 ns on one core), as
+# bench/compact_costs.py measures them; the planner weighs a pruned search with these against
+# reading every posting of the query (exact search).
+RESCORE_COST = 1.5  # a forward entry re-scored (from DRAM)
+HEAP_COST = 150.0  # a push into the heap of partial-score leaders
+PLAN_COST = 1_000.0  # a query word planned (its code histogram, bisection)
+PRUNED_COST = 100_000.0  # a pruned search's fixed work (gathering and sorting the candidates)
 
 
 class Scorer:
@@ -111,25 +118,25 @@ class Scorer:
         if settings is None:
             return 0.0, need
         candidates = settings.candidates_for(len(words), need)
-        postings = sum(b.postings for b in snap.blocks)
         rows = sum(b.rows for b in snap.blocks)
-        rescoring = candidates * RESCORE_COST * postings / max(rows, 1)
+        total = int(snap.counts[words].sum())  # what exact search reads
+        budget = max(settings.min_postings, int(settings.budget_for(len(words)) * total))
+        overhead = pruned_overhead(len(words), candidates, need, rows, snap.postings_per_row)
+        if budget + overhead >= total:
+            return 0.0, need  # pruning would cost as much as it saves: exact
         reference = np.arange(CODES, dtype=np.float64) * float(snap.scales.max())
         threshold = kernels.plan_threshold(
             snap.counts, words, weights.astype(np.float64), reference,
-            settings.budget_for(len(words)),
-            settings.min_postings, rescoring,
+            settings.budget_for(len(words)), settings.min_postings, overhead,
         )  # fmt: skip
         if threshold <= 0:
-            return 0.0, need  # reading everything is as cheap: exact
+            return 0.0, need
         return float(threshold), candidates
 
     def direct_limit(self, snap: Snapshot, words: np.ndarray) -> int:
         """How many images re-scoring one by one costs no more than reading the query's lists:
         a filter that leaves fewer is served by scoring exactly those."""
-        postings = sum(b.postings for b in snap.blocks)
-        rows = sum(b.rows for b in snap.blocks)
-        per_row = RESCORE_COST * postings / max(rows, 1)
+        per_row = RESCORE_COST * snap.postings_per_row
         return int(snap.counts[words].sum() / per_row)
 
     def score(
@@ -237,3 +244,21 @@ def _min_codes(threshold: float, weights: np.ndarray, scales: np.ndarray) -> np.
         return np.zeros((len(scales), len(weights)), dtype=np.int64)
     codes = np.ceil(threshold / (scales[:, None] * weights.astype(np.float64)[None, :]) - 1e-9)
     return np.clip(codes, 0, CODES).astype(np.int64)
+
+
+def heap_pushes(capacity: int, rows: int) -> float:
+    """Expected pushes into a heap of the best ``capacity`` of ``rows`` scores met in random
+    order: every score until it is full, then each that beats its worst (``capacity / i`` for
+    the i-th), ``capacity * (1 + ln(rows / capacity))`` in all."""
+    if rows <= capacity:
+        return float(rows)
+    return capacity * (1.0 + float(np.log(rows / capacity)))
+
+
+def pruned_overhead(words: int, candidates: int, need: int, rows: int, row_length: float) -> float:
+    """What a pruned search costs beyond the postings it reads, in postings: planning the
+    query's words, the larger heap of ``candidates`` (exact search keeps ``need``), re-scoring
+    each candidate's forward row, and its fixed work."""
+    heap = heap_pushes(candidates, rows) - heap_pushes(need, rows)
+    rescoring = candidates * RESCORE_COST * row_length
+    return PRUNED_COST + PLAN_COST * words + HEAP_COST * heap + rescoring
