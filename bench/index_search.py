@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                     corpus, qfiles[int(m)], found, reference[int(m)]
                 )
         _remove(index_dir)
+        _remove(index_dir.with_name(index_dir.name + "-store"))  # a served engine's store
         report["engines"][spec] = result
         print(f"{spec}: {json.dumps(result)}", flush=True)
     if args.out:

@@ -40,10 +40,10 @@ CODES = kernels.CODES
 # What a search's steps cost, in postings accumulated (one posting: ~1 ns on one core), as
 # bench/compact_costs.py measures them; the planner weighs a pruned search with these against
 # reading every posting of the query (exact search).
-RESCORE_COST = 1.5  # a forward entry re-scored (from DRAM)
-HEAP_COST = 150.0  # a push into the heap of partial-score leaders
-PLAN_COST = 1_000.0  # a query word planned (its code histogram, bisection)
-PRUNED_COST = 100_000.0  # a pruned search's fixed work (gathering and sorting the candidates)
+RESCORE_COST = 1.0  # a forward entry re-scored (from DRAM)
+HEAP_COST = 50.0  # a push into the heap of partial-score leaders
+PLAN_COST = 600.0  # a query word planned (its code histogram, bisection)
+PRUNED_COST = 400_000.0  # a pruned search's fixed work (gathering and sorting the candidates)
 
 
 class Scorer:
