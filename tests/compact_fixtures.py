@@ -64,5 +64,6 @@ def free_planning(monkeypatch):
     (with their real costs, reading all of its few postings is cheaper, and is chosen)."""
     from indexer.engines.compact import search
 
-    for name in ("PRUNED_COST", "PLAN_COST", "HEAP_COST"):
+    for name in ("PRUNED_COST", "PLAN_COST"):
         monkeypatch.setattr(search, name, 0.0)
+    monkeypatch.setattr(search, "RESCORE_COST", 1.0)

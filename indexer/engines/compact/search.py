@@ -12,8 +12,8 @@ picks ``t`` so that a share of the query's postings is read (the *budget*, plann
 histograms before anything is read), keeps the best ``candidates`` partial scores, and re-scores
 them completely from the forward rows. The budget follows the query and the corpus (a share of what
 exact search would read), and a query is searched exactly whenever the pruned search's cost (the
-postings it reads plus its own steps: planning, the larger heap, re-scoring, fixed work, each
-priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall against exact float32 search
+postings it reads plus its own steps: planning, keeping and re-scoring the candidates, fixed
+work, each priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall against exact float32 search
 is measured in bench/index_search.py. A word filter first narrows the snapshot's live masks; when
 it leaves fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
 exactly those are re-scored.
@@ -37,13 +37,12 @@ from indexer.engines.compact.pruning import ImpactPruning
 from indexer.engines.compact.snapshot import Snapshot
 
 CODES = kernels.CODES
-# What a search's steps cost, in postings accumulated (one posting: ~1 ns on one core), as
-# bench/compact_costs.py measures them; the planner weighs a pruned search with these against
-# reading every posting of the query (exact search).
-RESCORE_COST = 1.0  # a forward entry re-scored (from DRAM)
-HEAP_COST = 50.0  # a push into the heap of partial-score leaders
-PLAN_COST = 600.0  # a query word planned (its code histogram, bisection)
-PRUNED_COST = 400_000.0  # a pruned search's fixed work (gathering and sorting the candidates)
+# What a pruned search's own steps cost, in postings read by exact search, as
+# bench/compact_costs.py fits them on end-to-end timings (exact and pruned searches of the same
+# queries on the engine's threads; 5.2 and 6.1 per entry at 100k and 1M images, lab-notes.md).
+RESCORE_COST = 6.0  # a forward entry of a candidate: keeping it, re-scoring it (DRAM-bound)
+PLAN_COST = 500.0  # a query word planned (its code histogram, bisection)
+PRUNED_COST = 0.0  # fixed work beyond exact search's (not told apart from the candidates')
 
 
 class Scorer:
@@ -118,10 +117,9 @@ class Scorer:
         if settings is None:
             return 0.0, need
         candidates = settings.candidates_for(len(words), need)
-        rows = sum(b.rows for b in snap.blocks)
         total = int(snap.counts[words].sum())  # what exact search reads
         budget = max(settings.min_postings, int(settings.budget_for(len(words)) * total))
-        overhead = pruned_overhead(len(words), candidates, need, rows, snap.postings_per_row)
+        overhead = pruned_overhead(len(words), candidates, snap.postings_per_row)
         if budget + overhead >= total:
             return 0.0, need  # pruning would cost as much as it saves: exact
         reference = np.arange(CODES, dtype=np.float64) * float(snap.scales.max())
@@ -246,19 +244,8 @@ def _min_codes(threshold: float, weights: np.ndarray, scales: np.ndarray) -> np.
     return np.clip(codes, 0, CODES).astype(np.int64)
 
 
-def heap_pushes(capacity: int, rows: int) -> float:
-    """Expected pushes into a heap of the best ``capacity`` of ``rows`` scores met in random
-    order: every score until it is full, then each that beats its worst (``capacity / i`` for
-    the i-th), ``capacity * (1 + ln(rows / capacity))`` in all."""
-    if rows <= capacity:
-        return float(rows)
-    return capacity * (1.0 + float(np.log(rows / capacity)))
-
-
-def pruned_overhead(words: int, candidates: int, need: int, rows: int, row_length: float) -> float:
+def pruned_overhead(words: int, candidates: int, row_length: float) -> float:
     """What a pruned search costs beyond the postings it reads, in postings: planning the
-    query's words, the larger heap of ``candidates`` (exact search keeps ``need``), re-scoring
-    each candidate's forward row, and its fixed work."""
-    heap = heap_pushes(candidates, rows) - heap_pushes(need, rows)
-    rescoring = candidates * RESCORE_COST * row_length
-    return PRUNED_COST + PLAN_COST * words + HEAP_COST * heap + rescoring
+    query's words, keeping and re-scoring ``candidates`` forward rows of ``row_length``
+    entries, and its fixed work."""
+    return PRUNED_COST + PLAN_COST * words + RESCORE_COST * candidates * row_length
