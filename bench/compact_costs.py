@@ -57,11 +57,10 @@ def planned_read(snap, words: np.ndarray, weights: np.ndarray, threshold: float)
 
 
 def measure(index_dir: Path, query_sets: list[sp.csr_matrix], count: int) -> dict:
-    from indexer.engines import engine
     from indexer.engines.compact import search as S
+    from indexer.engines.compact.index import CompactIndex
 
-    chosen = engine("compact")
-    index = chosen.open(index_dir, chosen.options("open", {"mmap": True}))
+    index = CompactIndex.open(index_dir, mmap=True, threads=None, populate=True)
     snap, settings = index._snapshot(), index.pruning
     names = ("RESCORE_COST", "PLAN_COST", "PRUNED_COST")
     own = tuple(getattr(S, name) for name in names)
@@ -117,11 +116,10 @@ PLANNERS = {  # step costs (RESCORE_COST, PLAN_COST, PRUNED_COST) of a planner
 def compare(index_dir: Path, query_sets: list[sp.csr_matrix], count: int) -> dict:
     """Latency of exact search and of the two planners, the queries interleaved (query i of
     each, in turn) so that a noisy machine slows all three alike; engine order, top 40."""
-    from indexer.engines import engine
     from indexer.engines.compact import search as S
+    from indexer.engines.compact.index import CompactIndex
 
-    chosen = engine("compact")
-    index = chosen.open(index_dir, chosen.options("open", {"mmap": True}))
+    index = CompactIndex.open(index_dir, mmap=True, threads=None, populate=True)
     names = ("RESCORE_COST", "PLAN_COST", "PRUNED_COST")
     own = tuple(getattr(S, name) for name in names)
     report: dict = {}
@@ -159,7 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = ap.parse_args(argv)
     run = compare if args.compare else measure
-    report = run(Path(args.index), [sp.load_npz(f) for f in args.queries], args.count)
+    from bench.serve import machine
+
+    report = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python", "bench/compact_costs.py", *(argv or sys.argv[1:])]),
+        "results": run(Path(args.index), [sp.load_npz(f) for f in args.queries], args.count),
+    }
     print(json.dumps(report, indent=1))
     return report
 

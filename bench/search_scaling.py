@@ -2,7 +2,8 @@
 corpus size):
 
     python bench/search_scaling.py --page docs/results-search-scaling.md \\
-        --from docs/results/search-10k.json --from docs/results/search-100k.json
+        --from docs/results/search-10k.json --from docs/results/search-100k.json \\
+        --planner docs/results/compact-planner-100k.json
 
 Per run: its machine, date and command, then a row per engine with p50 / p99 latency per query
 size, the p50 as a multiple of the first engine's (engines of one run ran one after another on
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 NOTES = """Engines: `compact:served=True` is the compact engine as the service runs it
@@ -26,8 +28,10 @@ Corpora and queries: bench/index_synthetic.py (*topics*: each query describes on
 ~1,000 active words of 17,234 per image). Recall@10 is against the exact float32 top 10."""
 
 
-def page(runs: list[tuple[dict, str]]) -> str:
-    sources = " ".join(f"--from {source}" for _, source in runs)
+def page(runs: list[tuple[dict, str]], planners: Sequence[tuple[dict, str]] = ()) -> str:
+    sources = " ".join(
+        [f"--from {source}" for _, source in runs] + [f"--planner {s}" for _, s in planners]
+    )
     lines = [
         "# Search latency by corpus size",
         "",
@@ -35,11 +39,40 @@ def page(runs: list[tuple[dict, str]]) -> str:
         f"{sources}`; do not edit by hand. {NOTES}",
         "",
         "10M images were not measured (memory and disk they would need: "
-        "[lab-notes.md](lab-notes.md), \"Compact engine at 10M images\").",
+        '[lab-notes.md](lab-notes.md), "Compact engine at 10M images").',
     ]
     for report, source in sorted(runs, key=lambda r: r[0]["n"]):
         lines += ["", *run_section(report, source)]
+    if planners:
+        lines += ["", *planner_section(planners)]
     return "\n".join(lines) + "\n"
+
+
+def planner_section(planners: Sequence[tuple[dict, str]]) -> list[str]:
+    """``bench/compact_costs.py --compare`` runs: exact search and the two planners."""
+    lines = [
+        "## The pruning planner (`bench/compact_costs.py --compare`)",
+        "",
+        "The compact engine alone (top 40, its own threads), each query searched exactly, with "
+        "the planner that priced only re-scoring (3 postings a forward entry) and with the "
+        "planner that prices every step (`indexer/engines/compact/search.py`), in turn, so "
+        "that the machine's load falls on all three alike. p50 ms (queries the planner pruned).",
+    ]
+    for report, source in planners:
+        results = report["results"]
+        names = list(next(iter(results.values())))
+        lines += [
+            "",
+            f"{report['date']}, {report['machine']} (shared with other work), from `{source}`:",
+            f"`{report['command']}`",
+            "",
+            "| query words | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        for words, row in results.items():
+            cells = [f"{row[n]['p50_ms']} ({row[n]['pruned']})" for n in names]
+            lines.append(f"| {words} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def run_section(report: dict, source: str) -> list[str]:
@@ -82,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page", required=True, help="the Markdown page to write")
     ap.add_argument("--from", dest="sources", action="append", required=True,
                     help="a bench/index_search.py --out JSON (repeatable)")  # fmt: skip
+    ap.add_argument("--planner", dest="planners", action="append", default=[],
+                    help="a bench/compact_costs.py --compare JSON (repeatable)")  # fmt: skip
     args = ap.parse_args(argv)
     runs = [(json.loads(Path(s).read_text()), s) for s in args.sources]
-    Path(args.page).write_text(page(runs))
+    planners = [(json.loads(Path(s).read_text()), s) for s in args.planners]
+    Path(args.page).write_text(page(runs, planners))
     return 0
 
 
