@@ -20,6 +20,15 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
         "--demo-metrics", "docs/results/demo-metrics.json",
         "--serve-results", "docs/results/serve-table-words.json",
     ],
+    "docs/results-search-scaling.md": [
+        "bench/search_scaling.py", "--page", "PAGE", "--from", "docs/results/search-10k.json",
+        "--from", "docs/results/search-100k.json",
+        "--planner", "docs/results/compact-planner-100k.json",
+        "--planner", "docs/results/compact-planner-1m.json",
+    ],
+    "docs/results-word-budgets.md": [
+        "bench/word_budgets.py", "--page", "PAGE", "--from", "docs/results/word-budgets.json",
+    ],
 }  # fmt: skip
 
 
