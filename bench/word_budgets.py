@@ -55,7 +55,7 @@ def page(result: dict, source: str) -> str:
                 f"(`lexvla demo --no-serve`), its {result['images']} held-out images "
                 f"({result['active_words_per_image']} active words per image on average), "
                 "text-to-image R@1 (%) of model-mode queries when each image keeps its K heaviest "
-                "words (`--max-words K`; ties by word index).",
+                f"words (`--max-words K`; ties by word index). Commands: `{result['command']}`.",
                 "",
                 "| words kept per image (K) | text-to-image R@1 |",
                 "|---|---|",
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.workdir:
         ap.error("give --workdir (measure) or --page with --from")
-    result = measure(args.workdir)
+    command = " ".join(["python", "bench/word_budgets.py", *(argv or sys.argv[1:])])
+    demo = f"lexvla demo --no-serve --workdir {args.workdir}"
+    result = measure(args.workdir) | {"command": f"{demo}; {command}"}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
