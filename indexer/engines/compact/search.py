@@ -13,8 +13,8 @@ histograms before anything is read), keeps the best ``candidates`` partial score
 them completely from the forward rows. The budget follows the query and the corpus (a share of what
 exact search would read), and a query is searched exactly whenever the pruned search's cost (the
 postings it reads plus its own steps: planning, keeping and re-scoring the candidates, fixed
-work, each priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall against exact float32 search
-is measured in bench/index_search.py. A word filter first narrows the snapshot's live masks; when
+work, each priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall
+against exact float32 search is measured in bench/index_search.py. A word filter first narrows the snapshot's live masks; when
 it leaves fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
 exactly those are re-scored.
 """
