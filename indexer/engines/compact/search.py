@@ -14,9 +14,9 @@ them completely from the forward rows. The budget follows the query and the corp
 exact search would read), and a query is searched exactly whenever the pruned search's cost (the
 postings it reads plus its own steps: planning, keeping and re-scoring the candidates, fixed
 work, each priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall
-against exact float32 search is measured in bench/index_search.py. A word filter first narrows the snapshot's live masks; when
-it leaves fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
-exactly those are re-scored.
+against exact float32 search is measured in bench/index_search.py. A word filter first narrows
+the snapshot's live masks; when it leaves fewer images than reading the query's lists would cost
+(:meth:`Scorer.direct_limit`), exactly those are re-scored.
 """
 
 from __future__ import annotations
