@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
     corpus, qfiles, reference = queries_and_reference(
         workdir, args.n, args.kind, args.queries, sizes
     )
+    from bench.serve import machine
+
     report: dict = {
+        "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python", "bench/index_search.py", *(argv or sys.argv[1:])]),
         "n": args.n, "kind": args.kind, "queries": args.queries, "k": K,
         "active_per_image": round(corpus.rows.nnz / args.n, 1),
         "prepare_s": round(time.time() - t, 1), "engines": {},
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                     corpus, qfiles[int(m)], found, reference[int(m)]
                 )
         _remove(index_dir)
+        _remove(index_dir.with_name(index_dir.name + "-store"))  # a served engine's store
         report["engines"][spec] = result
         print(f"{spec}: {json.dumps(result)}", flush=True)
     if args.out:

@@ -8,7 +8,9 @@ and the process's resident memory (anonymous + file-backed pages: a mapped index
 pages its queries touched). A background thread samples ``/proc/self/status`` for the peaks.
 
 An engine spec is ``name[:key=value,...]``: ``memory``, ``memory:pruning=default``, ``compact``,
-``compact:pruning=none``, ``compact:budget=0.05,candidates=500``, ``scipy`` (a plain CSR product
+``compact:pruning=none``, ``compact:budget=0.05,candidates=500``, ``compact:served=True``
+(searched as the service does: a corpus store is written beside the index, and a page of 10 is
+re-scored from its float rows, :func:`indexer.scoring.search`), ``scipy`` (a plain CSR product
 over the inverted matrix: the baseline any engine must beat), ``lucene:scale=100``, and
 ``qdrant:...`` (options passed to the engine as given).
 """
@@ -89,6 +91,7 @@ def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: i
     elif name == "compact":
         from indexer.engines.compact.pruning import ImpactPruning
 
+        opts.pop("served", None)  # a serving option (see serve), not the engine's
         pruning = opts.pop("pruning", "default")
         opts = {"pruning": None if pruning == "none" else ImpactPruning(**opts)}
     elif name == "lucene":
@@ -106,6 +109,54 @@ def open_engine(name: str, path: Path) -> Any:
     chosen = engine(name)
     mmap = {"mmap": True} if name in ("memory", "compact", "lucene") else {}
     return chosen.open(path, chosen.options("open", mmap))
+
+
+def store_dir(index_dir: Path) -> Path:
+    """Where a served engine's corpus store is written (beside its index)."""
+    return index_dir.with_name(index_dir.name + "-store")
+
+
+def synthetic_vocabulary(size: int) -> Any:
+    from model.vocabulary import Vocabulary
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = [f"▁{letters[i % 26]}{letters[i // 26 % 26]}{letters[i // 676]}" for i in range(size)]
+    return Vocabulary(list(range(size)), words)
+
+
+def write_store(path: Path, rows: sp.csr_matrix) -> None:
+    """A corpus store of ``rows`` (ids "0", "1", ...), in shards of :data:`CHUNK` rows."""
+    import shutil
+
+    from indexer.decode import ImageInfo
+    from indexer.store import CorpusStore
+
+    shutil.rmtree(path, ignore_errors=True)
+    store = CorpusStore.create(path, synthetic_vocabulary(rows.shape[1]), "synthetic", 0.0)
+    for start in range(0, rows.shape[0], CHUNK):
+        ids = [str(i) for i in range(start, min(rows.shape[0], start + CHUNK))]
+        records = [ImageInfo(i, "", 0, "synthetic", 0, 0, "") for i in ids]
+        store.append_shard(ids, rows[start : start + len(ids)], records)
+    store.close()
+
+
+def served_search(name: str, index_dir: Path) -> Any:
+    """Search as the service does (its default settings): the engine's candidates re-scored
+    exactly from the corpus store's float rows (:func:`indexer.scoring.search`), a page of 10
+    with 20 matched words listed per hit."""
+    from indexer import scoring
+    from indexer.store import CorpusStore
+
+    index = open_engine(name, index_dir)
+    store = CorpusStore.open(store_dir(index_dir))
+
+    def search(q: sp.csr_matrix, k: int) -> list[tuple[str, float]]:
+        out = scoring.search(
+            index, store, store.vocabulary, q, exact=index.exact, top_k=10, matched_limit=20
+        )
+        return [(h.id, h.score) for h in out.hits]
+
+    return search
 
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +180,8 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         index.optimize()
     index.save(out)
     seconds = time.perf_counter() - t
+    if options.get("served"):
+        write_store(store_dir(out), rows)
     disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     import shutil
 
@@ -155,6 +208,8 @@ def serve(spec: dict[str, Any]) -> dict[str, Any]:
             best, rows = top_k(scores.data, scores.indices, k)
             return [(str(r), float(s)) for r, s in zip(rows, best, strict=True)]
 
+    elif _options.get("served"):
+        search = served_search(name, Path(spec["index_dir"]))
     else:
         index = open_engine(name, Path(spec["index_dir"]))
 

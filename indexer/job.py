@@ -55,6 +55,12 @@ class IndexJob(BaseModel):
         default=False, description="skip an image whose bytes (sha256) are already stored"
     )
     limit: int | None = Field(default=None, ge=1, description="at most this many source items")
+    max_words: int | None = Field(
+        default=None,
+        ge=1,
+        description="keep each image's K heaviest words after the threshold (default: all); "
+        "a store keeps one budget",
+    )
     index: str | None = Field(
         default=None, description="publish a search index here after the store is updated"
     )

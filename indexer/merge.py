@@ -3,7 +3,7 @@
 ``merge_stores(out, parts)`` copies every live image of each part (its vector row, metadata and
 thumbnail) and each part's skipped records into ``out``, creating it if needed. All parts (and
 an existing ``out``) must come from the same checkpoint: same vocabulary hash, checkpoint id,
-threshold and top-k; a mismatch is refused before anything is written.
+threshold, top-k and word budget (``max_words``); a mismatch is refused before anything is written.
 
 Ids. An id live in two parts is an **error** (sharded builds split ids disjointly, so a
 collision means two parts cover the same images, e.g. a part given twice); nothing is written.
@@ -27,7 +27,7 @@ from pathlib import Path
 from indexer.decode import ImageInfo
 from indexer.store import CorpusStore
 
-_MUST_MATCH = ("vocabulary_hash", "checkpoint_id", "threshold", "top_k")
+_MUST_MATCH = ("vocabulary_hash", "checkpoint_id", "threshold", "top_k", "max_words")
 
 
 class MergeError(ValueError):
@@ -83,7 +83,9 @@ def _open_or_create(out: str | Path, like: CorpusStore) -> CorpusStore:
     if (Path(out) / "manifest.json").is_file():
         return CorpusStore.open(out, expected_vocabulary=like.vocabulary)
     m = like.manifest
-    return CorpusStore.create(out, like.vocabulary, m["checkpoint_id"], m["threshold"], m["top_k"])
+    return CorpusStore.create(
+        out, like.vocabulary, m["checkpoint_id"], m["threshold"], m["top_k"], m.get("max_words")
+    )
 
 
 def _part_key(part: CorpusStore) -> str:

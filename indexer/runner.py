@@ -50,7 +50,7 @@ from indexer.metadata_job import check_declarations, chunk_identity, prepare_chu
 from indexer.store import CorpusStore
 from model.data import SkipCounter, Skipped, SourceItem, iter_source
 from model.protocols import LexicalModel
-from model.sparsify import default_threshold
+from model.sparsify import default_threshold, keep_heaviest
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
 
         model = LexVLA.from_pretrained(job.checkpoint, device=job.device, dtype=_dtype(job))
     model.eval()
-    store = open_store(job.store, model)
+    store = open_store(job.store, model, job.max_words)
     report = JobReport()
     try:
         store.declare_fields(job.fields)
@@ -122,12 +122,21 @@ def run_index_job(job: IndexJob, model: LexicalModel | None = None) -> JobReport
     return report
 
 
-def open_store(path: str | Path, model: LexicalModel) -> CorpusStore:
-    """Open the store made with this checkpoint, or create it; refuse another checkpoint's."""
+def open_store(path: str | Path, model: LexicalModel, max_words: int | None = None) -> CorpusStore:
+    """Open the store made with this checkpoint and word budget, or create it; refuse another
+    checkpoint's or another budget's."""
     vocabulary = model.vocabulary
     if (Path(path) / "manifest.json").exists():
         store = CorpusStore.open(path, expected_vocabulary=vocabulary)
         stored = store.manifest["checkpoint_id"]
+        budget = store.manifest.get("max_words")
+        if budget != max_words:
+            store.close()
+            raise ValueError(
+                f"the corpus store {path} keeps {_budget(budget)} per image, this job "
+                f"{_budget(max_words)}; one store holds one budget: use a new store, or "
+                f"{'--max-words ' + str(budget) if budget else 'no --max-words'}"
+            )
         if stored != model.checkpoint_id:
             store.close()
             raise ValueError(
@@ -140,7 +149,13 @@ def open_store(path: str | Path, model: LexicalModel) -> CorpusStore:
     threshold = sparsity.threshold
     if threshold is None:
         threshold = default_threshold(len(vocabulary))
-    return CorpusStore.create(path, vocabulary, model.checkpoint_id, threshold, sparsity.top_k)
+    return CorpusStore.create(
+        path, vocabulary, model.checkpoint_id, threshold, sparsity.top_k, max_words
+    )
+
+
+def _budget(max_words: int | None) -> str:
+    return "all words" if max_words is None else f"the {max_words} heaviest words"
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -294,6 +309,8 @@ def _finish(
         if done is not None:
             done.synchronize()
         rows = sp.csr_matrix(model.sparsify(dense), dtype=np.float32)
+        if job.max_words is not None:
+            rows = keep_heaviest(rows, job.max_words)
     if rows is not None and job.skip_duplicate_content:
         keep = [not store.has_sha256(info.sha256) for info in batch.infos]
         report.already_stored += keep.count(False)

@@ -202,6 +202,22 @@ def arrangement(
     return Arrangement(None if parsed.empty else parsed, order, counted)
 
 
+def within_reach(
+    index: SearchIndex, query: sp.csr_matrix, found: list[tuple[str, float]], need: int
+) -> list[tuple[str, float]]:
+    """The candidates (best first) that exact re-scoring could still bring into the first
+    ``need``: with an engine whose scores are within ``index.score_error(query)`` of the exact
+    ones (the compact engine), a candidate more than twice the bound below the ``need``-th is
+    beaten by ``need`` others whatever their exact scores, so its row is not fetched."""
+    if len(found) <= need:
+        return found
+    bound = index.score_error(query)
+    if bound is None:
+        return found
+    floor = found[need - 1][1] - 2 * bound
+    return [hit for hit in found if hit[1] >= floor]
+
+
 def search(
     index: SearchIndex,
     store: CorpusStore | None,
@@ -243,7 +259,7 @@ def search(
         want = min(MAX_CANDIDATES, (offset + top_k) * rescore_factor)
         found = index.search(query, want, 0, filters, where=where)
     searched = time.perf_counter()
-    ids = [i for i, _ in found]
+    ids = [i for i, _ in (found if exact else within_reach(index, query, found, offset + top_k))]
     hits: list[ScoredHit] = []
     if ids:
         rows = row_vectors(index, store, ids)

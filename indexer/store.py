@@ -5,7 +5,8 @@ into another engine never re-encodes an image. It is a directory::
 
     manifest.json           {"format": "lexvla-corpus-store", "format_version": 2,
                              "checkpoint_id", "vocabulary_hash", "vocabulary_size", "threshold",
-                             "top_k", "created", "updated", "counts": {"images", "deleted",
+                             "top_k", "max_words", "created", "updated",
+                             "counts": {"images", "deleted",
                              "skipped", "shards", "done"},
                              "fields": {name: {"type", "source"}}}  (metadata field registry)
     vocabulary.json         model.vocabulary.Vocabulary.save (its hash is checked on open)
@@ -91,6 +92,7 @@ class CorpusStore:
         checkpoint_id: str,
         threshold: float,
         top_k: int | None = None,
+        max_words: int | None = None,
     ) -> CorpusStore:
         """Make a new, empty store at ``path`` (which must not hold one already)."""
         root = Path(path)
@@ -108,6 +110,7 @@ class CorpusStore:
             "vocabulary_size": len(vocabulary),
             "threshold": float(threshold),
             "top_k": top_k,
+            "max_words": max_words,
             "created": now,
             "updated": now,
             "counts": {},

@@ -67,6 +67,37 @@ def query_modes(model: Any, manifest: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+WORD_BUDGETS = (None, 8, 6, 4)  # --max-words of the indexing job (None: all words)
+
+
+def word_budgets(
+    model: Any, manifest: Path, budgets: tuple[int | None, ...] = WORD_BUDGETS
+) -> dict[str, float]:
+    """Text-to-image R@1 (percent, model-mode queries) when each held-out image keeps only its
+    K heaviest words (``model.sparsify.keep_heaviest``, what ``--max-words K`` stores), by K
+    ("all": no budget)."""
+    import torch
+
+    from model.sparsify import keep_heaviest
+    from training.evaluation.datasets import eval_dataset
+    from training.evaluation.encode import encode_images, encode_texts
+    from training.evaluation.retrieval import retrieval_scores, sparse_rows
+
+    sparsity = model.config.sparsity
+    dataset = eval_dataset(str(manifest), image_size=model.config.image.image_size)
+    with torch.inference_mode():
+        encoded = encode_images(model, dataset)
+        images = sparse_rows(encoded.images, sparsity.threshold, sparsity.top_k)
+        texts = encode_texts(model, encoded.captions, QUERY_MODES["model"])
+        rows = sparse_rows(texts, sparsity.threshold, sparsity.top_k)
+    out = {}
+    for k in budgets:
+        kept = images if k is None else keep_heaviest(images, k)
+        scores = retrieval_scores(kept, rows, encoded.text_image)
+        out["all" if k is None else str(k)] = scores["text_to_image"]["R@1"]
+    return out
+
+
 def red_circle_check(
     client: Any, truth: dict[str, list[dict[str, str]]], bind: bool = False
 ) -> dict[str, Any]:
@@ -178,6 +209,7 @@ def demo_metrics(
         "no_star": excluded_star_check(client, truth),
         "shape_words": shape_word_strength(ids, rows, truth, model.vocabulary),
         "query_modes": query_modes(model, manifest),
+        "word_budgets": word_budgets(model, manifest),
     }
 
 

@@ -112,3 +112,24 @@ def sparsify_on_device(
 def active_counts(rows: sp.csr_matrix) -> np.ndarray:
     """Number of active words per row."""
     return np.diff(rows.indptr)
+
+
+def keep_heaviest(rows: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Each row's ``k`` heaviest entries (ties: the lower word index first), the rest dropped;
+    a row with at most ``k`` is kept whole. Unlike the top-k cut of :func:`sparsify` (ties by
+    position in a partition), which words survive is fully determined, so an image's stored row
+    does not depend on how its batch was cut."""
+    if k <= 0:
+        raise ValueError(f"a word budget must be positive, got {k}")
+    rows = sp.csr_matrix(rows, dtype=np.float32)
+    rows.sort_indices()
+    lengths = np.diff(rows.indptr)
+    keep = np.ones(rows.nnz, dtype=bool)
+    for r in np.flatnonzero(lengths > k):
+        a, b = rows.indptr[r], rows.indptr[r + 1]
+        order = np.lexsort((rows.indices[a:b], -rows.data[a:b]))  # heaviest, then lower index
+        keep[a + order[k:]] = False
+    kept = np.cumsum(np.concatenate([[0], keep]))[rows.indptr]
+    return sp.csr_matrix(
+        (rows.data[keep], rows.indices[keep], kept.astype(rows.indptr.dtype)), shape=rows.shape
+    )

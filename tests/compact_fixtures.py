@@ -56,3 +56,14 @@ def pair(corpus):
     memory = MemoryIndex.create(V)
     memory.add(ids, rows)
     return compact, memory
+
+
+@pytest.fixture
+def free_planning(monkeypatch):
+    """The planner's own steps cost nothing: a corpus this small is then pruned as planned
+    (with their real costs, reading all of its few postings is cheaper, and is chosen)."""
+    from indexer.engines.compact import search
+
+    for name in ("PRUNED_COST", "PLAN_COST"):
+        monkeypatch.setattr(search, name, 0.0)
+    monkeypatch.setattr(search, "RESCORE_COST", 1.0)

@@ -61,6 +61,17 @@ def test_demo_query_modes(full_demo):
     assert modes["words"] >= 50
 
 
+def test_demo_word_budgets(full_demo):
+    """R@1 of model-mode queries when each image keeps only its K heaviest words (what
+    ``--max-words K`` stores): without a budget it is the summary's figure."""
+    work, _ = full_demo
+    metrics = json.loads((work / "metrics.json").read_text())
+    budgets = metrics["word_budgets"]
+    assert list(budgets) == ["all", "8", "6", "4"]
+    assert budgets["all"] == pytest.approx(metrics["summary"]["text_to_image_r1"])
+    assert all(0 <= r1 <= 100 for r1 in budgets.values())
+
+
 def test_demo_prints_examples_and_reuses_its_work(full_demo, capsys):
     work, out = full_demo
     for query in ("a red circle", "a large blue square left of a small yellow star"):

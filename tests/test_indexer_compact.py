@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from compact_fixtures import V
 
-from indexer import scoring_kernels
-from indexer.engines.compact import block_kernels, impact_kernels
+from indexer import scoring, scoring_kernels
+from indexer.engines.compact import block_kernels, impact_kernels, search
 from indexer.engines.compact.block import balanced_block_rows, encode_ids
 from indexer.engines.compact.index import CompactIndex, ImpactPruning
 
@@ -40,7 +40,7 @@ def test_exact_search_is_within_the_quantisation_bound_of_float32(corpus, pair):
     assert np.mean(overlap) >= 0.99
 
 
-def test_pruned_search_recall_and_exact_rescoring(corpus, pair):
+def test_pruned_search_recall_and_exact_rescoring(corpus, pair, free_planning):
     ids, _, queries = corpus
     compact, _ = pair
     pruning = ImpactPruning(budget=0.05, min_postings=0, candidates=100, per_word=0)
@@ -71,7 +71,35 @@ def test_pruning_is_never_planned_when_exact_costs_no_more(pair, corpus):
     assert compact.search(q, 10) == compact.search(q, 10, pruning=None)
 
 
-def test_long_queries_read_a_smaller_share_of_their_postings(pair):
+def test_the_plan_prunes_only_when_its_steps_cost_less_than_the_postings_it_skips(
+    pair, corpus, monkeypatch, free_planning
+):
+    """Exact search is chosen exactly when the planned budget plus the pruned search's own
+    steps (planning, keeping and re-scoring candidates, fixed work) reach the query's postings."""
+    compact, _ = pair
+    snap = compact._snapshot()
+    pruning = ImpactPruning(budget=0.05, min_postings=0, candidates=100, per_word=0)
+    chosen = set()
+    for n in (0, 1, 2):
+        q = corpus[2][n]
+        total = int(snap.counts[q.indices].sum())
+        budget = int(0.05 * total)
+        for fixed in (0.0, 0.5 * total, total - budget - 1.0, float(total)):
+            monkeypatch.setattr(search, "PRUNED_COST", fixed)
+            overhead = search.pruned_overhead(len(q.indices), 100, snap.postings_per_row)
+            threshold, capacity = compact._scorer.plan(snap, q.indices, q.data, pruning, 10)
+            if budget + overhead >= total:
+                assert (threshold, capacity) == (0.0, 10)
+            else:
+                assert threshold > 0 and capacity == 100
+            chosen.add(threshold > 0)
+        # the overhead counts every step: more candidates or words cost more
+        more = search.pruned_overhead(len(q.indices), 200, snap.postings_per_row)
+        assert more > search.pruned_overhead(len(q.indices), 100, snap.postings_per_row)
+    assert chosen == {True, False}  # both decisions were taken
+
+
+def test_long_queries_read_a_smaller_share_of_their_postings(pair, free_planning):
     """Past ``long_words`` query words the planned share falls as (long_words / words) **
     falloff; the plan reads that share of the query's postings (within the codes' steps)."""
     compact, _ = pair
@@ -254,3 +282,53 @@ def test_prefetch_emits_the_instruction_and_changes_nothing():
     if os.uname().machine == "x86_64":
         assembly = summed.inspect_asm(summed.signatures[0])
         assert "prefetcht0" in assembly
+
+
+def test_rescoring_fetches_only_the_candidates_that_can_reach_the_page(corpus, pair):
+    """Served search re-scores the compact engine's candidates from float rows; candidates
+    more than twice the quantisation bound below the page's last are not fetched, and the
+    page is the same as when every candidate is re-scored."""
+    ids, rows, queries = corpus
+    compact, _ = pair
+    from model.vocabulary import Vocabulary
+
+    vocabulary = Vocabulary(
+        list(range(V)), [f"▁w{'abcdefghij'[i % 10]}{i // 10}" for i in range(V)]
+    )
+    position = {image_id: n for n, image_id in enumerate(ids)}
+
+    class FloatRows:  # a corpus store's vectors_of over the float rows, counting the rows asked
+        asked = 0
+
+        def vectors_of(self, wanted):
+            FloatRows.asked += len(wanted)
+            return rows[[position[i] for i in wanted]]
+
+    class Unbounded:  # the engine without its bound: every candidate is re-scored
+        def __init__(self, index):
+            self._index = index
+
+        def __getattr__(self, name):
+            if name == "error_bound":
+                raise AttributeError(name)
+            return getattr(self._index, name)
+
+    store = FloatRows()
+    fetched = {}
+    for engine in (compact, Unbounded(compact)):
+        FloatRows.asked = 0
+        pages = [
+            scoring.search(engine, store, vocabulary, queries[n], exact=False, top_k=10)
+            for n in range(queries.shape[0])
+        ]
+        fetched[type(engine).__name__] = FloatRows.asked
+        if engine is compact:
+            cut = pages
+    assert [[(h.id, h.score) for h in p.hits] for p in pages] == [
+        [(h.id, h.score) for h in p.hits] for p in cut
+    ]
+    assert fetched["CompactIndex"] < fetched["Unbounded"] == 40 * queries.shape[0]
+    truth = rows.toarray().astype(np.float64) @ queries.toarray().T.astype(np.float64)
+    for n, page in enumerate(cut):  # and the page is the float top 10
+        order = np.argsort(-truth[:, n], kind="stable")[:10]
+        assert {h.id for h in page.hits} == {ids[i] for i in order}

@@ -163,3 +163,27 @@ def test_cli_is_quiet_unless_verbose(tmp_path, checkpoint):
     quiet = build("quiet")
     assert "Loading weights" not in quiet and " INFO " not in quiet
     assert "INFO" in build("verbose", "--verbose")
+
+
+def test_a_word_budget_keeps_each_images_heaviest_words_and_one_store_keeps_one(tmp_path, model):
+    from model.sparsify import keep_heaviest
+
+    _folder(tmp_path / "photos", 5)
+    run_index_job(_job(tmp_path, store=str(tmp_path / "all")), model)
+    budget = _job(tmp_path, max_words=3, index=str(tmp_path / "index"))
+    run_index_job(budget, model)
+    with CorpusStore.open(tmp_path / "all") as whole, CorpusStore.open(tmp_path / "store") as cut:
+        ids, rows = whole.vectors()
+        assert np.diff(rows.indptr).min() > 3  # the budget really cuts
+        kept = cut.vectors_of(ids)
+        assert (kept != keep_heaviest(rows, 3)).nnz == 0
+        assert np.diff(kept.indptr).max() == 3
+        assert (cut.manifest["max_words"], whole.manifest["max_words"]) == (3, None)
+    assert open_index(tmp_path / "index").manifest.max_words == 3
+    _folder(tmp_path / "photos", 2, start=5)
+    for other in (None, 4):
+        with pytest.raises(ValueError, match="keeps the 3 heaviest words per image"):
+            run_index_job(_job(tmp_path, max_words=other), model)
+    with pytest.raises(ValueError, match="keeps all words per image"):
+        run_index_job(_job(tmp_path, store=str(tmp_path / "all"), max_words=3), model)
+    assert run_index_job(budget, model).indexed == 2  # the same budget adds

@@ -119,6 +119,10 @@ def test_merge_refuses_mismatch_and_collisions(built, tmp_path, capsys):
     with CorpusStore.open(built / "part0") as part:
         m = part.manifest
         CorpusStore.create(other / "threshold", part.vocabulary, m["checkpoint_id"], 0.5).close()
+        budget = CorpusStore.create(
+            other / "budget", part.vocabulary, m["checkpoint_id"], m["threshold"], m["top_k"], 4
+        )
+        budget.close()
     # another vocabulary (one word fewer), same checkpoint id and threshold
     from model.vocabulary import Vocabulary
 
@@ -130,6 +134,8 @@ def test_merge_refuses_mismatch_and_collisions(built, tmp_path, capsys):
         merge_stores(tmp_path / "out", [built / "part0", other / "vocab"])
     with pytest.raises(MergeError, match="threshold"):
         merge_stores(tmp_path / "out", [built / "part0", other / "threshold"])
+    with pytest.raises(MergeError, match="max words differs"):
+        merge_stores(tmp_path / "out", [built / "part0", other / "budget"])
     shutil.copytree(built / "part0", other / "copy")
     with pytest.raises(MergeError, match="two part stores"):
         merge_stores(tmp_path / "out2", [built / "part0", other / "copy"])

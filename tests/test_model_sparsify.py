@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from model.sparsify import active_counts, default_threshold, sparsify, sparsify_on_device
@@ -53,3 +54,24 @@ def test_the_device_path_gives_the_host_rows(threshold, top_k):
     np.testing.assert_array_equal(device.indptr, host.indptr)
     with pytest.raises(ValueError, match="top_k"):
         sparsify_on_device(dense, top_k=0)
+
+
+def test_a_word_budget_keeps_the_k_heaviest_ties_by_word_index():
+    from model.sparsify import keep_heaviest
+
+    rng = np.random.default_rng(4)
+    dense = rng.integers(0, 4, size=(40, 30)).astype(np.float32) / 4  # many ties, some empty
+    dense[3] = 0.0
+    rows = sp.csr_matrix(dense)
+    for k in (1, 4, 30):
+        got = keep_heaviest(rows, k)
+        for r in range(40):
+            nonzero = [(i, float(w)) for i, w in enumerate(dense[r]) if w > 0]
+            heaviest = sorted(nonzero, key=lambda e: (-e[1], e[0]))[:k]
+            row = got[r]
+            assert sorted(zip(row.indices.tolist(), row.data.tolist(), strict=True)) == sorted(
+                heaviest
+            )
+    assert (keep_heaviest(rows, 30) != rows).nnz == 0  # a budget above every row: unchanged
+    with pytest.raises(ValueError, match="must be positive"):
+        keep_heaviest(rows, 0)

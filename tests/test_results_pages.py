@@ -26,6 +26,15 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
     "docs/results-filtered-search.md": [
         "bench/filtered_search.py", "--page", "PAGE", "--from", "docs/results/filtered-search.json",
     ],
+    "docs/results-search-scaling.md": [
+        "bench/search_scaling.py", "--page", "PAGE", "--from", "docs/results/search-10k.json",
+        "--from", "docs/results/search-100k.json",
+        "--planner", "docs/results/compact-planner-100k.json",
+        "--planner", "docs/results/compact-planner-1m.json",
+    ],
+    "docs/results-word-budgets.md": [
+        "bench/word_budgets.py", "--page", "PAGE", "--from", "docs/results/word-budgets.json",
+    ],
 }  # fmt: skip
 
 

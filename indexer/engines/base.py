@@ -52,6 +52,7 @@ class IndexManifest:
     params: dict[str, Any] = field(default_factory=dict)  # engine options
     created: str = field(default_factory=now_iso)
     format_version: int = FORMAT_VERSION
+    max_words: int | None = None  # the store's word budget per image (None: all words)
 
     def save(self, directory: Path) -> None:
         atomic_write_json(directory / MANIFEST, asdict(self))

@@ -171,6 +171,7 @@ class Engine:
                 options,
                 BuildHints(store.count, spill),
             )
+            index.manifest.max_words = manifest.get("max_words")
             for ids, rows in store.iter_shards():
                 index.add(ids, rows)
             index.fields = store.field_columns()

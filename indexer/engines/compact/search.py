@@ -11,12 +11,13 @@ search in quantised scores, the oracle of the pruned mode. Pruned search (:class
 picks ``t`` so that a share of the query's postings is read (the *budget*, planned on per-word code
 histograms before anything is read), keeps the best ``candidates`` partial scores, and re-scores
 them completely from the forward rows. The budget follows the query and the corpus (a share of what
-exact search would read), and a query for which pruning would cost as much as reading everything is
-searched exactly, so pruning is never slower than exact search. Recall against exact float32 search
-is measured in bench/index_search.py. A word filter, and a metadata condition (a row mask per
-block from the version's metadata columns), first narrow the snapshot's live masks; when they
-leave fewer images than reading the query's lists would cost (:meth:`Scorer.direct_limit`),
-exactly those are re-scored.
+exact search would read), and a query is searched exactly whenever the pruned search's cost (the
+postings it reads plus its own steps: planning, keeping and re-scoring the candidates, fixed
+work, each priced in postings by :func:`pruned_overhead`) reaches the query's postings. Recall
+against exact float32 search is measured in bench/index_search.py. A word filter, and a metadata
+condition (a row mask per block from the version's metadata columns), first narrow the
+snapshot's live masks; when they leave fewer images than reading the query's lists would cost
+(:meth:`Scorer.direct_limit`), exactly those are re-scored.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from indexer.engines.compact.pruning import ImpactPruning
 from indexer.engines.compact.snapshot import Snapshot
 
 CODES = kernels.CODES
-RESCORE_COST = 3.0  # a forward entry re-scored (from DRAM) costs ~3 postings accumulated (measured)
+# What a pruned search's own steps cost, in postings read by exact search, as
+# bench/compact_costs.py fits them on end-to-end timings (exact and pruned searches of the same
+# queries on the engine's threads; 5.2 and 6.1 per entry at 100k and 1M images, lab-notes.md).
+RESCORE_COST = 6.0  # a forward entry of a candidate: keeping it, re-scoring it (DRAM-bound)
+PLAN_COST = 500.0  # a query word planned (its code histogram, bisection)
+PRUNED_COST = 0.0  # fixed work beyond exact search's (not told apart from the candidates')
 
 
 class Scorer:
@@ -114,25 +120,24 @@ class Scorer:
         if settings is None:
             return 0.0, need
         candidates = settings.candidates_for(len(words), need)
-        postings = sum(b.postings for b in snap.blocks)
-        rows = sum(b.rows for b in snap.blocks)
-        rescoring = candidates * RESCORE_COST * postings / max(rows, 1)
+        total = int(snap.counts[words].sum())  # what exact search reads
+        budget = max(settings.min_postings, int(settings.budget_for(len(words)) * total))
+        overhead = pruned_overhead(len(words), candidates, snap.postings_per_row)
+        if budget + overhead >= total:
+            return 0.0, need  # pruning would cost as much as it saves: exact
         reference = np.arange(CODES, dtype=np.float64) * float(snap.scales.max())
         threshold = kernels.plan_threshold(
             snap.counts, words, weights.astype(np.float64), reference,
-            settings.budget_for(len(words)),
-            settings.min_postings, rescoring,
+            settings.budget_for(len(words)), settings.min_postings, overhead,
         )  # fmt: skip
         if threshold <= 0:
-            return 0.0, need  # reading everything is as cheap: exact
+            return 0.0, need
         return float(threshold), candidates
 
     def direct_limit(self, snap: Snapshot, words: np.ndarray) -> int:
         """How many images re-scoring one by one costs no more than reading the query's lists:
         a filter that leaves fewer is served by scoring exactly those."""
-        postings = sum(b.postings for b in snap.blocks)
-        rows = sum(b.rows for b in snap.blocks)
-        per_row = RESCORE_COST * postings / max(rows, 1)
+        per_row = RESCORE_COST * snap.postings_per_row
         return int(snap.counts[words].sum() / per_row)
 
     def score(
@@ -240,3 +245,10 @@ def _min_codes(threshold: float, weights: np.ndarray, scales: np.ndarray) -> np.
         return np.zeros((len(scales), len(weights)), dtype=np.int64)
     codes = np.ceil(threshold / (scales[:, None] * weights.astype(np.float64)[None, :]) - 1e-9)
     return np.clip(codes, 0, CODES).astype(np.int64)
+
+
+def pruned_overhead(words: int, candidates: int, row_length: float) -> float:
+    """What a pruned search costs beyond the postings it reads, in postings: planning the
+    query's words, keeping and re-scoring ``candidates`` forward rows of ``row_length``
+    entries, and its fixed work."""
+    return PRUNED_COST + PLAN_COST * words + RESCORE_COST * candidates * row_length

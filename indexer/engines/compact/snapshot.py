@@ -35,6 +35,12 @@ class Snapshot:
             self.__dict__["_values"] = cached
         return cached
 
+    @property
+    def postings_per_row(self) -> float:
+        """Mean forward-row length: what re-scoring one image reads."""
+        rows = sum(b.rows for b in self.blocks)
+        return sum(b.postings for b in self.blocks) / max(rows, 1)
+
     def id_of(self, doc: int) -> str:
         """The image id of document ``doc`` (block number << 16 | row)."""
         return bytes(self.blocks[doc >> 16].ids[doc & 0xFFFF]).decode("utf-8")
