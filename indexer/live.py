@@ -48,6 +48,7 @@ from indexer.metadata import (
 )
 from indexer.store import CorpusStore
 from model.data import Skipped, SourceItem
+from model.sparsify import keep_heaviest
 
 KEEP_VERSIONS = 4  # versions kept: a serving process may still be opening the one before last
 
@@ -122,6 +123,9 @@ class LiveWriter:
         """Store and index ``prepared`` (row i is image i); an id already present is replaced.
         Returns the published version's name."""
         ids = [p.info.id for p in prepared]
+        budget = self.store.manifest.get("max_words")
+        if budget is not None:  # the store's word budget, as its batch jobs apply it
+            rows = keep_heaviest(sp.csr_matrix(rows, dtype=np.float32), int(budget))
         with self.locked(), disk_errors():
             replaced = [i for i in ids if self.store.has_id(i)]
             if replaced:

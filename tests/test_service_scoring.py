@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from indexer.engines.base import IndexManifest
+from indexer.engines.base import IndexManifest, SearchIndex
 from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.scoring import scored_hit, scored_hits
 from model.vocabulary import Vocabulary
@@ -65,7 +65,7 @@ def test_edits_boost_then_exclude(vocab):
     assert vocab.index("·dog") != vocab.index("dog")  # continuation pieces are their own words
 
 
-class ApproximateEngine:
+class ApproximateEngine(SearchIndex):
     """An engine whose scores are off (like Lucene's integer impacts) and holds no float rows."""
 
     exact = False
