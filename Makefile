@@ -24,8 +24,10 @@ venv: $(STAMP)  ## create or update the virtual environment
 demo: $(STAMP)  ## train a tiny LexVLA, index generated images and serve them
 	$(VENV)/bin/lexvla demo $(ARGS)
 
-test: $(STAMP)  ## run all tests (CPU, offline)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Tests run in TEST_WORKERS processes; a module's tests stay in one (tests/conftest.py).
+TEST_WORKERS ?= 2
+test: $(STAMP)  ## run all tests (CPU, offline) on TEST_WORKERS processes
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .

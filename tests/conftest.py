@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ pytest_plugins = ["service_fixtures", "compact_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))  # bench/ (its live-server and browser helpers) from any directory
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +89,17 @@ def full_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     with contextlib.redirect_stdout(out):
         assert main(["--workdir", str(work), "--quiet", "--no-serve"]) == 0
     return work, out.getvalue()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (``make test``) a module's tests run in one worker
+    process, so module fixtures (a corpus, a live server, gunicorn workers) are built once and
+    its tests keep their order; the tests that read the one demo run share a group, so the demo
+    runs once. An explicit ``xdist_group`` mark wins."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        uses_demo = "full_demo" in getattr(item, "fixturenames", ())
+        group = "full_demo" if uses_demo else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -1,108 +1,24 @@
 """The web UI in headless Chromium, driven over the DevTools protocol against a live server.
 
 Skipped where Debian's ``chromium`` is not installed (``apt-get install chromium``). The
-README's picture is made from the demo by ``bench/screenshot.py``, with this module's client.
+README's picture is made from the demo by ``bench/screenshot.py``, with the same client
+(``bench/live.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import itertools
 import json
-import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
+from bench.live import CHROMIUM, IMAGE_LOADED, Browser
+
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless UI test needs Chromium (apt-get install chromium)"
 )
-
-
-class Browser:
-    """Just enough of the Chrome DevTools protocol: navigate, evaluate, click files, screenshot."""
-
-    def __init__(self, profile: Path):
-        from websockets.sync.client import connect
-
-        self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "--window-size=1400,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("Chromium did not start its DevTools endpoint")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(p for p in pages if p["type"] == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.ids = itertools.count(1)
-
-    def call(self, method: str, **params):
-        n = next(self.ids)
-        self.ws.send(json.dumps({"id": n, "method": method, "params": params}))
-        while True:  # events are skipped; the reply carries our id
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == n:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def js(self, expression: str):
-        result = self.call(
-            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for: {expression}")
-
-    def open_ui(self, url: str) -> None:
-        """The UI at ``url`` in a 1400 x 900 viewport (the README's screenshot), once ready."""
-        self.call("Page.enable")
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1400,
-            height=900,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        self.call("Page.navigate", url=url)
-        self.wait_for("document.body && document.body.dataset.ready === 'true'")
-
-    def screenshot(self) -> Image.Image:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        finally:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @pytest.fixture
@@ -118,9 +34,6 @@ def _not_blank(image: Image.Image) -> None:
     pixels = np.asarray(image, dtype=np.float32)
     colours = len(set(image.resize((350, 225)).getdata()))
     assert pixels.std() > 20 and colours > 200, (pixels.std(), colours)
-
-
-IMAGE_LOADED = "(img => img && img.complete && img.naturalWidth > 0)"
 
 
 def test_search_explain_heatmap_and_image_search_in_chromium(browser, live_server):
