@@ -47,11 +47,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from common.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
 from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
 from model.data import Skipped
-from model.data.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
 from model.vocabulary import Vocabulary, VocabularyMismatchError
 
 __all__ = ["CorpusStore", "ImageRecord"]

@@ -113,7 +113,7 @@ def draw_images(
 ) -> tuple[Path, dict[str, list[dict[str, str]]]]:
     """Held-out shape images as PNG files, ``captions.csv`` (image, caption; a row a caption) and
     ``shapes.jsonl`` (what each image shows: the ground truth of the demo's checks)."""
-    from model.data.atomic import atomic_write_bytes
+    from common.atomic import atomic_write_bytes
     from training.data import ShapesDataset
 
     manifest, truth_file = folder / "captions.csv", folder / "shapes.jsonl"

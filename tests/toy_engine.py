@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from common.atomic import atomic_write_json
 from indexer import filters as wf
 from indexer.engines.base import (
     Hit,
@@ -28,7 +29,6 @@ from indexer.engines.base import (
     top_k,
 )
 from indexer.engines.engine import BuildHints, Engine, EngineOptions
-from model.data.atomic import atomic_write_json
 
 NAME = "toy"
 

@@ -25,8 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
+from common.atomic import atomic_write_bytes, fsync_dir
 from indexer.engines.base import MANIFEST, SearchIndex
-from model.data.atomic import atomic_write_bytes, fsync_dir
 
 CURRENT = "CURRENT"
 PINNED = "PINNED"
