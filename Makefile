@@ -38,10 +38,10 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)  ## run the CPU benchmarks (results go to docs/benchmarks.md by hand)
+bench: $(STAMP)  ## run the CPU benchmarks (docs/benchmarks.md: which results page gets each)
 	$(PY) bench/encode.py
 
-# One GPU, <= 8 minutes: every full-size measurement (docs/benchmarks.md says how to read it).
+# One GPU, <= 8 minutes: every full-size measurement (docs/results-training.md says how to read it).
 BENCH_OUT ?= bench-results/gpu-$(shell date +%Y%m%d-%H%M%S)
 bench-gpu: $(STAMP)  ## full-size GPU benchmarks in one go -> BENCH_OUT/results.{json,md}
 	$(PY) bench/gpu.py --out $(BENCH_OUT) $(ARGS)

@@ -1,7 +1,7 @@
 """model.data: one reader per format, so training and the indexer see the same inputs the same way.
 
 Each test runs one input through both jobs' readers (training's datasets and the indexer's
-sources) and checks they agree: the disagreements issue 13 found are regression tests here.
+sources) and checks they agree: disagreements found earlier between them are regression tests here.
 """
 
 from __future__ import annotations
