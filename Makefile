@@ -27,7 +27,7 @@ demo: $(STAMP)  ## train a tiny LexVLA, index generated images and serve them
 # Tests run in TEST_WORKERS processes; a module's tests stay in one (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(STAMP)  ## run all tests (CPU, offline) on TEST_WORKERS processes
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .

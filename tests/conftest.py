@@ -91,15 +91,22 @@ def full_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return work, out.getvalue()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (``make test``) a module's tests run in one worker
+# Modules whose tests must share a process: the demo's readers share its one run (``full_demo``).
+SAME_PROCESS = {"tests/test_training_learning.py": "tests/test_demo.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``pytest -n N --dist loadscope`` (``make test``) a module's tests run in one worker
     process, so module fixtures (a corpus, a live server, gunicorn workers) are built once and
-    its tests keep their order; the tests that read the one demo run share a group, so the demo
-    runs once. An explicit ``xdist_group`` mark wins."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        uses_demo = "full_demo" in getattr(item, "fixturenames", ())
-        group = "full_demo" if uses_demo else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+    its tests keep their order; ``SAME_PROCESS`` puts modules together, so the demo runs once."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SAME_PROCESS.get(module, module)
+
+    return ModuleScheduling(config, log)
