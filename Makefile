@@ -24,8 +24,10 @@ venv: $(STAMP)  ## create or update the virtual environment
 demo: $(STAMP)  ## train a tiny LexVLA, index generated images and serve them
 	$(VENV)/bin/lexvla demo $(ARGS)
 
-test: $(STAMP)  ## run all tests (CPU, offline)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Tests run in TEST_WORKERS processes; a module's tests stay in one (tests/conftest.py).
+TEST_WORKERS ?= 2
+test: $(STAMP)  ## run all tests (CPU, offline) on TEST_WORKERS processes
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
@@ -36,10 +38,10 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)  ## run the CPU benchmarks (results go to docs/benchmarks.md by hand)
+bench: $(STAMP)  ## run the CPU benchmarks (docs/benchmarks.md: which results page gets each)
 	$(PY) bench/encode.py
 
-# One GPU, <= 8 minutes: every full-size measurement (docs/benchmarks.md says how to read it).
+# One GPU, <= 8 minutes: every full-size measurement (docs/results-training.md says how to read it).
 BENCH_OUT ?= bench-results/gpu-$(shell date +%Y%m%d-%H%M%S)
 bench-gpu: $(STAMP)  ## full-size GPU benchmarks in one go -> BENCH_OUT/results.{json,md}
 	$(PY) bench/gpu.py --out $(BENCH_OUT) $(ARGS)

@@ -5,7 +5,7 @@
 
 The full-size run builds the paper's architectures (DINOv2 ViT-L/14 + Llama-2-7B) with random
 weights in bf16 on the GPU: no checkpoint is needed, and timings do not depend on the weights.
-Results go to docs/benchmarks.md with the machine and date.
+Results go to docs/results-training.md with the machine and date.
 """
 
 from __future__ import annotations

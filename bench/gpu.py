@@ -24,7 +24,7 @@ Nothing comes from the network: weights are random, the tokenizer is
 ``../shared/data/llama2-tokenizer`` when present, else a stand-in with Llama 2's sizes
 (``bench/standin_tokenizer.py``). ``--preset tiny`` runs the same code on the CPU with the tiny
 model, so the script is known to work before GPU time is spent (``tests/test_bench_gpu.py``).
-The table reports what was measured on this machine; paste it into docs/benchmarks.md with the
+The table reports what was measured on this machine; paste it into docs/results-training.md with the
 GPU's name and the date.
 """
 

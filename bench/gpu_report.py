@@ -1,6 +1,6 @@
-"""The Markdown table of ``bench/gpu.py``: one row per measurement, beside the issue's figures.
+"""The Markdown table of ``bench/gpu.py``: one row per measurement, beside the reference figures.
 
-The reference column holds issue 11's figures for a naive Hugging Face implementation on one
+The reference column holds the figures of a naive Hugging Face implementation on one
 H100 (random weights, bf16, sdpa) and its targets; they apply to the full-size preset only.
 """
 

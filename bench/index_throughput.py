@@ -9,7 +9,7 @@ the image is much larger than the encoder needs) and once without (``--modes`` p
 times decoding alone (as many threads as the job has decode worker processes) and preprocess + encode + sparsify alone (decoded images
 in memory) to show where the time goes. The full-size run
 builds the paper's architectures with random weights in bf16 on the GPU (``bench/encode.py``'s
-``build``); timings do not depend on the weights. Results go to docs/benchmarks.md with the
+``build``); timings do not depend on the weights. Results go to docs/results-indexing.md with the
 machine and date.
 """
 

@@ -3,7 +3,7 @@
     python bench/screenshot.py [--workdir ~/.cache/lexvla/demo] [--out docs/ui.png]
 
 Serves the demo's index with ``python -m service`` on a free loopback port, opens the UI in
-headless Chromium (Debian's ``chromium``; the DevTools client of ``tests/test_service_ui.py``),
+headless Chromium (Debian's ``chromium``; the DevTools client of ``bench/live.py``),
 searches "a red circle" with the *together* box ticked (``bind``; ``--no-bind``: without), opens
 the first result and shows the heat map of ``--word`` (default
 ``circle``), then saves a 1400 x 900 screenshot. Needs no network.
@@ -22,9 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.live import IMAGE_LOADED, Browser, free_port, stop, wait_ready  # noqa: E402
 from lexvla.demo import default_workdir  # noqa: E402
-from tests.service_fixtures import free_port, stop, wait_ready  # noqa: E402
-from tests.test_service_ui import IMAGE_LOADED, Browser  # noqa: E402
 from training.checkpoints import latest_checkpoint  # noqa: E402
 
 

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.index_synthetic import VOCAB, cached_corpus, make_corpus  # noqa: E402
+from bench.live import free_port  # noqa: E402
 from bench.query_table import add_random_table  # noqa: E402
 from bench.serve_load import captions, row_text, run_load, run_wrk  # noqa: E402
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt, store, index = build_inputs(
             work, args.checkpoint, args.images, args.active, args.engine, args.llama2
         )
-        port = args.port or _free_port()
+        port = args.port or free_port()
         url = f"http://127.0.0.1:{port}"
         texts = captions(8 * args.requests, seed=0)
         modes = {"model": "model", "words": "words", "table": "table", "overload": "model"}
@@ -307,14 +308,6 @@ def page(runs: list[tuple[dict, str]]) -> str:
                 f"{r['errors']} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

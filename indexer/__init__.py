@@ -8,6 +8,7 @@ compact, lucene and qdrant, behind one registry). ``runner`` drives a resumable 
 settings: ``job``; the index it publishes: ``build``), ``merge`` combines the stores of sharded
 jobs, ``cli`` is ``lexvla index``, ``scoring`` scores hits with per-word contributions (its
 compiled part: ``scoring_kernels``; for ``search``, which is ``lexvla search``, and for the
-service), ``filters`` holds the word filters every engine applies, ``export`` writes JSONL for
-other tools, ``quiet`` silences the libraries' own logging.
+service), ``filters`` holds the word filters every engine applies, ``metadata`` the per-image
+metadata fields and their types (read at indexing by ``metadata_job``), ``export`` writes JSONL
+for other tools, ``quiet`` silences the libraries' own logging.
 """

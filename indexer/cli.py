@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from common.flags import add_model_flags, explain_validation_error, model_values
 from indexer.build import build_index
 from indexer.engines import DEFAULT_ENGINE, engine, names, open_index, publish
 from indexer.engines.engine import Kind
@@ -49,7 +50,6 @@ from indexer.quiet import quiet_libraries
 from indexer.runner import run_index_job
 from indexer.store import CorpusStore
 from model.backbones import BackboneLoadError
-from model.flags import add_model_flags, explain_validation_error, model_values
 
 # IndexJob fields without a flag, and why: the sub-command sets them.
 JOB_FLAGS_EXCLUDED = {
@@ -206,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def engine_flags(kind: Kind, only: Sequence[Any] | None = None) -> type[BaseModel]:
     """One model whose fields are the engines' ``kind`` options under their outside names
-    (``qdrant_url``), for :func:`~model.flags.add_model_flags`: each engine's own defaults,
+    (``qdrant_url``), for :func:`~common.flags.add_model_flags`: each engine's own defaults,
     types and descriptions make its flags."""
     fields: dict[str, Any] = {}
     for each in only if only is not None else engines():

@@ -13,25 +13,15 @@ to the image's own maximum, because rows are L2-normalised and an image about ma
 lower weights everywhere; capped at a top-N so a flat row cannot "have" hundreds of words, and so
 a payload of strong words (the Qdrant engine stores them) stays small.
 
-Why 0.35 and 32 (measured 2026-12-01, 2-core CPU): the tiny LexVLA of ``lexvla demo``
-(``tiny-shapes``: pretrained backbones, 400 steps), its 300 held-out shape images (seed 7), "has
-word w" against what each image shows. Precision / recall for colour words and shape words:
-
-    fraction   colours        shapes       "a green triangle -star": stars in the top 10
-    0.6        0.998 / 0.922  0.947 / 0.815  1  (14 of the 111 star images slip through)
-    0.5        0.995 / 0.975  0.910 / 0.877  1
-    0.45       0.993 / 0.980  0.885 / 0.900  1
-    0.4        0.982 / 0.988  0.846 / 0.925  0  (the star kept by higher cuts weighs 0.42)
-    0.35       0.966 / 0.988  0.819 / 0.942  0
-    0.3        0.946 / 0.992  0.792 / 0.955  0
-
-Shape words are the hard case: a small star weighs as little as 0.09 of its image's heaviest
-word, and shapes the model confuses weigh up to 1.0 on images without them. An exclusion that
-lets a faint star through fails the user who typed ``-star``, while an exclusion that also drops
-a few images without one costs little, so the cut sits below the F1 optimum (0.45-0.5) at 0.35,
-with margin below the 0.42 star. The top-32 cap never binds on that data (~8 words per image);
-it bounds what a flatter real-photo row can claim. Both constants are recorded in every index
-manifest (``rule``); an index built with another rule is refused (``lexvla index reindex``).
+Why 0.35 and 32: on the tiny LexVLA of ``lexvla demo`` and its held-out shape images, "has
+word w" was scored against what each image shows, for cuts from 0.3 to 0.6 (the table:
+docs/lab-notes.md, "The word filter's cut"). Shape words are the hard case: a small shape can
+weigh a small fraction of its image's heaviest word, while shapes the model confuses weigh a lot
+on images without them. An exclusion that lets a faint star through fails the user who typed
+``-star``, while an exclusion that also drops a few images without one costs little, so the cut
+sits below the F1 optimum. The top-32 cap bounds what a flat row (a real photo about many
+things) can claim. Both constants are recorded in every index manifest (``rule``); an index
+built with another rule is refused (``lexvla index reindex``).
 
 Filter semantics (every engine, tested against the brute-force oracle :func:`allowed_rows`):
 ``exclude`` drops an image that has *any* excluded word; ``require`` keeps only images that have

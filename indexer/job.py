@@ -1,7 +1,7 @@
 """The settings of one indexing job: :class:`IndexJob`, with its engine's build options.
 
 ``lexvla index build|add`` generate their flags from :class:`IndexJob` (its field descriptions
-are the help, its defaults the defaults; :mod:`model.flags`) and from each registered engine's
+are the help, its defaults the defaults; :mod:`common.flags`) and from each registered engine's
 build options (``--<engine>-<option>``), and :func:`indexer.runner.run_index_job` runs one. The
 job names no engine: ``engine_options`` holds the chosen engine's options, checked against its
 model (:mod:`indexer.engines.registry`); a flag's name (``qdrant_url=...``) is accepted as well

@@ -1,6 +1,6 @@
 """The commands' quiet default for the libraries they drive (``--verbose`` turns it off).
 
-transformers' progress bars and info messages (``model.quiet``), and each registered engine's
+transformers' progress bars and info messages (``common.quiet``), and each registered engine's
 libraries (:meth:`~indexer.engines.engine.Engine.quiet`: e.g. the INFO lines that Anserini and
 Lucene print to the process's own stdout and stderr). ``lexvla index``, ``lexvla serve`` and
 ``lexvla demo`` call this once.
@@ -8,8 +8,8 @@ Lucene print to the process's own stdout and stderr). ``lexvla index``, ``lexvla
 
 from __future__ import annotations
 
+from common.quiet import quiet_transformers
 from indexer.engines.registry import engines
-from model.quiet import quiet_transformers
 
 
 def quiet_libraries(verbose: bool = False) -> None:

@@ -48,13 +48,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from common.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
 from indexer.engines.versions import write_lock
 from indexer.fields import FieldColumns
 from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
 from model.data import Skipped
-from model.data.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
 from model.vocabulary import Vocabulary, VocabularyMismatchError
 
 __all__ = ["CorpusStore", "ImageRecord"]

@@ -7,8 +7,8 @@
    from its text encoder (``training.query_table``); a finished run in the work folder is
    reused, a killed one resumes;
 2. draw a separate set of shape images (held out: another split and seed) with their captions;
-3. index them into a corpus store and a ``memory`` index (and a ``lucene`` one when pyserini and
-   Java are installed);
+3. index them into a corpus store and an index with the default engine (``compact``; and a
+   ``lucene`` one when pyserini and Java are installed);
 4. measure on the held-out images (``lexvla.demo_eval``): retrieval recall (and per query mode),
    PatchDis, how the vectors use the vocabulary, the query "a red circle", how strong shape
    words are;
@@ -113,7 +113,7 @@ def draw_images(
 ) -> tuple[Path, dict[str, list[dict[str, str]]]]:
     """Held-out shape images as PNG files, ``captions.csv`` (image, caption; a row a caption) and
     ``shapes.jsonl`` (what each image shows: the ground truth of the demo's checks)."""
-    from model.data.atomic import atomic_write_bytes
+    from common.atomic import atomic_write_bytes
     from training.data import ShapesDataset
 
     manifest, truth_file = folder / "captions.csv", folder / "shapes.jsonl"
@@ -160,6 +160,7 @@ def index_images(
     model: Any, checkpoint: Path, images: Path, workdir: Path, progress: bool
 ) -> dict[str, Path]:
     from indexer.build import build_index
+    from indexer.engines import DEFAULT_ENGINE
     from indexer.job import IndexJob
     from indexer.runner import open_store, run_index_job
 
@@ -169,24 +170,24 @@ def index_images(
         store=str(store),
         checkpoint=str(checkpoint),
         index=str(workdir / "index"),
-        engine="memory",
+        engine=DEFAULT_ENGINE,
         progress=progress,
         chunk_size=256,
     )
     report = run_index_job(job, model=model)
-    indexes = {"memory": workdir / "index"}
+    indexes = {"index": workdir / "index"}
     opened = open_store(store, model)
     try:
         print(
             f"indexed {report.indexed} new images ({report.skipped} skipped); the store holds "
-            f"{opened.count} -> {workdir / 'index'} (memory engine)"
+            f"{opened.count} -> {workdir / 'index'} ({DEFAULT_ENGINE} engine)"
         )
         if lucene_available():
             try:
                 build_index(opened, workdir / "index-lucene", "lucene")
                 indexes["lucene"] = workdir / "index-lucene"
                 print(f"also built a lucene impact index -> {indexes['lucene']}")
-            except Exception as exc:  # the demo goes on with the memory engine
+            except Exception as exc:  # the demo goes on with the default engine's index
                 print(f"lucene index skipped: {exc}")
     finally:
         opened.close()
@@ -203,7 +204,7 @@ def service_client(model: Any, paths: dict[str, Path]) -> Iterator[Any]:
     from service.core.config import Settings
     from service.main import create_app
 
-    settings = Settings(index=paths["memory"], store=paths["store"], warmup=False)
+    settings = Settings(index=paths["index"], store=paths["store"], warmup=False)
     with TestClient(create_app(settings, model=model)) as client:
         yield client
 
@@ -248,7 +249,7 @@ def serve(model: Any, paths: dict[str, Path], host: str, port: int) -> None:
     from service.core.config import Settings
     from service.main import create_app
 
-    settings = Settings(index=paths["memory"], store=paths["store"], host=host, port=port)
+    settings = Settings(index=paths["index"], store=paths["store"], host=host, port=port)
     url = f"http://{host}:{port}/"
     print(f"\nserving {url}  (API docs at {url}docs; Ctrl-C to stop)")
     print("try: " + "; ".join(f'"{q}"' for q in [*EXAMPLES, "a green triangle -star"]))

@@ -2,14 +2,14 @@
 
 Importable without training, index or web dependencies. Start with ``LexVLA.from_pretrained``.
 
-The names below load their modules on first use (:mod:`model.lazy`).
+The names below load their modules on first use (:mod:`common.lazy`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from model.lazy import lazy_exports
+from common.lazy import lazy_exports
 
 _EXPORTS = {
     "CheckpointError": ".checkpoint",

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.atomic import replace_directory, temp_path
+
 from .backbones import resolve
 from .config import LexVLAConfig
-from .data.atomic import replace_directory, temp_path
 from .vocabulary import Vocabulary, VocabularyMismatchError
 
 if TYPE_CHECKING:

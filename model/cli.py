@@ -170,7 +170,7 @@ def build_parser(prog: str = "lexvla") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .quiet import quiet_transformers
+    from common.quiet import quiet_transformers
 
     quiet_transformers()
     args = build_parser().parse_args(argv)

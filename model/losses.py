@@ -114,10 +114,10 @@ def grounding_loss(
     return (per_row * has_words).sum() / has_words.sum().clamp_min(1.0)
 
 
-# The image term's logit scale. At the text term's 100 it is met by ranking alone: measured on
-# tiny-shapes, image vectors went flat (373 active words, 93% of their mass on words in no
-# caption); at 10 the caption's words must lead the rest by a wide margin, which only a
-# concentrated vector gives (8 active words, 0% off-caption; docs/lab-notes.md).
+# The image term's logit scale. At the text term's 100 it is met by ranking alone, and image
+# vectors go flat (many active words, most of their mass on words in no caption); at 10 the
+# caption's words must lead the rest by a wide margin, which only a concentrated vector gives
+# (the runs: docs/lab-notes.md).
 IMAGE_GROUNDING_SCALE = 10.0
 
 

@@ -39,8 +39,9 @@ import numpy as np
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
+from common.atomic import temp_path
+
 from .checkpoint import CheckpointError
-from .data.atomic import temp_path
 from .lexical import l2norm_rows
 from .sparsify import sparsify
 from .vocabulary import Vocabulary

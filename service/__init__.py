@@ -8,6 +8,7 @@ Layout (the FastAPI full-stack template's)::
     cli.py           ``lexvla serve`` / ``python -m service``: flags generated from Settings; one
                      worker under uvicorn, several under gunicorn (``workers.py``)
     workers.py       the gunicorn server: a listening socket per worker, hung workers replaced
+    keys_cli.py      ``lexvla keys add|list|revoke``: the API keys file
     core/            settings, errors, metrics (one view over the workers), middleware (load
                      shedding, body limits), LRU cache, the processes of a server and their versions
     search/          what the routes call: query vectors, micro-batching, search (scoring itself

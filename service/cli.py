@@ -1,6 +1,6 @@
 """``lexvla serve`` / ``python -m service``: run the search service.
 
-The flags are generated from ``service.core.config.Settings`` (``model.flags``), one per field,
+The flags are generated from ``service.core.config.Settings`` (``common.flags``), one per field,
 and override the ``LEXVLA_*`` environment variables. The model, store and index are loaded
 before the server starts, so a wrong path or a vocabulary mismatch ends the command with one
 clear message (exit status 2) instead of a traceback from the lifespan. One worker is served by
@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from common.flags import add_model_flags, explain_validation_error, model_values
 from model.backbones import BackboneLoadError
-from model.flags import add_model_flags, explain_validation_error, model_values
 from service.core.config import Settings
 
 

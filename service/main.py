@@ -46,7 +46,7 @@ class SheddingApp(FastAPI):
     ``add_middleware`` can only place a middleware inside Starlette's error handler and
     FastAPI's built-in layers. Under overload a worker refuses ~1,000 requests a second on the
     event loop that also answers its searches. Those layers cost a 429 about a third of its
-    Python time (measured with py-spy at 1M images), so the shedder answers before them.
+    Python time (py-spy profiles: docs/lab-notes.md), so the shedder answers before them.
     """
 
     shedding: dict[str, Any] | None = None

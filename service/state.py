@@ -328,11 +328,11 @@ def freeze_heap(enabled: bool, full: bool = True) -> None:
     Python's full (generation 2) collection walks every tracked object. With a model, its
     tokenizer and an index loaded that is millions of objects, and each full collection, which
     the allocations of ordinary requests trigger every few seconds under load, held the GIL
-    for 100-300 ms (measured at 1M images): every request in flight, 429s included, waited
-    that long. Frozen objects are still freed by reference counting; only reference cycles among
-    them wait for :func:`gc.unfreeze`, which runs at stop, and before a full re-freeze after an
-    index swap so that the old versions' cycles are collected; ``full`` False only freezes
-    what is new.
+    for a long time with millions of objects: every request in flight, 429s included, waited
+    that long (docs/lab-notes.md has the profile). Frozen objects are still freed by reference
+    counting; only reference cycles among them wait for :func:`gc.unfreeze`, which runs at stop,
+    and before a full re-freeze after an index swap so that the old versions' cycles are
+    collected; ``full`` False only freezes what is new.
     """
     if not enabled:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ pytest_plugins = ["service_fixtures", "compact_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))  # bench/ (its live-server and browser helpers) from any directory
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +89,24 @@ def full_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     with contextlib.redirect_stdout(out):
         assert main(["--workdir", str(work), "--quiet", "--no-serve"]) == 0
     return work, out.getvalue()
+
+
+# Modules whose tests must share a process: the demo's readers share its one run (``full_demo``).
+SAME_PROCESS = {"tests/test_training_learning.py": "tests/test_demo.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``pytest -n N --dist loadscope`` (``make test``) a module's tests run in one worker
+    process, so module fixtures (a corpus, a live server, gunicorn workers) are built once and
+    its tests keep their order; ``SAME_PROCESS`` puts modules together, so the demo runs once."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SAME_PROCESS.get(module, module)
+
+    return ModuleScheduling(config, log)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
+
+from bench.live import free_port, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ["circle", "square", "triangle"]
@@ -94,12 +93,6 @@ def build_corpus(model, root: Path, n_extra: int = 0) -> Corpus:
     return Corpus(root, images, root / "store", root / "index", ids)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def service_corpus(tiny_model, tmp_path_factory) -> Corpus:
     return build_corpus(tiny_model, tmp_path_factory.mktemp("service-corpus"), n_extra=3)
@@ -170,29 +163,3 @@ def live_server(tiny_model, tiny_checkpoint, tmp_path_factory):
         yield LiveServer(url, process, corpus, log)
     finally:
         stop(process)
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server was not ready within {timeout:.0f} s:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen) -> int:
-    """SIGTERM (uvicorn's graceful shutdown), then SIGKILL after 15 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return process.returncode

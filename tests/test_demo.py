@@ -2,11 +2,10 @@
 
 The demo runs once for the suite with its default recipe (the ``full_demo`` fixture): both
 backbones pretrained on shapes, LexVLA trained on top, 300 held-out images indexed and measured
-by ``lexvla.demo_eval``. The bounds are the issue's targets where the demo meets them, with a
-margin below what was measured (README). The numbers repeat for a seed on one machine, but not
-across processors: torch's CPU kernels round differently with AVX-512 than with AVX2, and the
-tiny model's training drifts from there (2026-12-01: R@1 72.0 / 69.7, 5 of 5 bound red circles;
-2026-12-06 on an AVX-512 Xeon: 69.6 / 72.0, 4 of 5), so the margin is for other machines too.
+by ``lexvla.demo_eval``. The bounds are the project's targets where the demo meets them, with a
+margin below what was measured (docs/results-demo.md). The numbers repeat for a seed on one
+machine, but not across processors: torch's CPU kernels round differently with AVX-512 than with
+AVX2, and the tiny model's training drifts from there, so the margin is for other machines too.
 """
 
 import json

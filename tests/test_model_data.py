@@ -1,7 +1,7 @@
 """model.data: one reader per format, so training and the indexer see the same inputs the same way.
 
 Each test runs one input through both jobs' readers (training's datasets and the indexer's
-sources) and checks they agree: the disagreements issue 13 found are regression tests here.
+sources) and checks they agree: disagreements found earlier between them are regression tests here.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from test_training_data_shards import _jpeg, _tar  # one pair of shard-writing helpers
 
+from common.atomic import replace_directory
 from indexer import cli
 from indexer.job import IndexJob
 from indexer.runner import run_index_job
 from model.data import Skipped, iter_source, read_manifest, resolve_shards
-from model.data.atomic import replace_directory
 from model.preprocessing import centre_crop, eval_transform, to_tensor
 from training.data import ManifestDataset, ShardDataset
 

@@ -1,4 +1,4 @@
-"""model.flags: every field of the model a command fills is a flag, with the model's defaults."""
+"""common.flags: every field of the model a command fills is a flag, with the model's defaults."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import pytest
 from pydantic import BaseModel, Field
 
+from common.flags import add_model_flags, model_values
 from indexer import cli as index_cli
 from indexer.job import IndexJob
-from model.flags import add_model_flags, model_values
 from service import cli as serve_cli
 from service.core.config import Settings
 

@@ -2,7 +2,6 @@
 lexical grounding (text and image)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from bench.live import free_port
 from model.losses import (
     LexVLALoss,
     QuadraticWarmup,
@@ -66,14 +66,8 @@ def _worker(rank, world, port, path):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gathered_loss_over_two_processes_equals_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     image, text = _batch()
     ref, gi, gt, gs = _loss_and_grads(image, text, torch.tensor(2.0, dtype=torch.float64), _bow())
     assert "text_grounding_loss" in ref and "image_grounding_loss" in ref

@@ -67,7 +67,7 @@ def test_minus_word_drops_images_that_have_it_and_plus_word_keeps_only_them(clie
     assert only["query"] == word and {h["id"] for h in only["hits"]} <= having
 
 
-def test_the_issue_s_examples_on_the_shapes_corpus(client, strong):
+def test_the_readme_s_filter_examples_on_the_shapes_corpus(client, strong):
     """``-star`` returns no image that has "star", ``+circle`` only images that have "circle"."""
     minus = _search(client, query="a green triangle -star")
     assert all("star" not in strong[h["id"]] for h in minus["hits"])

@@ -137,7 +137,7 @@ def test_admin_needs_the_admin_right_or_the_api_key(keyed):
 def test_keys_rotate_and_revoke_without_a_restart(keyed, capsys):
     client, keys, path = keyed
     fresh = _add(capsys, path, "--collection", "*")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (
         client.post("/search", json={"query": "x"}, headers={"X-API-Key": fresh}).status_code != 200
     ):
@@ -151,7 +151,7 @@ def test_keys_rotate_and_revoke_without_a_restart(keyed, capsys):
         ).status_code
         != 401
     ):
-        assert time.monotonic() < deadline + 10, "a revoked key still worked"
+        assert time.monotonic() < deadline + 60, "a revoked key still worked"
         time.sleep(0.1)
     path.write_text(json.dumps({"format": "lexvla-keys", "keys": [{"id": 1}]}))  # broken
     time.sleep(1.2)

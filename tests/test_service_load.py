@@ -216,7 +216,7 @@ def test_a_slot_is_free_once_the_answer_is_sent():
     async def main():
         first: list[int] = []
         running = asyncio.create_task(request("/cleanup", first))
-        await asyncio.wait_for(answered.wait(), 5)
+        await asyncio.wait_for(answered.wait(), 30)
         in_flight_after_answer = limited.in_flight
         second: list[int] = []
         await request("/next", second)  # the same client's next request

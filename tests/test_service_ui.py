@@ -1,10 +1,10 @@
 """The web UI in headless Chromium, driven over the DevTools protocol against a live server.
 
 Skipped where Debian's ``chromium`` is not installed (``apt-get install chromium``). The
-DevTools client is in ``tests/ui_support.py`` (``bench/screenshot.py`` makes the README's picture
-with it). The tests of field filters, sort and facet counts, and the first API-key test, run
-against that module's stand-in service (the real page, canned answers, a log of the requests the
-page sends); the other API-key test runs against the service with a keys file.
+DevTools client is ``bench/live.py``'s (``bench/screenshot.py`` makes the README's picture with
+it). The tests of field filters, sort and facet counts, and the first API-key test, run against
+the stand-in service of ``tests/ui_support.py`` (the real page, canned answers, a log of the
+requests the page sends); the others run against the service itself.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service_fixtures import REPO, free_port, stop, wait_ready
-from tests.ui_support import CATCH_ERRORS, CHROMIUM, FACETS, RECORDS, Browser, serve_stub
+from bench.live import CHROMIUM, IMAGE_LOADED, Browser, free_port, stop, wait_ready
+from tests.service_fixtures import REPO
+from tests.ui_support import CATCH_ERRORS, FACETS, RECORDS, serve_stub
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless UI test needs Chromium (apt-get install chromium)"
@@ -44,9 +45,6 @@ def _not_blank(image: Image.Image) -> None:
     pixels = np.asarray(image, dtype=np.float32)
     colours = len(set(image.resize((350, 225)).getdata()))
     assert pixels.std() > 20 and colours > 200, (pixels.std(), colours)
-
-
-IMAGE_LOADED = "(img => img && img.complete && img.naturalWidth > 0)"
 
 
 def test_a_shared_url_filters_by_album_on_the_real_service(browser, live_server):

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a socket per worker (SO_REUSEPORT) is Linux's"
 )
 ADMIN = {"X-API-Key": "admin-key"}
+# A worker silent this long is killed and replaced. Deadlines below are generous multiples of
+# it and of a start-up: they bound a hang, and hold on a loaded 2-core machine.
+WORKER_TIMEOUT_S = 20
 
 
 def test_a_port_in_use_is_refused_whoever_holds_it():
@@ -103,14 +106,14 @@ def server(tiny_model, tiny_checkpoint, tmp_path_factory):
         sys.executable, "-m", "service", "--checkpoint", str(tiny_checkpoint),
         "--index", str(corpus.index), "--store", str(corpus.store), "--port", str(port),
         "--workers", "2", "--max-top-k", "3", "--log-level", "info",
-        "--index-refresh-s", "0.5", "--worker-timeout-s", "5",
+        "--index-refresh-s", "0.5", "--worker-timeout-s", str(WORKER_TIMEOUT_S),
     ]  # fmt: skip
     log = root / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, log, timeout=180)
+        wait_ready(url, process, log, timeout=300)
         assert len(_pids(url)) == 2, log.read_text()
         yield Server(url, port, process, command, env, corpus, tiny_model, log)
     finally:
@@ -129,7 +132,7 @@ def _pids(url: str, want: int = 2, deadline_s: float = 120) -> set[int]:
     deadline = time.monotonic() + deadline_s
     while len(pids) < want and time.monotonic() < deadline:
         try:
-            pids.add(_fresh(url, "GET", "/healthz", timeout=2).json()["pid"])
+            pids.add(_fresh(url, "GET", "/healthz", timeout=10).json()["pid"])
         except httpx.TransportError:  # a worker being killed, or a stopped one's socket
             continue
     return pids
@@ -191,7 +194,7 @@ def test_one_scrape_counts_every_workers_requests(server):
 
 def test_every_worker_follows_a_publish_by_itself(server):
     _publish(server, start=50)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180
     streak = 0
     while streak < 20:  # 20 fresh connections in a row on the new version
         assert time.monotonic() < deadline, _readyz_all(server.url)
@@ -240,10 +243,10 @@ def test_a_killed_worker_comes_back_on_the_version_its_siblings_serve(server):
     before = _pids(server.url)
     killed = min(before)
     os.kill(killed, signal.SIGKILL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     pids = before
     while (killed in pids or len(pids) < 2) and time.monotonic() < deadline:
-        pids = _pids(server.url, deadline_s=5)
+        pids = _pids(server.url, deadline_s=15)
     assert len(pids) == 2 and killed not in pids, "the killed worker was not replaced"
     assert _readyz_all(server.url) == dict.fromkeys(pids, "v0001")
     assert _fresh(server.url, "POST", "/admin/reload", headers=ADMIN).status_code == 200
@@ -251,14 +254,14 @@ def test_a_killed_worker_comes_back_on_the_version_its_siblings_serve(server):
 
 def test_a_hung_worker_is_replaced(server):
     """A worker whose event loop stops answering (here: stopped by SIGSTOP) is killed by the
-    arbiter after the worker timeout (5 s here) and replaced."""
+    arbiter after the worker timeout (``WORKER_TIMEOUT_S``) and replaced."""
     hung = min(_pids(server.url))
     os.kill(hung, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + WORKER_TIMEOUT_S + 300
         pids: set[int] = set()
         while (hung in pids or len(pids) < 2) and time.monotonic() < deadline:
-            pids = _pids(server.url, deadline_s=5)
+            pids = _pids(server.url, deadline_s=15)
         assert len(pids) == 2 and hung not in pids, "the hung worker was not replaced"
         assert not _alive(hung)
     finally:
@@ -309,17 +312,17 @@ def test_a_graceful_restart_drops_no_request(server):
     upgraded: set[int] = set()
     try:
         server.process.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while not upgraded and time.monotonic() < deadline:
             upgraded = _children(server.process.pid) - before  # the new server's arbiter
             time.sleep(0.1)
         new: set[int] = set()
         while len(new) < 2 and time.monotonic() < deadline:
-            new |= _pids(server.url, want=4, deadline_s=5) - before
+            new |= _pids(server.url, want=4, deadline_s=15) - before
         assert len(new) == 2, "the new server's workers did not start"
         assert len(upgraded) == 1, upgraded
         server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(60) == 0
+        assert server.process.wait(180) == 0
         assert _pids(server.url) == new
     finally:
         stop.set()
@@ -329,7 +332,7 @@ def test_a_graceful_restart_drops_no_request(server):
                 os.kill(arbiter, signal.SIGTERM)
     assert len(statuses) > 10 and set(statuses) == {200}, (Counter(statuses), resent)
     assert len(resent) <= 2, resent  # at most one per closed connection (one per old worker)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while any(_alive(pid) for pid in (*upgraded, *new)):
         assert time.monotonic() < deadline, "SIGTERM did not stop the new server"
         time.sleep(0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -198,11 +197,8 @@ def test_relation_uses_the_dominant_axis() -> None:
         captions([], random.Random(0))
 
 
-def test_generation_is_fast_at_full_size() -> None:
-    render_sample(0)  # warm the outline cache
-    start = time.perf_counter()
-    for i in range(50):
-        sample = render_sample(i, seed=5)
-        assert sample["image"].size == (224, 224) and sample["image"].mode == "RGB"
-    per_image = (time.perf_counter() - start) / 50
-    assert per_image < 0.02, f"{per_image * 1e3:.1f} ms per image"
+def test_a_full_size_sample_is_a_224_rgb_image_with_masks_of_its_size() -> None:
+    """The default size (the models' input; generation speed is bench/shapes.py's)."""
+    sample = render_sample(0, seed=5)
+    assert sample["image"].size == (224, 224) and sample["image"].mode == "RGB"
+    assert all(m.shape == (224, 224) for m in sample["masks"].values())

@@ -9,13 +9,13 @@ their cross-rank gradients matter too.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from bench.live import free_port
 from model import LexVLA
 from model.losses import LexVLALoss
 from model.tiny import create_tiny_checkpoint
@@ -73,12 +73,6 @@ def _worker(rank: int, world: int, port: int, checkpoint: str, out: str) -> None
         distributed.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lora_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ddp") / "tiny-lora"
@@ -87,7 +81,7 @@ def lora_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_gloo_processes_match_one_process(lora_checkpoint: Path, tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(lora_checkpoint), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(lora_checkpoint), str(tmp_path)), nprocs=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -165,7 +159,7 @@ def test_a_ddp_run_checkpoints_and_resumes(tmp_path: Path) -> None:
         # rank 0 pretrains the backbones (2 steps each), every rank gets them
         "pretrain.image.steps": 2, "pretrain.text.steps": 2, "pretrain.num_workers": 0,
     }  # fmt: skip
-    mp.spawn(_run_worker, args=(2, _free_port(), settings, str(tmp_path)), nprocs=2)
+    mp.spawn(_run_worker, args=(2, free_port(), settings, str(tmp_path)), nprocs=2)
     runs = [torch.load(tmp_path / f"run{r}.pt", weights_only=False) for r in range(2)]
     assert runs[0]["second"]["start_step"] == 2 and runs[0]["second"]["step"] == 3
     for key in ("first", "second"):  # the loss of the global batch, the same on both ranks

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from common.atomic import atomic_write_json
 from indexer import filters as wf
 from indexer.engines.base import (
     Hit,
@@ -29,7 +30,6 @@ from indexer.engines.base import (
 )
 from indexer.engines.engine import BuildHints, Engine, EngineOptions
 from indexer.fields import Where
-from model.data.atomic import atomic_write_json
 
 NAME = "toy"
 

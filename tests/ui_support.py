@@ -1,9 +1,8 @@
-"""Support for the web UI's tests: a headless-Chromium client and a stand-in for the service.
+"""Support for the web UI's tests: a stand-in for the service (the client is ``bench/live.py``).
 
-:class:`Browser` speaks just enough of the Chrome DevTools protocol to drive the page (the UI
-tests and ``bench/screenshot.py`` use it). :func:`serve_stub` serves the real page with a
-stand-in for API parts the service does not answer yet: ``POST /search`` with
-``where``/``sort``/``facets`` (answering ``facets`` and ``matches``) and ``GET /fields``. The
+:func:`serve_stub` serves the real page with a stand-in for the API that records what the page
+sends: ``POST /search`` with ``where``/``sort``/``facets`` (answering ``facets`` and
+``matches``) and ``GET /fields``, so a test can assert the exact requests. The
 stand-in answers with canned bodies built from the service's response schemas, logs every
 request (path, query, the ``Authorization`` header and the JSON body), and, with ``key`` set,
 refuses requests without ``Authorization: Bearer <key>`` the way the service does (401,
@@ -12,24 +11,16 @@ refuses requests without ``Authorization: Bearer <key>`` the way the service doe
 
 from __future__ import annotations
 
-import base64
-import io
-import itertools
 import json
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 
 from service.api.routes import ui
 from service.api.schemas import (
@@ -45,90 +36,9 @@ from service.api.schemas import (
 from service.core.errors import Unauthorized
 from tests.service_fixtures import free_port, png, shape_image
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
-# every page records its uncaught errors and unhandled promise rejections (pageErrors)
 CATCH_ERRORS = """window.pageErrors = [];
 addEventListener('error', (e) => pageErrors.push(String(e.message)));
 addEventListener('unhandledrejection', (e) => pageErrors.push(String(e.reason)));"""
-
-
-class Browser:
-    """Just enough of the Chrome DevTools protocol: navigate, evaluate, click files, screenshot."""
-
-    def __init__(self, profile: Path):
-        from websockets.sync.client import connect
-
-        self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "--window-size=1400,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("Chromium did not start its DevTools endpoint")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(p for p in pages if p["type"] == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.ids = itertools.count(1)
-
-    def call(self, method: str, **params):
-        n = next(self.ids)
-        self.ws.send(json.dumps({"id": n, "method": method, "params": params}))
-        while True:  # events are skipped; the reply carries our id
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == n:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def js(self, expression: str):
-        result = self.call(
-            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for: {expression}")
-
-    def open_ui(self, url: str) -> None:
-        """The UI at ``url`` in a 1400 x 900 viewport (the README's screenshot), once ready."""
-        self.call("Page.enable")
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1400,
-            height=900,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        self.call("Page.navigate", url=url)
-        self.wait_for("document.body && document.body.dataset.ready === 'true'")
-
-    def screenshot(self) -> Image.Image:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        finally:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 FIELDS = {

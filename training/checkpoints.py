@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.atomic import replace_directory
 from model import LexVLA
-from model.data.atomic import replace_directory
 
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"

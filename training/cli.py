@@ -186,7 +186,7 @@ def build_parser(prog: str = "lexvla") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.quiet import quiet_transformers
+    from common.quiet import quiet_transformers
 
     quiet_transformers()
     logging.basicConfig(

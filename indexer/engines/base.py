@@ -27,9 +27,9 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
+from common.atomic import atomic_write_json, now_iso
 from indexer.fields import FieldColumns, Where, WhereError
 from indexer.filters import WordFilter
-from model.data.atomic import atomic_write_json, now_iso
 from model.vocabulary import VocabularyMismatchError
 
 MANIFEST = "index.json"

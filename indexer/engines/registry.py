@@ -21,7 +21,7 @@ from indexer.engines.lucene import LuceneEngine
 from indexer.engines.memory import MemoryEngine
 from indexer.engines.qdrant import QdrantEngine
 
-# bench/index_search.py, side by side at 100k and 1M images: docs/benchmarks.md says why
+# bench/index_search.py, side by side at 100k and 1M images: docs/results-search.md says why
 DEFAULT_ENGINE = "compact"
 
 _ENGINES: dict[str, Engine] = {}

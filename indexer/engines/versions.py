@@ -29,8 +29,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.atomic import atomic_write_bytes, fsync_dir
 from indexer.engines.base import MANIFEST, SearchIndex
-from model.data.atomic import atomic_write_bytes, fsync_dir
 
 CURRENT = "CURRENT"
 PINNED = "PINNED"

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from common.atomic import atomic_write_json
 from indexer.fields.where import (
     EARTH_KM,
     Condition,
@@ -41,7 +42,6 @@ from indexer.fields.where import (
     comparable,
 )
 from indexer.metadata import FieldRegistry
-from model.data.atomic import atomic_write_json
 
 FORMAT = 1
 INFO = "columns.json"

@@ -6,18 +6,17 @@
   manifest datasets and the indexer's manifest source);
 - ``shards``: webdataset tar shards (sample keys, header-only record index, brace patterns);
 - ``decode``: bytes -> upright RGB image or a reason; caption cleaning;
-- ``skips``: :class:`Skipped` markers with reason codes, and :class:`SkipCounter`;
-- ``atomic``: crash-safe file and directory writes.
+- ``skips``: :class:`Skipped` markers with reason codes, and :class:`SkipCounter`.
 
 It sits beside ``model.preprocessing`` (which turns the decoded images into pixel tensors), so
 ``training`` and ``indexer`` both depend on it and on nothing of each other. It imports no web,
 index or training library (``braceexpand``, webdataset's own brace expander, is the one
-dependency beyond Pillow).
+dependency beyond Pillow); crash-safe writes are ``common.atomic``'s.
 """
 
 from typing import TYPE_CHECKING
 
-from model.lazy import lazy_exports
+from common.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_MAX_PIXELS": ".decode",
@@ -32,8 +31,6 @@ _EXPORTS = {
     "Skipped": ".skips",
     "SourceItem": ".sources",
     "SourceKind": ".sources",
-    "atomic_write_bytes": ".atomic",
-    "atomic_write_json": ".atomic",
     "clean_caption": ".decode",
     "decode_bytes": ".decode",
     "decode_image": ".decode",
@@ -42,9 +39,7 @@ _EXPORTS = {
     "iter_source": ".sources",
     "load_image": ".decode",
     "log_skip": ".skips",
-    "now_iso": ".atomic",
     "read_manifest": ".manifest",
-    "replace_directory": ".atomic",
     "resolve_shards": ".shards",
     "shard_records": ".shards",
 }
@@ -62,8 +57,6 @@ __all__ = [
     "Skipped",
     "SourceItem",
     "SourceKind",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "clean_caption",
     "decode_bytes",
     "decode_image",
@@ -72,15 +65,12 @@ __all__ = [
     "iter_source",
     "load_image",
     "log_skip",
-    "now_iso",
     "read_manifest",
-    "replace_directory",
     "resolve_shards",
     "shard_records",
 ]
 
 if TYPE_CHECKING:
-    from model.data.atomic import atomic_write_bytes, atomic_write_json, now_iso, replace_directory
     from model.data.decode import (
         DEFAULT_MAX_PIXELS,
         DecodedImage,

@@ -2,7 +2,7 @@
 
 Every field is an environment variable with the ``LEXVLA_`` prefix (``LEXVLA_CHECKPOINT``,
 ``LEXVLA_INDEX``, ``LEXVLA_MAX_TOP_K``, ...) and a ``lexvla serve`` flag generated from the
-field (``--max-top-k``; ``model.flags``), which overrides it. The descriptions are the flags'
+field (``--max-top-k``; ``common.flags``), which overrides it. The descriptions are the flags'
 help. Request limits
 that appear in request schemas (``max_top_k``, ``max_offset``, ``max_query_chars``) are also
 written into the app's OpenAPI document, so clients and the docs see the limits actually enforced.

@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from model.data.atomic import atomic_write_json, now_iso
+from common.atomic import atomic_write_json, now_iso
 
 log = logging.getLogger("service")
 

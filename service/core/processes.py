@@ -17,8 +17,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common.atomic import atomic_write_json, now_iso
 from indexer.engines.versions import pid_alive
-from model.data.atomic import atomic_write_json, now_iso
 
 PROCESSES = "processes"
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.atomic import now_iso
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
 from indexer.engines.registry import options_by_engine
@@ -33,7 +34,6 @@ from indexer.engines.versions import (
     version_dir,
 )
 from indexer.store import CorpusStore
-from model.data.atomic import now_iso
 
 
 @dataclass(frozen=True)

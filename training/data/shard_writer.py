@@ -6,7 +6,7 @@ for the demo, the indexer and tests. Layout, as img2dataset writes it: ``00000.t
 ``<key>.json``, where ``key`` is the shard number (5 digits) followed by the sample's number in
 the shard (4 digits, more for larger shards). Member times are fixed so that the same samples
 give byte-identical shards, and each shard is written under a temporary name and renamed, so a
-killed writer never leaves a shard that looks complete (``model.data.atomic``).
+killed writer never leaves a shard that looks complete (``common.atomic``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from model.data.atomic import fsync_file, temp_path
+from common.atomic import fsync_file, temp_path
 
 _FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 

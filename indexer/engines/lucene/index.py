@@ -36,6 +36,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
+from common.atomic import atomic_write_json
 from indexer.engines.base import (
     Hit,
     IndexManifest,
@@ -50,7 +51,6 @@ from indexer.engines.lucene import DEFAULT_SCALE
 from indexer.engines.lucene.jvm import java_class
 from indexer.fields import Where
 from indexer.filters import WordFilter, active, allowed_by_has, has_matrix
-from model.data.atomic import atomic_write_json
 
 ENGINE = "lucene"
 

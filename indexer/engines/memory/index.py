@@ -56,6 +56,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from common.atomic import atomic_write_json
 from indexer import filters as wf
 from indexer.engines.base import (
     Hit,
@@ -76,7 +77,6 @@ from indexer.engines.memory.search import (
 )
 from indexer.fields import Where
 from indexer.fields.columns import encode_ids
-from model.data.atomic import atomic_write_json
 
 ENGINE = "memory"
 _MIN_DELTA = 10_000  # rows scored by brute force before the inverted index is rebuilt

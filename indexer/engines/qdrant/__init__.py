@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
+from common.flags import flag_name
 from indexer.engines.base import SearchIndex
 from indexer.engines.engine import BuildHints, Built, Engine, EngineOptions
 from indexer.engines.qdrant.backends import DATATYPES
-from model.flags import flag_name
 
 if TYPE_CHECKING:
     from indexer.store import CorpusStore

@@ -24,7 +24,7 @@ same code above them:
 - **embedded** (default): a Qdrant Edge shard in ``<version>/shard/``. ``on_disk`` keeps vectors,
   index and payload memory-mapped; the build calls ``optimize()`` every ``optimize_every``
   upserted points and bounds optimised segments to ``segment_points`` points, so memory during a
-  build stays bounded (``docs/benchmarks.md`` has the measured bound). A published version is
+  build stays bounded (docs/results-indexing.md). A published version is
   never written: writes go to a copy (copy-on-write, like the Lucene engine), which
   :meth:`save` then moves into the new version directory.
 - **server** (``url=`` or ``client=``): a collection on a Qdrant server or cluster, created with
@@ -74,8 +74,8 @@ from indexer.metadata import FieldRegistry
 
 ENGINE = "qdrant"
 _BATCH = 256  # points per upsert request
-# Qdrant Edge keeps points in memory until they are flushed (measured: ~17 KB per LexVLA point,
-# never released by optimize() alone), so a build flushes every FLUSH_EVERY points.
+# Qdrant Edge keeps points in memory until they are flushed (optimize() alone does not release
+# them; docs/lab-notes.md), so a build flushes every FLUSH_EVERY points.
 FLUSH_EVERY = 10_000
 
 

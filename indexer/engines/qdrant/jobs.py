@@ -24,10 +24,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write_json, now_iso
 from indexer.engines.qdrant.index import QdrantIndex
 from indexer.engines.versions import VERSIONS, publish
 from indexer.store import CorpusStore
-from model.data.atomic import atomic_write_json, now_iso
 
 
 def build_qdrant(

@@ -1,9 +1,9 @@
 """Lazy package exports (PEP 562): a package names what it offers without importing it all.
 
 ``model`` and ``model.data`` export names whose modules pull in torch and transformers. The
-indexer and the service also import light parts of them on their own (``model.data.atomic``,
-``model.vocabulary``); with lazy exports those cost no torch import, so an index-only process
-starts in a fraction of a second.
+indexer and the service also import light parts of them on their own (``model.vocabulary``,
+``model.data.sources``); with lazy exports those cost no torch import, so an index-only
+process starts without loading torch.
 """
 
 from __future__ import annotations
