@@ -9,10 +9,13 @@ Layout (the FastAPI full-stack template's)::
                      worker under uvicorn, several under gunicorn (``workers.py``)
     workers.py       the gunicorn server: a listening socket per worker, hung workers replaced
     keys_cli.py      ``lexvla keys add|list|revoke``: the API keys file
+    schemas.py       the public request and response models (pydantic), below the routes and the
+                     search code, which both use them
     core/            settings, errors, metrics (one view over the workers), middleware (load
                      shedding, body limits), LRU cache, the processes of a server and their versions
-    search/          what the routes call: query vectors, micro-batching, search (scoring itself
-                     is ``indexer.scoring``), explanations and heat maps, index versions, hot swap
-    api/             thin routes (``api/routes/*.py``), pydantic schemas, ``Annotated`` dependencies
+    search/          what the routes call: query vectors, micro-batching, searches on the served
+                     index (``served.py``; scoring itself is ``indexer.scoring``), what a key may
+                     see (``scope.py``), explanations and heat maps, index versions, hot swap
+    api/             thin routes (``api/routes/*.py``, writes included), ``Annotated`` dependencies
     static/          the web UI (plain HTML/JS/CSS, no build step)
 """

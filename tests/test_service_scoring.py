@@ -11,7 +11,7 @@ from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.scoring import scored_hit, scored_hits
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
-from service.search import heatmap, scoring
+from service.search import heatmap, served
 from service.search.indexes import IndexHandle
 from service.search.query import apply_edits, resolve_edits, row_from_weights, split_filters
 
@@ -134,7 +134,7 @@ def test_approximate_candidates_are_rescored_exactly_from_the_store(tiny_model, 
     truth = np.asarray(rows.astype(np.float64) @ query.toarray().ravel())
     order = np.argsort(-truth, kind="stable")
     for offset in (0, 3):
-        out = scoring.search(
+        out = served.search_handle(
             handle, store, tiny_model.vocabulary, query, top_k=4, offset=offset, rescore_factor=4
         )
         assert [h.id for h in out.hits] == [ids[i] for i in order[offset : offset + 4]]
@@ -155,7 +155,9 @@ def test_pruned_memory_search_reports_exact_scores(tiny_model, service_corpus):
     pruned.build()
     handle = IndexHandle(pruned, "pruned")
     query = tiny_model.sparsify(tiny_model.encode_texts(["a red square"]))
-    out = scoring.search(handle, None, tiny_model.vocabulary, query, top_k=3, matched_limit=None)
+    out = served.search_handle(
+        handle, None, tiny_model.vocabulary, query, top_k=3, matched_limit=None
+    )
     truth = dict(
         zip(ids, np.asarray(rows.astype(np.float64) @ query.toarray().ravel()), strict=True)
     )

@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from service.api.routes import ui
-from service.api.schemas import (
+from service.core.errors import Unauthorized
+from service.schemas import (
     AppliedFilters,
     ExplainResponse,
     ExplainTimings,
@@ -33,7 +34,6 @@ from service.api.schemas import (
     SearchTimings,
     WordWeight,
 )
-from service.core.errors import Unauthorized
 from tests.service_fixtures import free_port, png, shape_image
 
 CATCH_ERRORS = """window.pageErrors = [];

@@ -30,9 +30,9 @@ import asyncio
 import numpy as np
 import scipy.sparse as sp
 
-from service.api.schemas import SearchHit
 from service.core.lru import LRUCache
 from service.core.metrics import Metrics
+from service.schemas import SearchHit
 from service.search.patches import PatchGrid, PatchMaps
 
 

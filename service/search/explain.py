@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from service.api.schemas import ExplainRequest, ExplainResponse, ExplainTimings, HeatMap
-from service.search import heatmap, scoring
+from service.schemas import ExplainRequest, ExplainResponse, ExplainTimings, HeatMap
+from service.search import heatmap, served
 from service.search.indexes import IndexHandle
 from service.search.patches import PatchGrid, PatchSource
 from service.search.pipeline import SearchPipeline, matched_word, word_weights
@@ -27,11 +27,11 @@ async def explain(
 ) -> ExplainResponse:
     start = time.perf_counter()
     vocabulary = pipeline.vocabulary
-    image_row = scoring.image_row(handle, pipeline.score_store, req.image_id)  # 404 before encoding
+    image_row = served.image_row(handle, pipeline.score_store, req.image_id)  # 404 before encoding
     q = await pipeline.query_vector(req.query, req.mode, req.exclude, req.boost, req.require)
     records = await pipeline.metadata_records(handle, [req.image_id])
     with pipeline.metrics.stage("explain") as timer:
-        hit = scoring.explain_row(q.row, image_row, vocabulary)
+        hit = served.explain_row(q.row, image_row, vocabulary)
         notes: list[str] = []
         maps: list[HeatMap] = []
         source: PatchSource | None = None
@@ -76,7 +76,7 @@ async def heatmap_png(
 ) -> bytes:
     """PNG of ``word``'s patch scores over the image (422 unknown word, 404 unknown image)."""
     index = word_index(pipeline.vocabulary, word, "word", ("query", "word"))
-    scoring.image_row(handle, pipeline.score_store, image_id, loc=("path", "image_id"))
+    served.image_row(handle, pipeline.score_store, image_id, loc=("path", "image_id"))
     grid = await pipeline.patches.get(image_id)
     image_size = int(pipeline.model.config.image.image_size)
     with pipeline.metrics.stage("heatmap"):
@@ -84,7 +84,7 @@ async def heatmap_png(
         return await asyncio.to_thread(heatmap.png_bytes, drawn)
 
 
-def _heatmap(image_id: str, c: scoring.Contribution, grid: PatchGrid) -> HeatMap:
+def _heatmap(image_id: str, c: served.Contribution, grid: PatchGrid) -> HeatMap:
     values = grid.word(c.index).astype(np.float64)
     return HeatMap(
         word=c.word,

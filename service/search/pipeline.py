@@ -22,7 +22,12 @@ from indexer.store import CorpusStore
 from model import bag_of_words_row
 from model.protocols import LexicalModel
 from model.query_table import MissingQueryTable, require_table
-from service.api.schemas import (
+from service.core.config import Settings
+from service.core.errors import InvalidInput
+from service.core.keys import OPEN, Access
+from service.core.lru import LRUCache
+from service.core.metrics import Metrics
+from service.schemas import (
     AppliedFilters,
     EncodeRequest,
     EncodeResponse,
@@ -34,12 +39,7 @@ from service.api.schemas import (
     SearchTimings,
     WordWeight,
 )
-from service.core.config import Settings
-from service.core.errors import InvalidInput
-from service.core.keys import OPEN, Access
-from service.core.lru import LRUCache
-from service.core.metrics import Metrics
-from service.search import binding, scope, scoring
+from service.search import binding, scope, served
 from service.search.batcher import MicroBatcher
 from service.search.images import decode_upload
 from service.search.indexes import IndexHandle
@@ -281,7 +281,7 @@ class SearchPipeline:
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(
             self.search_executor,
-            lambda: scoring.search(
+            lambda: served.search_handle(
                 handle,
                 self.score_store,
                 self.vocabulary,
@@ -370,7 +370,7 @@ def word_weights(pairs: list[tuple[str, float]]) -> list[WordWeight]:
     return [WordWeight(word=w, weight=v) for w, v in pairs]
 
 
-def matched_word(c: scoring.Contribution) -> MatchedWord:
+def matched_word(c: served.Contribution) -> MatchedWord:
     return MatchedWord(
         word=c.word,
         query_weight=c.query_weight,

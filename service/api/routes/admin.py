@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from service.api.deps import AdminDep, StateDep
-from service.api.schemas import ProcessInfo, ReloadRequest, ReloadResponse
 from service.core.errors import Conflict, NotFound, Unavailable, error_responses
+from service.schemas import ProcessInfo, ReloadRequest, ReloadResponse
 
 router = APIRouter(
     prefix="/admin",

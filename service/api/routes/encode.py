@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.api.deps import PipelineDep, require_search
-from service.api.schemas import EncodeRequest, EncodeResponse
 from service.core.errors import error_responses
+from service.schemas import EncodeRequest, EncodeResponse
 
 router = APIRouter(
     dependencies=[Depends(require_search)],

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from service.api.deps import IndexDep, PipelineDep, SearchDep, require_search
-from service.api.schemas import ExplainRequest, ExplainResponse
 from service.core.errors import error_responses
+from service.schemas import ExplainRequest, ExplainResponse
 from service.search import explain as explanations
 from service.search import scope
-from service.search.scoring import missing_in_index
+from service.search.served import missing_in_index
 
 router = APIRouter(
     dependencies=[Depends(require_search)],

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from indexer.engines.base import IndexUnavailable
 from service.api.deps import StateDep
-from service.api.schemas import Health, ProcessInfo, Readiness
+from service.schemas import Health, ProcessInfo, Readiness
 
 router = APIRouter(tags=["operations"])
 

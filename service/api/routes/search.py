@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from service.api.deps import IndexDep, PipelineDep, SearchDep, SettingsDep, require_search
-from service.api.schemas import FieldInfo, FieldsResponse, SearchRequest, SearchResponse
 from service.core.config import HARD_MAX_OFFSET, HARD_MAX_TOP_K
 from service.core.errors import InvalidInput, PayloadTooLarge, error_responses
+from service.schemas import FieldInfo, FieldsResponse, SearchRequest, SearchResponse
 from service.search import scope
 from service.search.pipeline import Page
 

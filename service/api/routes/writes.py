@@ -19,7 +19,6 @@ from indexer.live import DiskFull, LiveWriter, Prepared, Upload
 from indexer.metadata import COLLECTION, DEFAULT_COLLECTION, MetadataError
 from model.data import Skipped
 from service.api.deps import StateDep, WriteDep
-from service.api.schemas import MetadataPatch, WriteResponse, Written
 from service.core.errors import (
     Forbidden,
     InsufficientStorage,
@@ -28,6 +27,7 @@ from service.core.errors import (
     error_responses,
 )
 from service.core.keys import Access
+from service.schemas import MetadataPatch, WriteResponse, Written
 from service.search.images import missing_in_store
 from service.state import ServiceState
 

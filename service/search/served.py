@@ -1,4 +1,4 @@
-"""The service's view of scoring: searches on the served :class:`IndexHandle`, 404s for routes.
+"""Searches on the served :class:`IndexHandle`, and the API's answers for what they meet.
 
 The scoring itself (exact contributions, re-scoring of approximate engines) is
 ``indexer.scoring``, shared with ``lexvla search``; this module adapts it to index handles and
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import scipy.sparse as sp
 
+from indexer import scoring
 from indexer.engines.base import IndexUnavailable
 from indexer.fields import WhereError
 from indexer.filters import WordFilter
@@ -27,7 +28,6 @@ from indexer.scoring import (
     explain_row,
     row_vectors,
 )
-from indexer.scoring import search as search_index
 from indexer.store import CorpusStore
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput, NotFound, Unavailable
@@ -43,11 +43,11 @@ __all__ = [
     "explain_row",
     "image_row",
     "missing_in_index",
-    "search",
+    "search_handle",
 ]
 
 
-def search(
+def search_handle(
     handle: IndexHandle,
     store: CorpusStore | None,
     vocabulary: Vocabulary,
@@ -63,7 +63,7 @@ def search(
 ) -> SearchOutcome:
     """``indexer.scoring.search`` on the handle's index (runs in a search thread)."""
     with engine_errors():
-        return search_index(
+        return scoring.search(
             handle.index,
             store,
             vocabulary,
