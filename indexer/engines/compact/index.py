@@ -58,7 +58,7 @@ from indexer.engines.compact.block import (
 from indexer.engines.compact.files import check_layout, read_blocks, write_blocks
 from indexer.engines.compact.merge import merge_small
 from indexer.engines.compact.pruning import DEFAULT_PRUNING, ImpactPruning
-from indexer.engines.compact.search import Scorer
+from indexer.engines.compact.search import Scorer, where_masks
 from indexer.engines.compact.snapshot import Snapshot
 from indexer.fields import Where, WhereError
 
@@ -190,10 +190,7 @@ class CompactIndex(SearchIndex):
         if not snap.blocks or len(words) == 0:
             return []
         settings = cast(ImpactPruning | None, self.pruning if pruning is _NO_PRUNING else pruning)
-        allowed = None
-        if fields is not None:
-            assert where is not None
-            allowed = [fields.allowed(where, block.ids) for block in snap.blocks]
+        allowed = where_masks(snap, fields, where)
         hits, docs = self._scorer.search(
             snap, words, weights, k + offset, offset, filters, settings, allowed
         )
@@ -242,8 +239,7 @@ class CompactIndex(SearchIndex):
         where: Where | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every image sharing a word with ``query`` that ``filters`` and ``where`` allow, as
-        (row in :attr:`fields`, quantised score) arrays: exact scoring of the allowed images
-        straight into arrays (no ids decoded), mapped to rows by each block's cached lookup."""
+        (row in :attr:`fields`, quantised score) arrays (:meth:`Scorer.matching`)."""
         fields = self.where_fields(where) or self.fields
         if fields is None:
             raise WhereError("where", "this index version has no metadata columns")
@@ -253,20 +249,8 @@ class CompactIndex(SearchIndex):
         snap = self._snapshot()
         if not snap.blocks or len(words) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        allowed = None
-        if where is not None and not where.empty:
-            allowed = [fields.allowed(where, block.ids) for block in snap.blocks]
-        snap, left = snap.filtered(filters, allowed)
-        with self._scorer.searching():
-            scores, docs = self._scorer.score(snap, words, weights, 0.0, max(1, left))
-        keep = scores > 0
-        scores, docs = scores[keep], docs[keep]
-        rows = np.empty(len(docs), dtype=np.int64)
-        blocks = docs >> 16
-        for b in np.unique(blocks).tolist():
-            at = blocks == b
-            rows[at] = fields.rows_of_array(snap.blocks[b].ids)[docs[at] & 0xFFFF]
-        return rows[rows >= 0], scores[rows >= 0].astype(np.float64)
+        allowed = where_masks(snap, fields, where)
+        return self._scorer.matching(snap, words, weights, filters, allowed, fields)
 
     def score_error(self, query: sp.csr_matrix) -> float:
         return self.error_bound(query)

@@ -36,6 +36,7 @@ from indexer.engines.compact import impact_kernels as kernels
 from indexer.engines.compact.block import MAX_ROWS, Block
 from indexer.engines.compact.pruning import ImpactPruning
 from indexer.engines.compact.snapshot import Snapshot
+from indexer.fields import FieldColumns, Where
 
 CODES = kernels.CODES
 # What a pruned search's own steps cost, in postings read by exact search, as
@@ -103,6 +104,30 @@ class Scorer:
             elif threshold > 0:  # pruned: the partial scores only chose the candidates
                 heap_s = self.rescore(snap, heap_d, words, weights)
             return _page(snap, heap_d, heap_s, offset, need)
+
+    def matching(
+        self,
+        snap: Snapshot,
+        words: np.ndarray,
+        weights: np.ndarray,
+        filters: wf.WordFilter | None,
+        allowed: list[np.ndarray] | None,
+        fields: FieldColumns,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every allowed image with a positive score, as (its row in ``fields``, its quantised
+        score): exact scoring straight into arrays (no id decoded), block rows mapped to
+        metadata rows by each block's cached lookup."""
+        snap, left = snap.filtered(filters, allowed)
+        with self.searching():
+            scores, docs = self.score(snap, words, weights, 0.0, max(1, left))
+        keep = scores > 0
+        scores, docs = scores[keep], docs[keep]
+        rows = np.empty(len(docs), dtype=np.int64)
+        blocks = docs >> 16
+        for b in np.unique(blocks).tolist():
+            at = blocks == b
+            rows[at] = fields.rows_of_array(snap.blocks[b].ids)[docs[at] & 0xFFFF]
+        return rows[rows >= 0], scores[rows >= 0].astype(np.float64)
 
     def _share(self) -> int:
         """Threads this search may use now."""
@@ -216,6 +241,15 @@ class Scorer:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="compact")
             return self._pool
+
+
+def where_masks(
+    snap: Snapshot, fields: FieldColumns | None, where: Where | None
+) -> list[np.ndarray] | None:
+    """Each block's rows that pass ``where`` (None when there is no condition)."""
+    if fields is None or where is None or where.empty:
+        return None
+    return [fields.allowed(where, block.ids) for block in snap.blocks]
 
 
 def _page(
