@@ -2,8 +2,8 @@
 
 ``model.data`` sources (folder, manifest, webdataset; shared with training) -> ``decode`` (RGB
 image, what the store records, thumbnails; run in ``loader``'s worker processes) -> the model's
-image encoder -> ``store`` (the record: CSR shards, SQLite ``catalog``, thumbnails) ->
-``engines`` (search indexes in versioned directories; one sub-package per engine, memory,
+image encoder -> ``store`` (the record: CSR shards, read in place by ``shard_files``, SQLite
+``catalog``, thumbnails) -> ``engines`` (search indexes in versioned directories; one sub-package per engine, memory,
 compact, lucene and qdrant, behind one registry). ``runner`` drives a resumable job (its
 settings: ``job``; the index it publishes: ``build``), ``merge`` combines the stores of sharded
 jobs, ``cli`` is ``lexvla index``, ``scoring`` scores hits with per-word contributions (its

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import scipy.sparse as sp
 
 from indexer import scoring
 from indexer.engines.base import IndexUnavailable
 from indexer.fields import WhereError
-from indexer.filters import WordFilter
 from indexer.scoring import (
     MAX_CANDIDATES,
-    RELEVANCE,
-    Arrangement,
     Contribution,
     ScoredHit,
     SearchOutcome,
@@ -52,31 +50,12 @@ def search_handle(
     store: CorpusStore | None,
     vocabulary: Vocabulary,
     query: sp.csr_matrix,
-    *,
-    top_k: int,
-    offset: int = 0,
-    min_score: float = 0.0,
-    matched_limit: int | None = None,
-    rescore_factor: int = 4,
-    filters: WordFilter | None = None,
-    arrange: Arrangement = RELEVANCE,
+    **options: Any,
 ) -> SearchOutcome:
-    """``indexer.scoring.search`` on the handle's index (runs in a search thread)."""
+    """``indexer.scoring.search`` on the handle's index, its options passed on as they are (runs
+    in a search thread); whether the engine's top k is exact comes from the handle."""
     with engine_errors():
-        return scoring.search(
-            handle.index,
-            store,
-            vocabulary,
-            query,
-            exact=handle.exact,
-            top_k=top_k,
-            offset=offset,
-            min_score=min_score,
-            matched_limit=matched_limit,
-            rescore_factor=rescore_factor,
-            filters=filters,
-            arrange=arrange,
-        )
+        return scoring.search(handle.index, store, vocabulary, query, exact=handle.exact, **options)
 
 
 @contextlib.contextmanager
