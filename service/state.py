@@ -29,6 +29,7 @@ import torch
 
 from indexer.engines.base import SearchIndex
 from indexer.engines.versions import pin, unpin
+from indexer.group_commit import GroupCommit
 from indexer.live import LiveWriter
 from indexer.store import CorpusStore
 from model.protocols import LexicalModel
@@ -82,6 +83,7 @@ class ServiceState:
         self._failed: tuple[str, float] | None = None  # (version, when) of that failure
         self._follower: asyncio.Task | None = None
         self._writer: LiveWriter | None = None
+        self._adds: GroupCommit | None = None
         self._warm_query: QueryVector | None = None
         self._full_freeze = time.monotonic()  # when the heap was last collected and frozen
         if model is not None and index is not None:  # fail at construction, not first request
@@ -107,6 +109,13 @@ class ServiceState:
                 )
             self._writer = LiveWriter(self.store, holder.source, self.settings.max_image_pixels)
         return self._writer
+
+    def adds(self) -> GroupCommit:
+        """Image adds through :meth:`writer`, those arriving together in one version
+        (``indexer.group_commit``)."""
+        if self._adds is None:
+            self._adds = GroupCommit(self.writer())
+        return self._adds
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

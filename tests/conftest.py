@@ -110,3 +110,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             return SAME_PROCESS.get(module, module)
 
     return ModuleScheduling(config, log)
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """Headless Chromium over the DevTools protocol (``bench/live.py``), failing the test that
+    leaves a script error on its last page (the UI tests)."""
+    from bench.live import Browser
+    from tests.ui_support import CATCH_ERRORS
+
+    b = Browser(tmp_path / "profile")
+    try:
+        b.call("Page.enable")
+        b.call("Page.addScriptToEvaluateOnNewDocument", source=CATCH_ERRORS)
+        yield b
+        assert b.js("window.pageErrors") == []  # no script error on the last page
+    finally:
+        b.close()

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from bench.live import Browser
 from service.api.routes import ui
 from service.core.errors import Unauthorized
 from service.schemas import (
@@ -181,3 +182,12 @@ def serve_stub():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+DIALOG_OPEN = "document.getElementById('key-dialog')?.open"
+
+
+def enter_key(b: Browser, key: str) -> None:
+    """Type ``key`` into the page's API-key form and submit it."""
+    b.js(f"document.getElementById('key-input').value = {json.dumps(key)}")
+    b.js("document.getElementById('key-form').requestSubmit()")

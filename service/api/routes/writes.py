@@ -1,7 +1,8 @@
 """``POST /images``, ``PATCH /images/{id}``, ``DELETE /images/{id}``: single-image writes.
 
 Each write is committed to the corpus store and published as a new index version before it is
-answered (``indexer.live``), so a 2xx is on disk; this process serves the new version at once,
+answered (``indexer.live``; adds arriving together share one, ``indexer.group_commit``), so a 2xx
+is on disk; this process serves the new version at once,
 the others within ``LEXVLA_INDEX_REFRESH_S``. Keys need the ``write`` right for the image's
 collection; an image of a collection the key cannot see answers 404 exactly as a missing one.
 """
@@ -62,7 +63,7 @@ async def add_images(
     if ready:
         rows = await _encode(state, ready)
         try:
-            version = await asyncio.to_thread(writer.add, ready, rows)
+            version = await asyncio.to_thread(state.adds().add, ready, rows)
         except DiskFull as exc:
             raise InsufficientStorage(str(exc)) from None
         await state.follow(force=True)
