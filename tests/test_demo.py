@@ -14,6 +14,9 @@ import pytest
 
 from lexvla.demo import main
 
+# the first test to read the demo waits for its run (conftest.full_demo, itself limited to 2400 s)
+pytestmark = pytest.mark.timeout(3000)
+
 
 def test_demo_numbers(full_demo):
     work, out = full_demo

@@ -26,6 +26,9 @@ from training.evaluation.datasets import eval_dataset
 
 HELD_OUT = 200
 
+# the first test to read the demo waits for its run (conftest.full_demo, itself limited to 2400 s)
+pytestmark = pytest.mark.timeout(3000)
+
 
 def top_words(model: LexVLA, vectors: torch.Tensor, k: int) -> list[list[str]]:
     return [[model.vocabulary.words[j] for j in row.topk(k).indices] for row in vectors]

@@ -139,10 +139,13 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
     index.save(tmp)
     if index.fields is not None:
         index.fields.save(tmp / FIELDS)
-    for file in tmp.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
+    for entry in [tmp, *tmp.rglob("*")]:  # every file, and every folder's entries
+        if entry.is_dir() or entry.is_file():
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     final = versions / name
     os.rename(tmp, final)  # fails, rather than merging, if another writer took the name
     index.moved(final)  # an engine serving from the files it saved follows them
