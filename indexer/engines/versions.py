@@ -139,13 +139,15 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
     index.save(tmp)
     if index.fields is not None:
         index.fields.save(tmp / FIELDS)
-    for entry in [tmp, *tmp.rglob("*")]:  # every file, and every folder's entries
-        if entry.is_dir() or entry.is_file():
-            fd = os.open(entry, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    previous = versions / existing[-1] if existing else None
+    for entry in [tmp, *tmp.rglob("*")]:  # every folder's entries and every new file
+        if entry.is_file() and _linked_from(entry, tmp, previous):
+            continue
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     final = versions / name
     os.rename(tmp, final)  # fails, rather than merging, if another writer took the name
     index.moved(final)  # an engine serving from the files it saved follows them
@@ -171,6 +173,17 @@ def write_lock(directory: str | Path) -> Iterator[None]:
             yield
         finally:
             os.close(fd)
+
+
+def _linked_from(file: Path, tmp: Path, previous: Path | None) -> bool:
+    """True when ``file`` is a hard link of the same file of the previous version, whose data
+    was synced when that version was published (engines link their unchanged files)."""
+    if previous is None:
+        return False
+    try:
+        return os.path.samestat(file.stat(), (previous / file.relative_to(tmp)).stat())
+    except FileNotFoundError:
+        return False
 
 
 def prune(index_dir: str | Path, keep: int = 2) -> list[str]:
