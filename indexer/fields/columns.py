@@ -16,16 +16,20 @@ Segments. The columns are one *base* segment (:mod:`indexer.fields.segment`), op
 what changed (:meth:`FieldColumns.changed`): the new version hard-links the base's files, writes
 the delta (old delta and new rows merged with numpy, :mod:`indexer.fields.fold`) and the deleted
 rows. When the delta and the deleted rows together pass :func:`fold_threshold` of the base, they
-are folded into a new base. Writing a delta of ``d`` rows per write and a base of ``n`` rows once
-every ``d`` writes costs ``d + n / d`` rows a write, least at ``d = sqrt(2 n)``: the threshold,
-with a floor so that small collections fold rarely. Every answer equals that of the columns
-built from the live records at once (:meth:`FieldColumns.build`); a segmented version maps its
+are folded into a new base. The delta is written whole by each write, ``d / 2`` rows on average
+when it folds at ``d``, and a fold writes the ``n`` rows of the base once every ``d`` writes:
+``d / 2 + n / d`` rows a write is least at ``d = sqrt(2 n)``, the threshold (with a floor, so
+that small collections fold rarely). Every answer equals that of the columns
+built from the live records at once (:meth:`FieldColumns.build`; sort keys give the same order,
+their numbers may differ), and a fold's arrays are a build's; a segmented version maps its
 rows to the two segments once, when first asked (a few numpy passes over the rows), and masks,
 sort keys and facets are numpy work per segment.
 
 ``fields/`` holds ``columns.json`` (format, count, the field registry, the corpus store's write
-sequence the version reflects, each segment's files), ``base/``, optionally ``delta/`` and
-``deleted.npy``. Format 1 (one segment, its files beside ``columns.json``) is still read.
+sequence the version reflects, each segment's fields and arrays), ``base/`` (a segment's
+``.npy`` files) and, when anything changed since the base, ``change.npz`` (the delta's arrays
+and the deleted base rows in one file, read whole: it is small). Format 1 (one segment, its
+files beside ``columns.json``) is still read.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ __all__ = ["FieldColumns", "encode_ids", "fold_threshold"]
 FORMAT = 2
 READABLE = (1, 2)  # 1: a single segment, its files beside columns.json
 INFO = "columns.json"
-BASE, DELTA, DELETED = "base", "delta", "deleted.npy"
+BASE, CHANGE = "base", "change.npz"  # the base's folder; the delta and deleted rows, one file
 FOLD_MIN_ROWS = 1024
 _MASKS = 32  # masks of recent conditions kept per version (a byte per row each)
 
@@ -152,11 +156,12 @@ class FieldColumns:
             "sequence": self.sequence,
             BASE: self.base.save(directory / BASE),
         }
-        if self.delta is not None:
-            info[DELTA] = self.delta.save(directory / DELTA)
-        if len(self.deleted):
-            np.save(directory / DELETED, self.deleted)
-            info["deleted"] = len(self.deleted)
+        if not self.plain:  # small by construction: one file, read whole
+            delta = self.delta or Segment.build([], [], self.registry)
+            packed: dict[str, Any] = {"ids": delta.ids, "deleted": self.deleted, **delta.arrays}
+            with open(directory / CHANGE, "wb") as f:
+                np.savez(f, **packed)
+            info["change"] = {"fields": delta.names, "arrays": sorted(delta.arrays)}
         atomic_write_json(directory / INFO, info)
 
     @classmethod
@@ -173,8 +178,12 @@ class FieldColumns:
         if info["format"] == 1:
             return cls(registry, Segment.open(directory, info, mmap))
         base = Segment.open(directory / BASE, info[BASE], mmap)
-        delta = Segment.open(directory / DELTA, info[DELTA], mmap) if DELTA in info else None
-        deleted = np.load(directory / DELETED) if info.get("deleted") else None
+        delta, deleted = None, None
+        if "change" in info:
+            with np.load(directory / CHANGE) as packed:
+                arrays = {s: packed[s] for s in info["change"]["arrays"]}
+                delta = Segment(packed["ids"], arrays, dict(info["change"]["fields"]))
+                deleted = packed["deleted"]
         return cls(registry, base, delta, deleted, info.get("sequence"))
 
     # --- lookups ------------------------------------------------------------------------------
