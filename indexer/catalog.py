@@ -18,6 +18,11 @@ per field and a join or pivot for both. ``extra`` keeps the source's raw values 
 columns, so that a record is complete on its own). A store made before metadata existed
 gets the column on open, each image's record filled from its row (``path``, ``bytes``,
 ``collection`` "default"), and the built-in fields.
+
+The write sequence (table ``state``) counts the transactions that changed the live images or their
+records, each in its own transaction: an index version records the sequence it reflects, so a
+live write knows in one read whether anything reached the store that its index lacks
+(:mod:`indexer.live`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY, type TEXT NOT NULL, so
 CREATE TABLE IF NOT EXISTS done (
     key TEXT PRIMARY KEY, images INTEGER NOT NULL, skipped INTEGER NOT NULL, added TEXT NOT NULL
 );
+-- "sequence": the number of transactions that changed the live images or their records
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 COLUMNS = ("id", "shard", "row", "path", "bytes", "format", "width", "height", "sha256", "extra",
            "thumbnail", "deleted", "added", "metadata")  # fmt: skip
@@ -124,7 +131,7 @@ class Catalog:
     def _up_to_date(self) -> tuple[bool, set[str]]:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
-        return "metadata" in columns and "fields" in tables, columns
+        return "metadata" in columns and {"fields", "state"} <= tables, columns
 
     # --- writing ------------------------------------------------------------------------------
     def commit_batch(
@@ -139,10 +146,11 @@ class Catalog:
         fields: Sequence[Field] = (),
     ) -> None:
         """One transaction: the shard, its image rows, skipped files, the metadata fields its
-        records use, and the done marker."""
+        records use, and the done marker (and a step of the write sequence with a shard)."""
         with self._transaction() as db:
             _save_fields(db, fields)
             if shard is not None:
+                _step(db)
                 db.execute("INSERT INTO shards VALUES (?,?,?,?)", (shard, len(records), nnz, now))
                 marks = ",".join("?" * len(COLUMNS))
                 db.executemany(
@@ -169,10 +177,12 @@ class Catalog:
     def update_metadata(
         self, updates: dict[str, tuple[dict[str, Any], dict[str, Any]]], fields: Sequence[Field]
     ) -> int:
-        """Replace live images' (extra, metadata) in one transaction; returns how many changed."""
+        """Replace live images' (extra, metadata) in one transaction (a step of the write
+        sequence); returns how many changed."""
         changed = 0
         with self._transaction() as db:
             _save_fields(db, fields)
+            _step(db)
             for image_id, (extra, metadata) in updates.items():
                 changed += db.execute(
                     "UPDATE images SET extra=?, metadata=? WHERE id=? AND deleted=0",
@@ -181,9 +191,10 @@ class Catalog:
         return changed
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Flag live images deleted; returns how many were live."""
+        """Flag live images deleted (a step of the write sequence); returns how many were live."""
         changed = 0
         with self._transaction() as db:
+            _step(db)
             for chunk in _chunks(list(ids)):
                 marks = ",".join("?" * len(chunk))
                 query = f"UPDATE images SET deleted=1 WHERE deleted=0 AND id IN ({marks})"
@@ -199,6 +210,12 @@ class Catalog:
     def column(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return [r[0] for r in self._db.execute(query, tuple(args))]
+
+    def sequence(self) -> int:
+        """The write sequence: one step per transaction that changed the live images or their
+        records (:meth:`commit_batch` with a shard, :meth:`update_metadata`, :meth:`delete`),
+        taken in that transaction; 0 for a store that has had none since it was counted."""
+        return int(self.scalar("SELECT value FROM state WHERE key='sequence'") or 0)
 
     def counts(self) -> dict[str, int]:
         count = "SELECT COUNT(*) FROM "
@@ -284,6 +301,12 @@ class Catalog:
 
 def _json(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _step(db: sqlite3.Connection) -> None:
+    db.execute(
+        "INSERT INTO state VALUES ('sequence', 1) ON CONFLICT(key) DO UPDATE SET value=value+1"
+    )
 
 
 def _save_fields(db: sqlite3.Connection, fields: Sequence[Field]) -> None:

@@ -20,6 +20,17 @@ corpus store takes its own lock around each commit (shard numbers are never take
 A crash between steps 1 and 2 leaves the store ahead of the index; the next write's version is
 made from the store's live images where they differ (:meth:`LiveWriter.reconcile`), so nothing
 acknowledged is lost and nothing half-written is served. A full disk raises :class:`DiskFull`.
+
+What a write costs. Each version records the corpus store's write sequence it reflects (one
+step per store commit, :meth:`~indexer.catalog.Catalog.sequence`; in its metadata columns). When
+the current version's sequence is the store's before this write, and the store moved by exactly
+this write's commits, nothing was missed: the version is the current one with this change
+applied, its metadata columns too (:meth:`~indexer.fields.FieldColumns.changed`: the unchanged
+columns are linked, the changed rows written), at a cost that does not grow with the collection.
+Otherwise (a crash between steps 1 and 2, a batch job or a command that changed the store, a
+version that records no sequence) the write compares the whole index with the store
+(:meth:`LiveWriter.reconcile`) and makes the columns from the store, and records the sequence
+again.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from indexer.decode import Decoded, ImageInfo, decode_item, thumbnail_jpeg
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
 from indexer.engines.versions import prune, publish, write_lock
+from indexer.fields import FieldColumns
 from indexer.metadata import (
     COLLECTION,
     DEFAULT_COLLECTION,
@@ -75,6 +87,19 @@ class Prepared:
     info: ImageInfo
     image: Any  # PIL image, RGB
     thumbnail: bytes
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write as the index sees it: ids whose rows go (deleted, or replaced by ``added``),
+    ids whose records (and with ``rows``, vectors) are written, the store's write sequence
+    before the write and how many commits it made."""
+
+    since: int
+    commits: int
+    removed: Sequence[str] = ()
+    added: Sequence[str] = ()
+    rows: sp.csr_matrix | None = None
 
 
 def default_id(sha256: str) -> str:
@@ -127,13 +152,15 @@ class LiveWriter:
         if budget is not None:  # the store's word budget, as its batch jobs apply it
             rows = keep_heaviest(sp.csr_matrix(rows, dtype=np.float32), int(budget))
         with self.locked(), disk_errors():
+            since = self.store.catalog.sequence()
             replaced = [i for i in ids if self.store.has_id(i)]
             if replaced:
                 self.store.delete(replaced)
             self.store.append_shard(
                 ids, rows, [p.info for p in prepared], [p.thumbnail for p in prepared]
             )
-            version = self._publish(add=(ids, rows), remove=replaced)
+            change = Change(since, 1 + bool(replaced), replaced, ids, rows)
+            version = self._publish(change)
             assert version is not None
             return version
 
@@ -141,6 +168,7 @@ class LiveWriter:
         """Change an image's metadata (a null value removes the field); KeyError if unknown,
         MetadataError for a value that does not parse. Returns the new record."""
         with self.locked(), disk_errors():
+            since = self.store.catalog.sequence()
             record = self.store.metadata(image_id)
             raw = {k: v for k, v in changes.items() if v is not None}
             if COLLECTION in raw:
@@ -153,13 +181,14 @@ class LiveWriter:
             extra = {**record.extra, **{k: v for k, v in changes.items() if v is not None}}
             self.store.catalog.save_fields(list(self.store.fields.fields.values()))
             self.store.update_metadata({image_id: (extra, new)})
-            self._publish()
+            self._publish(Change(since, 1, added=[image_id]))
             return new
 
     def delete(self, image_id: str) -> bool:
         """Remove an image from the store and the index (its thumbnail file too, unless another
         image has the same bytes); False if it was not there."""
         with self.locked(), disk_errors():
+            since = self.store.catalog.sequence()
             try:
                 record = self.store.metadata(image_id)
             except KeyError:
@@ -168,7 +197,7 @@ class LiveWriter:
             if not self.store.has_sha256(record.sha256):
                 with contextlib.suppress(FileNotFoundError):
                     self.store.thumbnail_path(record.sha256).unlink()
-            self._publish(remove=[image_id])
+            self._publish(Change(since, 1, removed=[image_id]))
             return True
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
@@ -179,43 +208,63 @@ class LiveWriter:
         """Publish a version with exactly the store's live images if the current one differs
         (a crash between committing a write and publishing it); the version, or None."""
         with self.locked():
-            return self._publish(only_if_behind=True)
+            return self._publish(None)
 
-    def _publish(
-        self,
-        add: tuple[list[str], sp.csr_matrix] | None = None,
-        remove: Sequence[str] = (),
-        only_if_behind: bool = False,
-    ) -> str | None:
+    def _publish(self, change: Change | None) -> str | None:
+        """Publish the current version with ``change`` applied (see the module docstring);
+        ``None``: catch up only, returning None when the version reflects the store."""
         index = open_index(self.index_dir)
         try:
-            if not self.reconcile(index, add, remove) and only_if_behind:
-                return None
-            index.fields = self.store.field_columns()
+            fields = self._changed_fields(index, change)
+            if fields is not None:
+                assert change is not None
+                _apply_rows(index, change)
+                index.fields = fields
+            else:
+                held = index.fields.sequence if index.fields is not None else None
+                sequence = self.store.catalog.sequence()  # before the store is read
+                if change is None and sequence == held:
+                    return None
+                behind = self.reconcile(index, change)
+                if change is None and not behind and held is None:
+                    return None  # no sequence to go by, and the same images
+                index.fields = self.store.field_columns(sequence)
             version = publish(index, self.index_dir)
         finally:
             index.close()
         prune(self.index_dir, keep=KEEP_VERSIONS)
         return version.name
 
-    def reconcile(
-        self,
-        index: SearchIndex,
-        add: tuple[list[str], sp.csr_matrix] | None,
-        remove: Sequence[str],
-    ) -> bool:
-        """Apply this write to ``index``, and any earlier write the store holds but the index
+    def _changed_fields(self, index: SearchIndex, change: Change | None) -> FieldColumns | None:
+        """The columns of ``index`` with ``change`` applied, when the index reflected the store
+        up to this write and the store holds nothing else since; None otherwise."""
+        if change is None or index.fields is None or index.fields.sequence != change.since:
+            return None
+        sequence = change.since + change.commits
+        if self.store.catalog.sequence() != sequence:
+            return None  # another writer's commit came in between
+        records = self.store.metadata_records(change.added)
+        if len(records) != len(change.added):
+            return None
+        fields = FieldColumns.changed(
+            index.fields, change.removed, change.added, [records[i] for i in change.added],
+            self.store.fields,
+        )  # fmt: skip
+        fields.sequence = sequence
+        return fields
+
+    def reconcile(self, index: SearchIndex, change: Change | None) -> bool:
+        """Apply ``change`` to ``index``, and any earlier write the store holds but the index
         does not (a crash between committing and publishing): the index ends with exactly the
-        store's live images. True when anything beyond this write was missing. What the index holds is read from its version's metadata columns,
-        which every publish makes from the store's live images."""
+        store's live images. True when anything beyond this write was missing. What the index
+        holds is read from its version's metadata columns, which every publish makes from the
+        store's live images."""
         known = index.fields is not None  # a version from before versions carried metadata
         held = set(index.fields.id_texts(np.arange(len(index.fields)))) if index.fields else set()
-        index.delete(list(remove))
-        held -= set(remove)
-        if add is not None:
-            index.delete(add[0])
-            index.add(add[0], add[1])
-            held |= set(add[0])
+        if change is not None:
+            _apply_rows(index, change)
+            held -= set(change.removed)
+            held |= set(change.added) if change.rows is not None else set()
         stored = set(self.store.ids())
         if not known or stored == held:
             return False
@@ -225,6 +274,14 @@ class LiveWriter:
             index.delete(missing)
             index.add(missing, self.store.vectors_of(missing))
         return True
+
+
+def _apply_rows(index: SearchIndex, change: Change) -> None:
+    """The engine's side of ``change``: removed rows deleted, added rows (re)written."""
+    index.delete(list(change.removed))
+    if change.rows is not None:
+        index.delete(list(change.added))
+        index.add(list(change.added), change.rows)
 
 
 @contextlib.contextmanager

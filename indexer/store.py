@@ -263,9 +263,12 @@ class CorpusStore:
         """id -> metadata record of the live images among ``ids`` (unknown ids left out)."""
         return {i: r.metadata for i, r in self.catalog.records(ids).items()}
 
-    def field_columns(self) -> FieldColumns:
-        """The live images' metadata as columns (what a published index version carries)."""
-        return FieldColumns.build(*self.catalog.live_metadata(), self.fields)
+    def field_columns(self, sequence: int | None = None) -> FieldColumns:
+        """The live images' metadata as columns (what a published index version carries), as
+        of the write ``sequence`` (:meth:`Catalog.sequence`, read before the store was)."""
+        columns = FieldColumns.build(*self.catalog.live_metadata(), self.fields)
+        columns.sequence = sequence
+        return columns
 
     def thumbnail(self, image_id: str) -> bytes | None:
         """JPEG thumbnail bytes of a live image, None if it has none; KeyError if unknown."""

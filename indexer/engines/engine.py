@@ -172,9 +172,10 @@ class Engine:
                 BuildHints(store.count, spill),
             )
             index.manifest.max_words = manifest.get("max_words")
+            sequence = store.catalog.sequence()  # what the store held before it was read
             for ids, rows in store.iter_shards():
                 index.add(ids, rows)
-            index.fields = store.field_columns()
+            index.fields = store.field_columns(sequence)
             version = publish(index, index_dir)
             index.activate()
             return Built(version)
