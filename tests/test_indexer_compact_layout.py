@@ -84,10 +84,3 @@ def test_forward_gaps_escape_large_jumps():
         np.array([1, 0]), ptr, gaps, indptr, np.arange(5, dtype=np.uint8)
     )
     np.testing.assert_array_equal(out_words, [700, 0, 254, 255, 1999])
-
-
-def test_merge_groups_take_runs_of_small_blocks_that_fit():
-    from indexer.engines.compact.merge import merge_groups
-
-    assert merge_groups([100, 200, 3000, 400, 0, 900, 1200, 1000], 2500) == [[0, 1], [3, 4, 5, 6]]
-    assert merge_groups([2500, 2500, 1000], 2500) == []  # one small block: nothing to merge

@@ -62,6 +62,40 @@ def build_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - co
 
 
 @_jit
+def build_small_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
+    """:func:`build_block` by a stable sort of the postings' (word, code descending) keys:
+    O(postings log postings + V) instead of O(V * 256), for blocks of a few rows."""
+    n = len(indptr) - 1
+    first, last = indptr[0], indptr[n]
+    keys = np.empty(last - first, np.int64)
+    docs = np.empty(last - first, np.uint16)
+    for d in range(n):
+        for i in range(indptr[d], indptr[d + 1]):
+            keys[i - first] = words[i] * CODES + (CODES - 1 - codes[i])
+            docs[i - first] = d
+    order = np.argsort(keys, kind="mergesort")  # stable: ids increase within a segment
+    post = docs[order]
+    n_seg = 0
+    for j in range(len(order)):
+        if j == 0 or keys[order[j]] != keys[order[j - 1]]:
+            n_seg += 1
+    seg_code = np.empty(n_seg, np.uint8)
+    seg_end = np.empty(n_seg, np.uint32)
+    word_seg = np.zeros(vocabulary_size + 1, np.uint32)
+    s = -1
+    for j in range(len(order)):
+        key = keys[order[j]]
+        if j == 0 or key != keys[order[j - 1]]:
+            s += 1
+            seg_code[s] = CODES - 1 - key % CODES
+            word_seg[key // CODES + 1] += 1  # segments per word, summed below
+        seg_end[s] = j + 1
+    for w in range(vocabulary_size):
+        word_seg[w + 1] += word_seg[w]
+    return post, seg_code, seg_end, word_seg
+
+
+@_jit
 def pack_segments(post, seg_end):  # pragma: no cover - compiled
     """Segments of 16-bit ids (``post``, ends ``seg_end`` in postings) -> the stored bytes.
 

@@ -9,12 +9,14 @@ blocks with their rows, postings, scales and error bounds, and the block layout 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from indexer.engines.base import link_tree
+from indexer import filters as wf
+from indexer.engines.base import IndexManifest, link_tree
 from indexer.engines.compact.block import LAYOUT, Block
 from indexer.engines.compact.snapshot import Snapshot
 
@@ -40,7 +42,7 @@ def write_blocks(
         name = f"b{b:06d}"
         target = path / "blocks" / name
         source = sources[b]
-        if source is not None:
+        if source is not None and source.is_dir():
             link_tree(source, target)
         else:
             block.save(target)
@@ -52,6 +54,38 @@ def write_blocks(
              "scale": float(snap.scales[b]), "error": errors[b]}
         )  # fmt: skip
     return entries
+
+
+def write_version(
+    path: Path, manifest: IndexManifest, snap: Snapshot, sources: list[Path | None],
+    errors: list[float], params: dict[str, Any],
+) -> list[Path]:  # fmt: skip
+    """Write the blocks of ``snap`` (:func:`write_blocks`) and ``manifest``, its counts, scale
+    and ``params`` completed with the block layout and the block entries; returns the blocks'
+    folders."""
+    entries = write_blocks(path, snap, sources, errors)
+    live = sum(int(m.sum()) for m in snap.live)
+    manifest.count = live
+    manifest.deleted = sum(b.rows for b in snap.blocks) - live
+    manifest.quantisation_scale = float(snap.scales.max()) if len(snap.scales) else None
+    # the layout the blocks were written in is checked by check_layout when they are read
+    manifest.params = {**params, "layout": LAYOUT, "blocks": entries}
+    manifest.save(path)
+    return [path / "blocks" / entry["name"] for entry in entries]
+
+
+def read_version(
+    path: Path, engine: str, mmap: bool, populate: bool
+) -> tuple[IndexManifest, list[tuple[Block, float, float]], list[Path], dict[int, np.ndarray]]:
+    """The manifest of the version at ``path`` and its blocks (:func:`read_blocks`), after
+    checking that it is an ``engine`` index of the word filters' rule and block layout this
+    code reads."""
+    manifest = IndexManifest.load(path)
+    if manifest.engine != engine:
+        raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {engine!r} one")
+    wf.check_rule(manifest.params, f"the compact index at {path}")
+    check_layout(manifest.params, path)
+    return manifest, *read_blocks(path, manifest.params.get("blocks", []), mmap, populate)
 
 
 def read_blocks(
@@ -72,3 +106,24 @@ def read_blocks(
         if mask.is_file():
             masks[b] = np.load(mask)
     return blocks, sources, masks
+
+
+class Spill:
+    """Where a build writes the blocks it seals and maps them back, so that it holds one block
+    in memory at a time; a save then hard-links them (same file system: no copy). The blocks
+    go to a fresh folder in ``parent``, never to one an earlier build left behind."""
+
+    def __init__(self, parent: Path):
+        self.parent = parent
+        self.folder: Path | None = None
+        self.count = 0
+
+    def put(self, block: Block) -> tuple[Block, Path]:
+        """``block`` written to the next folder and mapped back, and that folder."""
+        if self.folder is None:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            self.folder = Path(tempfile.mkdtemp(prefix="spill-", dir=self.parent))
+        spilled = self.folder / f"s{self.count:06d}"
+        self.count += 1
+        block.save(spilled)
+        return Block.load(spilled, mmap=True), spilled
