@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -190,6 +191,7 @@ def test_one_image_per_version_matches_a_fresh_build(tmp_path):
         assert meta["count"] == n + 1 - len(deleted)
         if n >= 2:
             shutil.rmtree(tmp_path / f"v{n - 2:04d}")  # pruned: the next save links from v{n}
+    assert saved is not None
     final = CompactIndex.open(saved)
     snap = final._snap
     for b, block in enumerate(snap.blocks):
@@ -209,6 +211,7 @@ def test_one_image_per_version_matches_a_fresh_build(tmp_path):
         def vectors_of(self, wanted):
             return rows[[position[i] for i in wanted]]
 
+    store = cast(Any, FloatRows())
     vocabulary = Vocabulary(list(range(V)), [f"w{i}" for i in range(V)])
     for t in range(20):
         query = np.zeros(V, np.float32)
@@ -225,5 +228,5 @@ def test_one_image_per_version_matches_a_fresh_build(tmp_path):
             # the engine's top-10 is the exact one up to scores within twice the bound
             tenth = scores[position[best[-1]]]
             assert all(scores[position[i]] >= tenth - 2 * bound for i, _ in hits)
-            served = scoring.search(engine, FloatRows(), vocabulary, q, exact=False, top_k=10)
+            served = scoring.search(engine, store, vocabulary, q, exact=False, top_k=10)
             assert [h.id for h in served.hits] == best
