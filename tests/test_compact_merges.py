@@ -230,3 +230,34 @@ def test_one_image_per_version_matches_a_fresh_build(tmp_path):
             assert all(scores[position[i]] >= tenth - 2 * bound for i, _ in hits)
             served = scoring.search(engine, store, vocabulary, q, exact=False, top_k=10)
             assert [h.id for h in served.hits] == best
+
+
+def test_saving_again_into_the_same_folder(tmp_path):
+    """Saving into the folder saved last (whose blocks the index now links from), unchanged and
+    then after a merge replaced a block with deletions, leaves what the index holds: no block
+    linked onto itself, no stale live mask."""
+    rows, _ = topical_rows(67, seed=9)
+    ids = [f"r{i}" for i in range(67)]
+    index = CompactIndex.create(V, pruning=None)
+    index.block_rows = 64
+    index.add(ids[:8], rows[:8])  # one block of 8 (tier 1) ...
+    index.build()
+    assert index.delete([ids[2]]) == 1  # ... with a live mask
+    for n in range(8, 11):
+        index.add([ids[n]], rows[n])
+        index.build()
+    index.save(tmp_path)
+    assert (tmp_path / "live" / "b000000.npy").is_file()
+    index.save(tmp_path)  # nothing changed
+    for start in range(11, 67, 8):  # seven more blocks of 8: the eight merge into block 0
+        index.add(ids[start : start + 8], rows[start : start + 8])
+        index.build()
+    index.save(tmp_path)
+    opened = CompactIndex.open(tmp_path)
+    assert [b.rows for b in opened._snap.blocks] == [63, 1, 1, 1]
+    alive = [i for i in ids if i != ids[2]]
+    assert opened.count() == len(alive)
+    np.testing.assert_allclose(
+        opened.vectors_of(alive).toarray(), rows[[int(i[1:]) for i in alive]].toarray(),
+        atol=max(opened._errors) * (1 + 1e-5) + 1e-7,
+    )  # fmt: skip

@@ -9,6 +9,7 @@ blocks with their rows, postings, scales and error bounds, and the block layout 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,18 @@ def write_blocks(
         target = path / "blocks" / name
         source = sources[b]
         if source is not None and source.is_dir():
-            link_tree(source, target)
+            if target.exists() and not target.samefile(source):
+                shutil.rmtree(target)  # an earlier save's block there moved or was merged
+            if not target.exists():
+                link_tree(source, target)
         else:
             block.save(target)
+        mask = path / "live" / f"{name}.npy"
         if not snap.live[b].all():
-            (path / "live").mkdir(exist_ok=True)
-            np.save(path / "live" / f"{name}.npy", snap.live[b])
+            mask.parent.mkdir(exist_ok=True)
+            np.save(mask, snap.live[b])
+        elif mask.exists():
+            mask.unlink()  # an earlier save into this folder
         entries.append(
             {"name": name, "rows": block.rows, "postings": block.postings,
              "scale": float(snap.scales[b]), "error": errors[b]}
