@@ -1,10 +1,11 @@
 """The blocks of a compact index's version directory: writing, linking and reading them.
 
 ``blocks/bNNNNNN/`` holds one block's arrays (:meth:`Block.save`; immutable, so a version that
-keeps a block of the one it came from hard-links its folder instead of writing it again), and
-``live/bNNNNNN.npy`` the live mask of a block that has deletions. The manifest
-(``index.json``, written by :meth:`indexer.engines.compact.index.CompactIndex.save`) lists the
-blocks with their rows, postings, scales and error bounds, and the block layout they were written in.
+keeps a block of one already on disk hard-links its folder instead of writing it again), and
+``live/bNNNNNN.npy`` the live mask of a block that has deletions. The manifest (``index.json``,
+:func:`write_version`) lists the blocks with their rows, postings, scales and error bounds, and
+the block layout they were written in; :func:`read_version` checks it before reading. A build's
+sealed blocks wait in a :class:`Spill` folder until the save that links them.
 """
 
 from __future__ import annotations

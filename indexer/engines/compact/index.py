@@ -12,10 +12,10 @@ page cache.
 block may take a larger one, :mod:`indexer.engines.compact.merge`); code 0 is not stored. Each
 block records a bound on ``|w - code * scale|`` (``scale / 2`` when quantised from float rows),
 and a quantised score is within the largest bound times ``sum(q_j over matched words j)`` of the
-float32 dot product (the tests check this bound). Scores are therefore close, not exact: ``exact`` is False,
-and the service re-scores the hits it returns from the corpus store's float rows, or, with
-``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``: they are the
-complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
+float32 dot product (the tests check this bound). Scores are therefore close, not exact:
+``exact`` is False, and the service re-scores the hits it returns from the corpus store's float
+rows, or, with ``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``:
+they are the complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
 
 **Search** (:mod:`indexer.engines.compact.search` has the details): score-at-a-time over
 impact-ordered lists, exact in quantised scores, or pruned (:class:`ImpactPruning`) to a share
