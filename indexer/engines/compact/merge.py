@@ -21,7 +21,7 @@ of the next level; segments with many deletions are rewritten):
 
 After every save, fewer than ``F`` blocks are left in each tier ``k >= 1`` and at most one tier-0
 block is under half full, so the blocks beyond the half-full ones number at most
-``(F - 1) * log_F(block_rows) + 1``. A row is re-quantised once per tier it climbs, about
+``(F - 1) * log_F(block_rows) + 1``. A row is rewritten once per tier it climbs, about
 ``log_F(block_rows)`` times, plus a few times in tier 0 (each of those merges adds more than
 ``block_rows / F`` rows to its block): N single adds cost O(N log N) row writes, not O(N**2).
 
