@@ -38,7 +38,7 @@ class Snapshot:
     def top_scale(self) -> float:
         """The largest scale of a block with postings (0.0 when there is none)."""
         scales = zip(self.scales, self.blocks, strict=True)
-        return max((float(s) for s, b in scales if b.postings), default=0.0)
+        return max((float(s) for s, b in scales if len(b.fwd_codes)), default=0.0)
 
     @property
     def postings_per_row(self) -> float:
