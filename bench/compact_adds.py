@@ -3,10 +3,10 @@
     nice -n 10 python bench/compact_adds.py --adds 20000 --out /tmp/compact-adds.json
 
 What runs (engine level, no service): ``--adds`` synthetic images with LexVLA's statistics
-(:mod:`bench.index_synthetic`, 17,234 words, ~1,000 active per image) are added to an empty
-compact index one at a time, the index saved into a new folder after each add (the merge policy
-of :mod:`indexer.engines.compact.merge` runs in every save; the folder before last is removed,
-as a pruned index directory would lose it). The index stays open between saves, as a writer
+(:mod:`bench.index_synthetic`, 17,234 words, ~1,000 active per image) are added one at a time
+to a compact index, empty or holding ``--base`` images added in one go, the index saved into a
+new folder after each add (the merge policy of :mod:`indexer.engines.compact.merge` runs in
+every save; the folder before last is removed, as a pruned index directory would lose it). The index stays open between saves, as a writer
 that keeps it would: a save links the blocks the previous one wrote. Then the same images are
 built in one go (``expected_rows``) and both indexes, opened from their folders, answer the same
 ``--queries`` topical queries of ``--words`` words.
@@ -45,11 +45,17 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def single_adds(rows: sp.csr_matrix, ids: list[str], work: Path) -> tuple[Path, list[float]]:
-    """Add ``rows`` one at a time, saving after each; the last folder and seconds per add."""
-    index = CompactIndex.create(VOCAB)
+def single_adds(
+    rows: sp.csr_matrix, ids: list[str], base: int, work: Path
+) -> tuple[Path, list[float]]:
+    """Add the first ``base`` rows at once, then the others one at a time, saving after each;
+    the last folder and seconds per single add."""
+    index = CompactIndex.create(VOCAB, expected_rows=len(ids))
+    if base:
+        index.add(ids[:base], rows[:base])
     seconds, folders = [], []
-    for n, image_id in enumerate(ids):
+    for n in range(base, len(ids)):
+        image_id = ids[n]
         start = time.perf_counter()
         index.add([image_id], rows[n])
         folders.append(work / f"v{n:06d}")
@@ -94,6 +100,7 @@ def measure(path: Path, queries: sp.csr_matrix, truth: list[set[str]]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--adds", type=int, default=20_000, help="single-image adds")
+    ap.add_argument("--base", type=int, default=0, help="images added in one go first")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--words", type=int, default=30, help="active words per query")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp)")
@@ -101,17 +108,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="compact-adds-", dir=args.work))
     try:
-        corpus = make_corpus(args.adds, seed=0)
+        total = args.base + args.adds
+        corpus = make_corpus(total, seed=0)
         rows = sp.csr_matrix(corpus.rows, dtype=np.float32)
-        ids = [f"img-{i:07d}" for i in range(args.adds)]
+        ids = [f"img-{i:07d}" for i in range(total)]
         queries = make_queries(corpus, args.queries, args.words, seed=1)
         exact = (rows @ queries.T).T.toarray()
         truth = [{ids[i] for i in np.argsort(-exact[q], kind="stable")[:10]} for q in
                  range(args.queries)]  # fmt: skip
         start = time.perf_counter()
-        last, seconds = single_adds(rows, ids, work / "adds")
+        last, seconds = single_adds(rows, ids, args.base, work / "adds")
         added_s = time.perf_counter() - start
-        fresh = CompactIndex.create(VOCAB, expected_rows=args.adds)
+        fresh = CompactIndex.create(VOCAB, expected_rows=total)
         fresh.add(ids, rows)
         fresh.save(work / "fresh")
         after = measure(last, queries, truth)
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": machine(),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/compact_adds.py " + " ".join(argv or sys.argv[1:]),
-            "adds": args.adds, "queries": args.queries, "words": args.words,
+            "base": args.base, "adds": args.adds, "queries": args.queries, "words": args.words,
             "after_single_adds": after, "fresh_build": built,
         }  # fmt: skip
     finally:
