@@ -39,24 +39,6 @@ def test_block_layout_matches_its_rows():
         np.testing.assert_array_equal(back[a:b], codes[rows.indptr[r] : rows.indptr[r + 1]])
 
 
-def test_small_and_large_blocks_invert_to_the_same_segments():
-    """The sort used for blocks with few postings per key (live writes) and the counting sort
-    used for the others give the same postings, segments and word offsets."""
-    rng = np.random.default_rng(3)
-    for rows, vocabulary, density in [(1, 16000, 0.02), (3, 9000, 0.03), (60, 2000, 0.05),
-                                      (500, 300, 0.3), (2, 40, 0.6)]:  # fmt: skip
-        m = sp.random(rows, vocabulary, density=density, random_state=rng, format="csr")
-        m.sort_indices()
-        parts = (m.indptr.astype(np.int64), m.indices.astype(np.int32),
-                 rng.integers(1, 256, size=m.nnz).astype(np.uint8), vocabulary)  # fmt: skip
-        by_sort = block_kernels.sorted_block(*parts)
-        by_count = block_kernels.counted_block(*parts)
-        for a, b in zip(by_sort, by_count, strict=True):
-            assert a.dtype == b.dtype
-            np.testing.assert_array_equal(a, b)
-        assert by_sort[3][-1] == len(by_sort[1])  # every segment is some word's
-
-
 def test_segments_take_the_smaller_encoding_and_gaps_escape():
     """Dense segments are byte gaps (with the 0 escape for a gap over 255), sparse ones 16-bit
     ids at an even offset; both decode to their ids and the scorer reads both alike."""
@@ -102,10 +84,3 @@ def test_forward_gaps_escape_large_jumps():
         np.array([1, 0]), ptr, gaps, indptr, np.arange(5, dtype=np.uint8)
     )
     np.testing.assert_array_equal(out_words, [700, 0, 254, 255, 1999])
-
-
-def test_merge_groups_take_runs_of_small_blocks_that_fit():
-    from indexer.engines.compact.merge import merge_groups
-
-    assert merge_groups([100, 200, 3000, 400, 0, 900, 1200, 1000], 2500) == [[0, 1], [3, 4, 5, 6]]
-    assert merge_groups([2500, 2500, 1000], 2500) == []  # one small block: nothing to merge

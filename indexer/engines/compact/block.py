@@ -134,9 +134,9 @@ class Block:
                 f"a block of {len(ids)} rows with {len(words):,} postings is too dense for the "
                 "compact layout (30-bit offsets); build the index with fewer rows per block"
             )
-        ids16, seg_code, seg_postings, word_seg = kernels.build_block(
-            indptr, words, codes, vocabulary_size
-        )
+        small = 16 * len(words) < vocabulary_size * impact_kernels.CODES  # a sort is cheaper
+        build = kernels.build_small_block if small else kernels.build_block
+        ids16, seg_code, seg_postings, word_seg = build(indptr, words, codes, vocabulary_size)
         post, seg_end, seg_count = kernels.pack_segments(ids16, seg_postings)
         gaps, gap_ptr = kernels.encode_gaps(indptr, words)
         order = np.argsort(ids, kind="stable")
@@ -234,12 +234,15 @@ def quantised_block(
     rows: sp.csr_matrix,
     vocabulary_size: int,
     has: sp.csr_matrix | None = None,
+    min_scale: float = 0.0,
 ) -> tuple[Block, float, float]:
     """A block of float rows (word ids sorted within a row), quantised with the scale of the
-    engine's docstring: (the block, its scale, its largest |weight - dequantised weight|).
-    ``has`` (rows x words) gives the words each row has; by default they come from ``rows``."""
+    engine's docstring, or ``min_scale`` if larger: (the block, its scale, its largest
+    |weight - dequantised weight|). ``has`` (rows x words) gives the words each row has; by
+    default they come from ``rows``."""
     top = float(rows.data.max()) if rows.nnz else 0.0
-    scale = top / (kernels.CODES - 1) if top > 0 else 1.0
+    scale = max(top / (kernels.CODES - 1), min_scale)
+    scale = scale if scale > 0 else 1.0
     indptr, words, codes, error = kernels.quantise_rows(
         rows.indptr.astype(np.int64), rows.indices, rows.data, scale
     )

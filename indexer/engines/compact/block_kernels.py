@@ -22,61 +22,9 @@ _jit = nb.njit(nogil=True, cache=True)  # GIL released; compiled once per machin
 def build_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
     """Inverted block of rows ``indptr`` (local ids 0..n-1) -> (post, seg_code, seg_end, word_seg).
 
-    Postings are ordered by (word, code descending), image ids increasing within each segment.
-    A block with many postings per (word, code) key is counting-sorted (:func:`counted_block`,
-    linear in postings plus keys); a small one, such as the few rows of a live write, sorts its
-    postings' keys (:func:`sorted_block`), so its cost follows its postings, not the
-    vocabulary's 256 keys per word.
+    A counting sort on (word, code descending): one pass to count, one to place, so image ids come
+    out increasing within each segment without a comparison sort.
     """
-    postings = indptr[len(indptr) - 1] - indptr[0]
-    if 16 * postings < vocabulary_size * CODES:
-        return sorted_block(indptr, words, codes, vocabulary_size)
-    return counted_block(indptr, words, codes, vocabulary_size)
-
-
-@_jit
-def sorted_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
-    """:func:`build_block` by a stable sort of the postings' (word, code descending) keys."""
-    n = len(indptr) - 1
-    first, last = indptr[0], indptr[n]
-    keys = np.empty(last - first, np.int64)
-    docs = np.empty(last - first, np.uint16)
-    for d in range(n):
-        for i in range(indptr[d], indptr[d + 1]):
-            keys[i - first] = np.int64(words[i]) * CODES + (CODES - 1 - codes[i])
-            docs[i - first] = d
-    order = np.argsort(keys, kind="mergesort")  # stable: ids stay increasing within a key
-    post = np.empty(last - first, np.uint16)
-    n_seg = 0
-    for j in range(len(order)):
-        post[j] = docs[order[j]]
-        if j == 0 or keys[order[j]] != keys[order[j - 1]]:
-            n_seg += 1
-    seg_code = np.empty(n_seg, np.uint8)
-    seg_end = np.empty(n_seg, np.uint32)
-    word_seg = np.empty(vocabulary_size + 1, np.uint32)
-    s = -1
-    w = 0  # the next word whose first segment is not placed yet
-    for j in range(len(order)):
-        key = keys[order[j]]
-        if j == 0 or key != keys[order[j - 1]]:
-            s += 1
-            word = key // CODES
-            while w <= word:
-                word_seg[w] = s
-                w += 1
-            seg_code[s] = CODES - 1 - key % CODES
-        seg_end[s] = j + 1
-    while w <= vocabulary_size:
-        word_seg[w] = n_seg
-        w += 1
-    return post, seg_code, seg_end, word_seg
-
-
-@_jit
-def counted_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
-    """:func:`build_block` by a counting sort on (word, code descending): one pass to count, one
-    to place, so image ids come out increasing within each segment without a comparison sort."""
     n = len(indptr) - 1
     first, last = indptr[0], indptr[n]
     keys = vocabulary_size * CODES
@@ -110,6 +58,40 @@ def counted_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - 
             key = words[i] * CODES + (CODES - 1 - codes[i])
             post[offsets[key]] = d
             offsets[key] += 1
+    return post, seg_code, seg_end, word_seg
+
+
+@_jit
+def build_small_block(indptr, words, codes, vocabulary_size):  # pragma: no cover - compiled
+    """:func:`build_block` by a stable sort of the postings' (word, code descending) keys:
+    O(postings log postings + V) instead of O(V * 256), for blocks of a few rows."""
+    n = len(indptr) - 1
+    first, last = indptr[0], indptr[n]
+    keys = np.empty(last - first, np.int64)
+    docs = np.empty(last - first, np.uint16)
+    for d in range(n):
+        for i in range(indptr[d], indptr[d + 1]):
+            keys[i - first] = words[i] * CODES + (CODES - 1 - codes[i])
+            docs[i - first] = d
+    order = np.argsort(keys, kind="mergesort")  # stable: ids increase within a segment
+    post = docs[order]
+    n_seg = 0
+    for j in range(len(order)):
+        if j == 0 or keys[order[j]] != keys[order[j - 1]]:
+            n_seg += 1
+    seg_code = np.empty(n_seg, np.uint8)
+    seg_end = np.empty(n_seg, np.uint32)
+    word_seg = np.zeros(vocabulary_size + 1, np.uint32)
+    s = -1
+    for j in range(len(order)):
+        key = keys[order[j]]
+        if j == 0 or key != keys[order[j - 1]]:
+            s += 1
+            seg_code[s] = CODES - 1 - key % CODES
+            word_seg[key // CODES + 1] += 1  # segments per word, summed below
+        seg_end[s] = j + 1
+    for w in range(vocabulary_size):
+        word_seg[w + 1] += word_seg[w]
     return post, seg_code, seg_end, word_seg
 
 

@@ -8,12 +8,14 @@ process searches on every core and several processes share one copy of the mappe
 page cache.
 
 **Quantisation.** Each block stores a weight ``w`` as the code ``round(w / scale)`` (uint8),
-``scale`` = the block's largest weight / 255 (so nothing is ever clipped); code 0 is not stored.
-A quantised score is within ``scale / 2 * sum(q_j over matched words j)`` of the float32 dot
-product (the tests check this bound). Scores are therefore close, not exact: ``exact`` is False,
-and the service re-scores the hits it returns from the corpus store's float rows, or, with
-``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``: they are the
-complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
+``scale`` = the block's largest weight / 255 (so nothing is ever clipped; a partial or merged
+block may take a larger one, :mod:`indexer.engines.compact.merge`); code 0 is not stored. Each
+block records a bound on ``|w - code * scale|`` (``scale / 2`` when quantised from float rows),
+and a quantised score is within the largest bound times ``sum(q_j over matched words j)`` of the
+float32 dot product (the tests check this bound). Scores are therefore close, not exact:
+``exact`` is False, and the service re-scores the hits it returns from the corpus store's float
+rows, or, with ``LEXVLA_EXACT_SCORES=false``, reports these quantised scores (``ranks_by_rows``:
+they are the complete dot products of the rows :meth:`CompactIndex.vectors_of` returns).
 
 **Search** (:mod:`indexer.engines.compact.search` has the details): score-at-a-time over
 impact-ordered lists, exact in quantised scores, or pruned (:class:`ImpactPruning`) to a share
@@ -33,7 +35,6 @@ swap them in under the lock (copy-on-write), so a search never sees half a chang
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -48,14 +49,13 @@ from indexer import scoring_kernels
 from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
 from indexer.engines.compact import impact_kernels as kernels
 from indexer.engines.compact.block import (
-    LAYOUT,
     MAX_ROWS,
     Block,
     balanced_block_rows,
     encode_ids,
     quantised_block,
 )
-from indexer.engines.compact.files import check_layout, read_blocks, write_blocks
+from indexer.engines.compact.files import Spill, read_version, write_version
 from indexer.engines.compact.merge import merge_small
 from indexer.engines.compact.pruning import DEFAULT_PRUNING, ImpactPruning
 from indexer.engines.compact.search import Scorer, where_masks
@@ -89,14 +89,13 @@ class CompactIndex(SearchIndex):
         self.pruning = pruning
         self.block_rows = block_rows
         self.threads = max(1, threads or os.cpu_count() or 1)
-        # sealed blocks are written here and mapped back, so a large build holds one block in
-        # memory at a time; save() then hard-links them (same file system: no copy)
+        # a build's sealed blocks are written there and mapped back (files.Spill)
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
-        self._spilled = 0
-        self._spill: Path | None = None
+        self._spill = Spill(self.spill_dir) if self.spill_dir is not None else None
         v = manifest.vocabulary_size
         self._snap = Snapshot([], np.zeros(0, np.float64), [], np.zeros((v, CODES), np.int64))
         self._sources: list[Path | None] = []  # the directory a block was loaded from, if any
+        self._saved: Path | None = None  # where save() wrote last (publish renames it: moved)
         self._errors: list[float] = []  # per block: largest |weight - dequantised weight|
         self._pending_ids: list[str] = []
         self._pending_rows: list[sp.csr_matrix] = []
@@ -293,7 +292,9 @@ class CompactIndex(SearchIndex):
 
     def _seal(self, full_only: bool = False) -> None:
         """Quantise pending rows into new blocks of ``block_rows`` (the rest too, unless
-        ``full_only``). Caller holds the lock."""
+        ``full_only``). A partial block takes at least the largest scale of the blocks with
+        postings, so that the small blocks of single adds share a scale and merge exactly
+        (:mod:`indexer.engines.compact.merge`). Caller holds the lock."""
         if not self._pending_ids:
             return
         rows = sp.vstack(self._pending_rows, format="csr", dtype=np.float32)
@@ -304,20 +305,15 @@ class CompactIndex(SearchIndex):
         new = []
         for start in range(0, end, self.block_rows):
             stop = min(end, start + self.block_rows)
-            new.append(quantised_block(ids[start:stop], rows[start:stop], v))
+            floor = self._snap.top_scale() if stop - start < self.block_rows else 0.0
+            new.append(quantised_block(ids[start:stop], rows[start:stop], v, min_scale=floor))
         self._pending_ids = ids[end:]
         self._pending_rows = [rows[end:]] if end < len(ids) else []
         sources: list[Path | None] = [None] * len(new)
-        if self.spill_dir is not None:
-            if self._spill is None:  # a fresh folder: never one an earlier build left behind
-                self.spill_dir.mkdir(parents=True, exist_ok=True)
-                self._spill = Path(tempfile.mkdtemp(prefix="spill-", dir=self.spill_dir))
+        if self._spill is not None:
             for n, (block, scale, error) in enumerate(new):
-                spilled = self._spill / f"s{self._spilled:06d}"
-                self._spilled += 1
-                block.save(spilled)
-                new[n] = (Block.load(spilled, mmap=True), scale, error)
-                sources[n] = spilled
+                spilled, sources[n] = self._spill.put(block)
+                new[n] = (spilled, scale, error)
         self._append_blocks(new, sources)
 
     def _append_blocks(
@@ -338,9 +334,9 @@ class CompactIndex(SearchIndex):
         self._sources += list(sources) if sources else [None] * len(new)
 
     def merge_small_blocks(self) -> int:
-        """Merge runs of blocks holding under half a block of live images into full blocks,
-        dropping their deleted rows (:mod:`indexer.engines.compact.merge`); returns how many
-        blocks fewer the index has. :meth:`save` calls it."""
+        """Merge blocks by the tiered policy of :mod:`indexer.engines.compact.merge` (full tiers
+        of small blocks into one, blocks with many deleted rows rewritten without them);
+        returns how many blocks fewer the index has. :meth:`save` calls it."""
         with self._lock:
             self._seal()
             merged = merge_small(self._snap, self._errors, self._sources, self.block_rows)
@@ -352,26 +348,34 @@ class CompactIndex(SearchIndex):
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Merge small blocks, then write every block (hard links for blocks loaded from disk),
-        live masks and the manifest."""
+        """Merge blocks (:meth:`merge_small_blocks`), then write every block (hard links for
+        blocks loaded from disk), live masks and the manifest."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.merge_small_blocks()
             snap, sources = self._snap, list(self._sources)
-        entries = write_blocks(path, snap, sources, self._errors)
-        live = sum(int(m.sum()) for m in snap.live)
-        self.manifest.count = live
-        self.manifest.deleted = sum(b.rows for b in snap.blocks) - live
-        self.manifest.quantisation_scale = float(snap.scales.max()) if len(snap.scales) else None
-        self.manifest.params = {
+        params = {
             "pruning": asdict(self.pruning) if self.pruning else None,
             "block_rows": self.block_rows,
             "rule": wf.RULE,  # the word filters' rule the blocks' strong words were taken with
-            "layout": LAYOUT,  # the blocks' file layout (files.check_layout)
-            "blocks": entries,
         }
-        self.manifest.save(path)
+        folders = write_version(path, self.manifest, snap, sources, self._errors, params)
+        with self._lock:  # the blocks are on disk now: a later save links them
+            for b, folder in enumerate(folders):
+                if b < len(self._snap.blocks) and self._snap.blocks[b] is snap.blocks[b]:
+                    self._sources[b] = folder
+            self._saved = path
+
+    def moved(self, path: Path) -> None:
+        """The version saved last was renamed to ``path``: its blocks are linked from there."""
+        with self._lock:
+            old, self._saved = self._saved, Path(path)
+            if old is not None:
+                self._sources = [
+                    self._saved / s.relative_to(old) if s and s.is_relative_to(old) else s
+                    for s in self._sources
+                ]
 
     @classmethod
     def open(
@@ -380,17 +384,12 @@ class CompactIndex(SearchIndex):
         """Open a saved index; memory-mapped by default, every page mapped at once unless
         ``populate`` is False (a 1M-image index takes about a second)."""
         path = Path(path)
-        manifest = IndexManifest.load(path)
-        if manifest.engine != ENGINE:
-            raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
-        wf.check_rule(manifest.params, f"the compact index at {path}")
-        check_layout(manifest.params, path)
+        manifest, new, sources, masks = read_version(path, ENGINE, mmap, populate)
         saved = manifest.params.get("pruning")
         index = cls(
             manifest, ImpactPruning.saved(saved, f"the compact index at {path}") if saved else None,
             manifest.params.get("block_rows", MAX_ROWS), threads,
         )  # fmt: skip
-        new, sources, masks = read_blocks(path, manifest.params.get("blocks", []), mmap, populate)
         index._append_blocks(new, sources)
         for b, mask in masks.items():
             index._snap.live[b] = mask

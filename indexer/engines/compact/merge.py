@@ -1,18 +1,39 @@
-"""Merging the compact index's small blocks (what incremental adds and deletes leave behind).
+"""Merging the compact index's blocks: a tiered (logarithmic) policy, run before every save.
 
-Every ``lexvla index add`` seals its images into new blocks, the last one partial, and deletes
-only clear live bits. After many small adds an index holds many small blocks: each costs a
-kernel call, a heap scan and its own per-word tables in every search, and its deleted rows stay
-on disk. Before an index is saved, runs of blocks with under half a block of live
-images are merged into full ones (Lucene merges its small segments the same way), and their
-deleted rows are dropped on the way.
+Every add seals its images into new blocks, the last one partial, and deletes only clear live
+bits. A live write adds one image per version, so an index would otherwise grow a block per
+image: each block costs a kernel call, a heap scan and its own per-word tables in every search,
+and deleted rows stay on disk. :func:`merge_groups` decides what a save rewrites, in the manner
+of Lucene's log and tiered merge policies (``mergeFactor`` segments of one level merge into one
+of the next level; segments with many deletions are rewritten):
 
-A merged block is built from the source blocks' own rows: their codes times their scales are
-quantised again with the merged block's scale. Its quantisation error is therefore bounded by
-the sources' largest error plus the new rounding, and that sum is what the block records
-(``error_bound`` stays a bound). The strong words the word filters use are carried over from
-the sources, not recomputed from the dequantised rows, so a filter gives the same images before
-and after a merge.
+- **Tiers.** A block with ``n`` live rows is in tier ``k`` when ``block_rows / F**(k + 1) < n
+  <= block_rows / F**k`` (``F`` = :data:`FACTOR`). As soon as ``F`` blocks of one tier ``k >=
+  1`` exist, they merge into one block, of a lower tier, which always fits in ``block_rows``;
+  tiers are taken deepest first, so a cascade (single adds completing every tier at once) is one
+  merge of the original blocks.
+- **Tier 0** holds blocks over ``block_rows / F`` rows: they merge, in groups that fit in one
+  block, only while two or more are under half of ``block_rows``, so at most one block under
+  half remains. Blocks of half or more stay as they are.
+- **Deletions.** A block whose deleted rows exceed :data:`DELETED_SHARE` of its rows is
+  rewritten without them (alone unless a tier merge takes it); a block with no live row is
+  dropped.
+
+After every save, fewer than ``F`` blocks are left in each tier ``k >= 1`` and at most one tier-0
+block is under half full, so the blocks beyond the half-full ones number at most
+``(F - 1) * log_F(block_rows) + 1``. A row is rewritten once per tier it climbs, about
+``log_F(block_rows)`` times, plus a few times in tier 0 (each of those merges adds more than
+``block_rows / F`` rows to its block): N single adds cost O(N log N) row writes, not O(N**2).
+
+**Quantisation.** A merged block takes the largest of its sources' scales (so no weight is
+clipped). A source of that scale keeps its codes as they are, exactly; the rows of another are
+dequantised and quantised again, and that rounding is measured. Each source's error bound grows
+by its own re-rounding only, and the merged block records the largest: a row's bound grows only
+when its block is merged into one of a larger scale. Sealed partial blocks take at least the
+index's largest scale (:meth:`CompactIndex._seal`), so the blocks that single adds leave share
+one scale and merge exactly, however many tiers they climb. The strong words the word filters
+use are carried over from the sources, not recomputed from the dequantised rows, so a filter
+gives the same images before and after a merge.
 """
 
 from __future__ import annotations
@@ -22,61 +43,115 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.engines.compact.block import Block, quantised_block
+from indexer.engines.compact import block_kernels as kernels
+from indexer.engines.compact.block import Block
 from indexer.engines.compact.snapshot import Snapshot
 
+# Lucene's LogMergePolicy merges 10 segments a level by default; 8 divides the default block
+# (65,536 = 2 * 8**5) so that full tiers end at exactly half a block, which one tier-0 merge fills
+FACTOR = 8
+# a rewrite reclaims at least a third of the rows it reads (Lucene's deletesPctAllowed: 33%)
+DELETED_SHARE = 1 / 3
 
-def merge_groups(live_rows: list[int], block_rows: int) -> list[list[int]]:
-    """Groups of consecutive small blocks (under half of ``block_rows`` live rows) that fit in
-    one block together; only groups of two or more are worth merging."""
-    groups: list[list[int]] = []
-    current: list[int] = []
+
+def tier(live: int, block_rows: int, factor: int = FACTOR) -> int:
+    """The tier ``k`` with ``block_rows / factor**(k + 1) < live <= block_rows / factor**k``."""
+    k = 0
+    while live * factor ** (k + 1) <= block_rows:
+        k += 1
+    return k
+
+
+def merge_groups(
+    live_rows: list[int], rows: list[int], block_rows: int, factor: int = FACTOR
+) -> list[list[int]]:
+    """The blocks a save rewrites (module docstring), as groups of block numbers, each group
+    becoming one block; a group of one is a block rewritten without its deleted rows (or
+    dropped, when none is live). Groups are sorted by their first block."""
+    units = [[b] for b, n in enumerate(live_rows) if n > 0]
+    size = {u[0]: live_rows[u[0]] for u in units}  # live rows of a unit, by its first block
+    for k in range(tier(1, block_rows, factor), 0, -1):
+        same = [u for u in units if tier(size[u[0]], block_rows, factor) == k]
+        for start in range(0, len(same) - factor + 1, factor):
+            _combine(units, size, same[start : start + factor])
+    group: list[list[int]] = []
     filled = 0
-    for b, rows in enumerate(live_rows):
-        if rows >= block_rows // 2 or filled + rows > block_rows:
-            if len(current) > 1:
-                groups.append(current)
-            current, filled = [], 0
-        if rows < block_rows // 2:
-            current.append(b)
-            filled += rows
-    if len(current) > 1:
-        groups.append(current)
-    return groups
+    for unit in [u for u in units if tier(size[u[0]], block_rows, factor) == 0]:
+        if 2 * size[unit[0]] >= block_rows:
+            continue
+        if filled + size[unit[0]] > block_rows:
+            if len(group) > 1:
+                _combine(units, size, group)
+            group, filled = [], 0
+        group.append(unit)
+        filled += size[unit[0]]
+    if len(group) > 1:
+        _combine(units, size, group)
+    groups = [u for u in units if len(u) > 1]
+    groups += [
+        [b] for b, (n, total) in enumerate(zip(live_rows, rows, strict=True))
+        if total and (n == 0 or total - n > DELETED_SHARE * total)
+        and not any(b in u for u in groups)
+    ]  # fmt: skip
+    return sorted(groups)
+
+
+def _combine(units: list[list[int]], size: dict[int, int], parts: list[list[int]]) -> None:
+    """Replace ``parts`` of ``units`` by one unit of all their blocks, where the first was."""
+    merged = sorted(b for part in parts for b in part)
+    total = sum(size[part[0]] for part in parts)
+    place = units.index(parts[0])
+    for part in parts:
+        units.remove(part)
+    units.insert(min(place, len(units)), merged)
+    size[merged[0]] = total
 
 
 def merged_block(
     blocks: list[Block], scales: list[float], lives: list[np.ndarray], errors: list[float],
     vocabulary_size: int,
 ) -> tuple[Block, float, float]:  # fmt: skip
-    """One block of the live rows of ``blocks`` (in order): (block, scale, error bound)."""
-    ids: list[str] = []
-    parts, strong = [], []
-    for block, scale, live in zip(blocks, scales, lives, strict=True):
-        rows = np.flatnonzero(live)
-        indptr, words, codes = block.decode(rows)
-        values = (codes.astype(np.float32) * np.float32(scale)).astype(np.float32)
-        parts.append(sp.csr_matrix((values, words, indptr), shape=(len(rows), vocabulary_size)))
+    """One block of the live rows of ``blocks`` (in order), at the largest of their scales:
+    (block, scale, error bound). Codes of a source at that scale are kept; the others are
+    re-quantised, and each source's bound grows by its measured re-rounding."""
+    decoded = [
+        block.decode(np.flatnonzero(live)) for block, live in zip(blocks, lives, strict=True)
+    ]
+    scale = max((s for s, d in zip(scales, decoded, strict=True) if len(d[2])), default=max(scales))
+    ids, indptrs, words, codes, strong = [], [np.zeros(1, np.int64)], [], [], []
+    error = 0.0
+    for n, (indptr, row_words, row_codes) in enumerate(decoded):
+        block, rows, worst = blocks[n], np.flatnonzero(lives[n]), 0.0
+        if scales[n] != scale and len(row_codes):
+            values = (row_codes.astype(np.float64) * scales[n]).astype(np.float32)
+            indptr, row_words, row_codes, worst = kernels.quantise_rows(
+                np.asarray(indptr, np.int64), row_words, values, scale
+            )
+        error = max(error, errors[n] + float(worst))
+        indptrs.append(np.asarray(indptr[1:], np.int64) - indptr[0] + indptrs[-1][-1])
+        words.append(row_words)
+        codes.append(row_codes)
         has = sp.csr_matrix(
             (np.ones(len(block.strong_rows), bool), block.strong_rows, block.strong_ptr),
             shape=(vocabulary_size, block.rows),
         )
         strong.append(sp.csr_matrix(has.T)[rows])
-        ids += [bytes(i).decode("utf-8") for i in block.ids[rows]]
-    rows = sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float32)
-    rows.sort_indices()
-    merged, scale, error = quantised_block(
-        ids, rows, vocabulary_size, has=sp.csr_matrix(sp.vstack(strong, format="csr"))
-    )
-    return merged, scale, error + max(errors)
+        ids.append(block.ids[rows])
+    merged = Block.build(
+        np.concatenate(ids), np.concatenate(indptrs), np.concatenate(words),
+        np.concatenate(codes), vocabulary_size, sp.csr_matrix(sp.vstack(strong, format="csr")),
+    )  # fmt: skip
+    return merged, scale, error
 
 
 def merge_small(
     snap: Snapshot, errors: list[float], sources: list[Path | None], block_rows: int
 ) -> tuple[Snapshot, list[float], list[Path | None]] | None:
-    """The snapshot with its runs of small blocks merged (:func:`merge_groups`), with the
-    blocks' errors and source folders (None: not on disk yet); None when nothing merges."""
-    groups = merge_groups([int(m.sum()) for m in snap.live], block_rows)
+    """The snapshot with the groups of :func:`merge_groups` merged, with the blocks' errors and
+    source folders (None: not on disk yet); None when nothing is rewritten."""
+    groups = merge_groups(
+        [int(m.sum()) for m in snap.live], [b.rows for b in snap.blocks], block_rows
+    )
     if not groups:
         return None
     starts = {g[0]: g for g in groups}

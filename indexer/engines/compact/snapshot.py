@@ -35,6 +35,11 @@ class Snapshot:
             self.__dict__["_values"] = cached
         return cached
 
+    def top_scale(self) -> float:
+        """The largest scale of a block with postings (0.0 when there is none)."""
+        scales = zip(self.scales, self.blocks, strict=True)
+        return max((float(s) for s, b in scales if len(b.fwd_codes)), default=0.0)
+
     @property
     def postings_per_row(self) -> float:
         """Mean forward-row length: what re-scoring one image reads."""
