@@ -49,7 +49,7 @@ import scipy.sparse as sp
 from indexer.decode import Decoded, ImageInfo, decode_item, thumbnail_jpeg
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
-from indexer.engines.versions import prune, publish, write_lock
+from indexer.engines.versions import current_version, prune, publish, write_lock
 from indexer.fields import FieldColumns
 from indexer.metadata import (
     COLLECTION,
@@ -113,6 +113,7 @@ class LiveWriter:
         self.store = store
         self.index_dir = Path(index_dir)
         self.max_pixels = max_pixels
+        self._open: tuple[str, SearchIndex] | None = None  # (version, its index), see _current
 
     # --- preparing (no lock, no model) --------------------------------------------------------
     def prepare(self, upload: Upload) -> Prepared | Skipped:
@@ -213,7 +214,7 @@ class LiveWriter:
     def _publish(self, change: Change | None) -> str | None:
         """Publish the current version with ``change`` applied (see the module docstring);
         ``None``: catch up only, returning None when the version reflects the store."""
-        index = open_index(self.index_dir)
+        index = self._current()
         try:
             fields = self._changed_fields(index, change)
             if fields is not None:
@@ -230,10 +231,35 @@ class LiveWriter:
                     return None  # no sequence to go by, and the same images
                 index.fields = self.store.field_columns(sequence)
             version = publish(index, self.index_dir)
-        finally:
+        except BaseException:
+            self._open = None  # half changed: the next write opens the current version again
             index.close()
+            raise
+        self._open = (version.name, index)
         prune(self.index_dir, keep=KEEP_VERSIONS)
         return version.name
+
+    def _current(self) -> SearchIndex:
+        """The current version, opened; the index this writer published last when that is
+        still current (no other process published since), so a write does not reopen every
+        block and column of the version it made itself."""
+        name = current_version(self.index_dir).name
+        if self._open is not None:
+            published, index = self._open
+            if published == name:
+                return index
+            self._open = None
+            index.close()
+        index = open_index(self.index_dir)
+        self._open = (name, index)
+        return index
+
+    def close(self) -> None:
+        """Close the index kept open between writes (after the write in progress)."""
+        with self.locked():
+            if self._open is not None:
+                self._open[1].close()
+                self._open = None
 
     def _changed_fields(self, index: SearchIndex, change: Change | None) -> FieldColumns | None:
         """The columns of ``index`` with ``change`` applied, when the index reflected the store

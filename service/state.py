@@ -210,6 +210,8 @@ class ServiceState:
         for executor in (self.model_executor, self.search_executor):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
 
     # --- queries ------------------------------------------------------------------------------
     @property

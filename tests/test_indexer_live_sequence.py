@@ -188,3 +188,25 @@ def test_a_commit_by_another_writer_during_a_write_is_reconciled(writer, monkeyp
     assert len(writer.full_reconciles) == 1  # type: ignore[attr-defined]
     assert "img/010" not in store.ids()
     assert_index_is_the_store(writer)
+
+
+def test_the_writer_keeps_its_version_open_and_reopens_after_another_publish(writer):
+    """Writes in a row reuse the index this writer published; a version published by someone
+    else (a batch job) is opened before the next write, so neither side's images are lost."""
+    add(writer, "new/1", 1)
+    kept = writer._open
+    assert kept is not None and kept[0] == current_version(writer.index_dir).name
+    add(writer, "new/2", 2)
+    assert writer._open is not None and writer._open[1] is kept[1]  # the same object
+    rebuilt = open_index(writer.index_dir)  # another process publishes the same images
+    writer.store.append_shard(["batch/1"], rows(1, 3), [info("batch/1", {})])
+    rebuilt.add(["batch/1"], rows(1, 3))
+    rebuilt.fields = writer.store.field_columns(writer.store.catalog.sequence())
+    publish(rebuilt, writer.index_dir)
+    rebuilt.close()
+    add(writer, "new/3", 4)
+    assert writer._open is not None and writer._open[1] is not kept[1]
+    assert_index_is_the_store(writer)
+    assert {"new/1", "new/2", "new/3", "batch/1"} <= set(writer.store.ids())
+    writer.close()
+    assert writer._open is None

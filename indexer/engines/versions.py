@@ -151,6 +151,8 @@ def publish(index: SearchIndex, index_dir: str | Path) -> Path:
     final = versions / name
     os.rename(tmp, final)  # fails, rather than merging, if another writer took the name
     index.moved(final)  # an engine serving from the files it saved follows them
+    if index.fields is not None:
+        index.fields.moved(final / FIELDS)
     fsync_dir(versions)
     atomic_write_bytes(index_dir / CURRENT, f"{name}\n".encode())
     fsync_dir(index_dir)

@@ -164,6 +164,11 @@ class FieldColumns:
             info["change"] = {"fields": delta.names, "arrays": sorted(delta.arrays)}
         atomic_write_json(directory / INFO, info)
 
+    def moved(self, directory: str | Path) -> None:
+        """The folder this was saved into is now ``directory`` (a published version's
+        ``fields/``): the next version made from this one links its base from there."""
+        self.base.directory = Path(directory) / BASE
+
     @classmethod
     def open(cls, directory: str | Path, mmap: bool = True) -> FieldColumns:
         directory = Path(directory)
