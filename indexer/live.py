@@ -30,7 +30,10 @@ columns are linked, the changed rows written), at a cost that does not grow with
 Otherwise (a crash between steps 1 and 2, a batch job or a command that changed the store, a
 version that records no sequence) the write compares the whole index with the store
 (:meth:`LiveWriter.reconcile`) and makes the columns from the store, and records the sequence
-again.
+again. The writer keeps the index it published open for its next write, and opens the current
+version again only when another process published since. Adds that arrive together share one
+write (:mod:`indexer.group_commit`); the compact engine merges its small blocks by tiers
+(:mod:`indexer.engines.compact.merge`), so no write rewrites more than its share.
 """
 
 from __future__ import annotations
