@@ -170,8 +170,8 @@ class Block:
             )
         arrays = {f.name: np.load(directory / f"{f.name}.npy", mmap_mode=mode) for f in fields(cls)}
         # plain ndarray views of the maps (the map stays alive as their base): numba unboxes an
-        # np.memmap argument ~6x slower than an ndarray (0.6 against 0.1 us), with the GIL held,
-        # and a search passes ~100 of them to its kernels
+        # np.memmap argument several times slower than an ndarray, with the GIL held, and a
+        # search passes ~100 of them to its kernels
         return cls(**{name: np.asarray(a) for name, a in arrays.items()})
 
     def populate(self) -> None:

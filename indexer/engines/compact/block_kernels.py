@@ -103,10 +103,11 @@ def pack_segments(post, seg_end):  # pragma: no cover - compiled
     stored as byte gaps, 1-255 from the previous id (the first from -1), a larger gap as 0 then
     the id in two little-endian bytes; the others as 16-bit little-endian ids at an even offset.
     A segment takes byte gaps when that is smaller and at most 1 in ``ESCAPE_RARITY`` of its
-    gaps escapes: each escape is a branch the scorer mispredicts, and with up to half of them
-    escaping (the smallest form), exact search was 1.7x slower (measured at 1M). Returns (bytes, padded to an even length; end offset
-    of each segment in bytes, with ``DELTA`` set for byte gaps and ``CLEAN`` too when none
-    escapes; postings of each segment - 1).
+    gaps escapes: each escape is a branch the scorer mispredicts, so the smallest form (up to
+    half of the gaps escaping) makes exact search slower than it saves (docs/lab-notes.md).
+    Returns (bytes, padded to an even length; end offset of each segment in bytes, with
+    ``DELTA`` set for byte gaps and ``CLEAN`` too when none escapes; postings of each segment -
+    1).
     """
     n_seg = len(seg_end)
     out = np.zeros(2 * len(post) + n_seg + 2, np.uint8)
