@@ -244,11 +244,11 @@ def search(
         note = "the query has no active vocabulary words, so nothing can match"
         return SearchOutcome([], 0.0, 0.0, 0, [note], {}, 0 if arrange.needs_all else None)
     if arrange.needs_all:
-        return arranged(
-            index, store, vocabulary, query, exact=exact, top_k=top_k, offset=offset,
-            min_score=min_score, matched_limit=matched_limit, rescore_factor=rescore_factor,
-            filters=filters, arrange=arrange,
-        )  # fmt: skip
+        options = {
+            "exact": exact, "top_k": top_k, "offset": offset, "min_score": min_score,
+            "matched_limit": matched_limit, "rescore_factor": rescore_factor, "filters": filters,
+        }  # fmt: skip
+        return arranged(index, store, vocabulary, query, arrange, options)
     start = time.perf_counter()
     if not exact and (store is None or index.exact_rows) and index.ranks_by_rows:
         exact = True  # the engine's order is final for the rows that explain the hits
@@ -280,17 +280,11 @@ def arranged(
     store: CorpusStore | None,
     vocabulary: Vocabulary,
     query: sp.csr_matrix,
-    *,
-    exact: bool,
-    top_k: int,
-    offset: int,
-    min_score: float,
-    matched_limit: int | None,
-    rescore_factor: int,
-    filters: WordFilter | None,
     arrange: Arrangement,
+    options: dict[str, Any],
 ) -> SearchOutcome:
-    """A search that needs every matching image: ordered by a field, or with facet counts.
+    """A search that needs every matching image: ordered by a field, or with facet counts;
+    ``options`` are :func:`search`'s own keyword arguments but ``arrange``.
 
     The images that *match* share a word with the query (the engine returns them all), pass
     the word filters and ``where``, and score at least ``min_score``. With ``min_score`` above
@@ -307,6 +301,8 @@ def arranged(
             "this index version has no metadata columns to sort or count by; rebuild it from "
             "the store (`lexvla index reindex`)",
         )
+    filters, min_score = options["filters"], options["min_score"]
+    offset, top_k = options["offset"], options["top_k"]
     rows, scores = index.matching(query, filters, arrange.where)
     found = len(rows)
     if min_score > 0:
@@ -314,17 +310,14 @@ def arranged(
     facets = {name: fields.facet_counts(field, part, rows) for name, field, part in arrange.facets}
     searched = time.perf_counter()
     if arrange.sort is None:
-        outcome = search(
-            index, store, vocabulary, query, exact=exact, top_k=top_k, offset=offset,
-            min_score=min_score, matched_limit=matched_limit, rescore_factor=rescore_factor,
-            filters=filters, arrange=Arrangement(arrange.where),
-        )  # fmt: skip
-        hits = outcome.hits
+        where_only = Arrangement(arrange.where)
+        hits = search(index, store, vocabulary, query, arrange=where_only, **options).hits
     else:
         order = _order(rows, scores, fields, arrange.sort)[offset : offset + top_k]
         page = fields.id_texts(rows[order])
         q = dense_query(query)
-        hits = scored_hits(page, q, row_vectors(index, store, page), vocabulary, matched_limit)
+        rows_of_page = row_vectors(index, store, page)
+        hits = scored_hits(page, q, rows_of_page, vocabulary, options["matched_limit"])
     done = time.perf_counter()
     return SearchOutcome(
         hits, (searched - start) * 1e3, (done - searched) * 1e3, found, [], facets, len(rows)

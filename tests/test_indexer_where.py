@@ -28,7 +28,6 @@ from indexer.fields.where import (
 )
 from indexer.metadata import FieldRegistry
 from indexer.scoring import Arrangement, search
-from indexer.scoring import arranged as arranged_search
 from model.vocabulary import Vocabulary
 
 V = 300
@@ -325,6 +324,5 @@ def test_engines_without_metadata_filtering_refuse_in_one_line(corpus):
     with pytest.raises(WhereError, match="no metadata columns"):
         memory.search(corpus[3][0], 3, where=parse_where({"album": "Trip"}, registry()))
     with pytest.raises(WhereError, match="no metadata columns"):
-        arranged_search(memory, None, vocabulary(), corpus[3][0], exact=True, top_k=3, offset=0,
-                        min_score=0, matched_limit=None, rescore_factor=4, filters=None,
-                        arrange=Arrangement(sort=("album", False)))  # fmt: skip
+        search(memory, None, vocabulary(), corpus[3][0], exact=True, top_k=3,
+               arrange=Arrangement(sort=("album", False)))  # fmt: skip
