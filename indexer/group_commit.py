@@ -70,7 +70,8 @@ class GroupCommit:
 
     def _take(self) -> list[_Add]:
         """The pending adds up to ``max_images`` images (at least one add), oldest first."""
-        group, images = [], 0
+        group: list[_Add] = []
+        images = 0
         while self._pending and (not group or images + self._pending[0].images <= self.max_images):
             images += self._pending[0].images
             group.append(self._pending.pop(0))
