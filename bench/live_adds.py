@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.index_synthetic import make_corpus, make_queries  # noqa: E402
 from bench.search_engines import synthetic_vocabulary  # noqa: E402
-from bench.serve import machine  # noqa: E402
+from bench.serve import emit, machine  # noqa: E402
 
 
 def prepared(image_id: str) -> object:
@@ -182,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         reports = [json.loads(Path(s).read_text()) for s in args.sources]
         Path(args.page).write_text(page(reports))
         return 0
-    report = run(args)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def emit(report: dict, out: str | None) -> int:
+    """Print a benchmark's JSON report and write it to ``out`` (a path, or None); exit code 0."""
+    text = json.dumps(report, indent=1)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def machine() -> str:
     """The processor's model name and the cores this process may use (Linux's /proc)."""
     name = platform.processor() or platform.machine()

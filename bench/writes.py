@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve import machine, start_server, stop_server  # noqa: E402
+from bench.serve import emit, machine, start_server, stop_server  # noqa: E402
 from bench.serve_load import captions  # noqa: E402
 
 ADMIN = "bench-admin-key"
@@ -231,13 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(json.loads(Path(s).read_text()), s) for s in args.sources]
         Path(args.page).write_text(page(runs))
         return 0
-    report = run(args)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(run(args), args.out)
 
 
 if __name__ == "__main__":
