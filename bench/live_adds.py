@@ -135,7 +135,8 @@ def page(reports: list[dict]) -> str:
         "docs/results/live-adds.json`; do not edit by hand. Each add is committed to the store "
         "and published as its own index version, as an acknowledged `POST /images` is "
         "(`indexer/live.py`); vectors are synthetic, so the model's encoding is not included "
-        "(see [live writes](results-live-writes.md)).",
+        "(see [live writes](results-live-writes.md)). The two indexes are measured in the same run, "
+        "on a machine shared with other jobs: compare them with each other, not across runs.",
     ]
     for r in reports:
         tenths = r["add_ms_by_tenth"]

@@ -23,6 +23,9 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
     "docs/results-live-writes.md": [
         "bench/writes.py", "--page", "PAGE", "--from", "docs/results/live-writes.json",
     ],
+    "docs/results-live-adds.md": [
+        "bench/live_adds.py", "--page", "PAGE", "--from", "docs/results/live-adds.json",
+    ],
     "docs/results-filtered-search.md": [
         "bench/filtered_search.py", "--page", "PAGE", "--from", "docs/results/filtered-search.json",
     ],
