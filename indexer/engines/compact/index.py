@@ -320,8 +320,7 @@ class CompactIndex(SearchIndex):
         self, new: list[tuple[Block, float, float]], sources: Sequence[Path | None] | None = None
     ) -> None:
         snap = self._snap
-        # searches may hold the current counts: a copy, unless there is nothing to copy
-        counts = snap.counts.copy() if snap.blocks else np.zeros_like(snap.counts)
+        counts = snap.counts.copy() if snap.blocks else np.zeros_like(snap.counts)  # in use
         for block, _, _ in new:
             block.add_counts(counts, 1)
         self._snap = Snapshot(
