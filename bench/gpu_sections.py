@@ -8,11 +8,12 @@ synchronise the device before reading the clock.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import random
 import statistics
 import time
 from collections.abc import Callable
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,21 @@ def _train_sample(seed: int) -> dict[str, Any]:
     return {"image": photo(seed, (256, 256)), "caption": caption(random.Random(seed))}
 
 
+@contextlib.contextmanager
+def _pool(workers: int) -> Any:
+    """Worker processes started afresh (spawn), not forked: a fork copies this process's
+    signal handlers and the locks its threads hold (a JVM loaded by the Lucene engine takes
+    SIGTERM, so a forked worker would never end); the pool is closed, not terminated, so the
+    workers end when their queue does."""
+    with multiprocessing.get_context("spawn").Pool(max(1, workers)) as pool:
+        yield pool
+        pool.close()
+        pool.join()
+
+
 def write_photos(folder: Path, n: int, workers: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    with Pool(max(1, workers)) as pool:
+    with _pool(workers) as pool:
         pool.map(_write_photo, [(str(folder), i) for i in range(n)], chunksize=64)
     return folder
 
@@ -69,7 +82,7 @@ def write_photos(folder: Path, n: int, workers: int) -> Path:
 def write_train_shards(folder: Path, n: int, workers: int) -> Path:
     from training.data import write_shards
 
-    with Pool(max(1, workers)) as pool:
+    with _pool(workers) as pool:
         write_shards(pool.imap(_train_sample, range(n), chunksize=32), folder, 1000)
     return folder
 
