@@ -54,19 +54,20 @@ class GroupCommit:
         mine = _Add(prepared, rows)
         with self._changed:
             self._pending.append(mine)
-            while not mine.done and self._leading:
-                self._changed.wait()
-            if mine.done:
-                return self._result(mine)
-            self._leading = True
-            group = self._take()
-        try:
-            self._write(group)
-        finally:
+        while True:  # lead groups (the oldest adds first) until one of them holds this add
             with self._changed:
-                self._leading = False
-                self._changed.notify_all()
-        return self._result(mine)
+                while not mine.done and self._leading:
+                    self._changed.wait()
+                if mine.done:
+                    return self._result(mine)
+                self._leading = True
+                group = self._take()
+            try:
+                self._write(group)
+            finally:
+                with self._changed:
+                    self._leading = False
+                    self._changed.notify_all()
 
     def _take(self) -> list[_Add]:
         """The pending adds up to ``max_images`` images (at least one add), oldest first."""

@@ -44,15 +44,16 @@ def row(value: float) -> sp.csr_matrix:
 
 
 def run_adds(commit: GroupCommit, writer: RecordingWriter, adds: list[tuple[str, float]]):
-    """The first add starts alone and blocks; the rest queue behind it; then all go."""
+    """The first add starts alone and blocks; the rest queue behind it, in the order given (each
+    is waiting before the next is sent); then all go. Returns each add's version or error."""
     with ThreadPoolExecutor(len(adds)) as pool:
-        first = pool.submit(commit.add, [upload(adds[0][0])], row(adds[0][1]))
+        futures = [pool.submit(commit.add, [upload(adds[0][0])], row(adds[0][1]))]
         assert writer.started.wait(10)
-        rest = [pool.submit(commit.add, [upload(i)], row(v)) for i, v in adds[1:]]
-        while len(commit._pending) < len(rest):  # every later add is waiting
-            threading.Event().wait(0.01)
+        for n, (image_id, value) in enumerate(adds[1:], start=1):
+            futures.append(pool.submit(commit.add, [upload(image_id)], row(value)))
+            while len(commit._pending) < n:
+                threading.Event().wait(0.005)
         writer.release.set()
-        futures = [first, *rest]
         return [f.exception() or f.result() for f in futures]
 
 
@@ -103,3 +104,13 @@ def test_every_add_is_written_exactly_once_under_contention(threads):
     written = [i for ids, _ in writer.groups for i in ids]
     assert sorted(written) == sorted(f"i{n}" for n in range(200))
     assert set(versions) == {f"v{k}" for k in range(1, len(writer.groups) + 1)}
+
+
+def test_a_leader_whose_add_did_not_fit_leads_again_until_it_is_written():
+    """Groups take the oldest adds: a thread that leads a group without its own add (the
+    bound was reached) leads or waits again, and returns its own version, never another's."""
+    writer = RecordingWriter()
+    commit = GroupCommit(writer, max_images=1)  # type: ignore[arg-type]
+    results = run_adds(commit, writer, [(f"img{n}", float(n)) for n in range(6)])
+    assert [ids for ids, _ in writer.groups] == [[f"img{n}"] for n in range(6)]
+    assert results == [f"v{n + 1}" for n in range(6)]
