@@ -20,6 +20,13 @@ import httpx
 import pytest
 
 from service import workers
+from tests.process_probes import (
+    alive,
+    children,
+    connections_at_once,
+    healthz_pid,
+    listening_sockets,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a socket per worker (SO_REUSEPORT) is Linux's"
@@ -152,10 +159,10 @@ def _publish(server: Server, start: int) -> None:
 
 
 def test_each_worker_listens_on_its_own_socket_and_takes_its_share(server):
-    assert _listening_sockets(server.port) == 2  # one per worker: a shared one favours one
-    held = _connections_at_once(server.port, 64)
+    assert listening_sockets(server.port) == 2  # one per worker: a shared one favours one
+    held = connections_at_once(server.port, 64)
     try:
-        per_worker = Counter(_healthz_pid(sock) for sock in held)
+        per_worker = Counter(healthz_pid(sock) for sock in held)
     finally:
         for sock in held:
             sock.close()
@@ -263,9 +270,9 @@ def test_a_hung_worker_is_replaced(server):
         while (hung in pids or len(pids) < 2) and time.monotonic() < deadline:
             pids = _pids(server.url, deadline_s=15)
         assert len(pids) == 2 and hung not in pids, "the hung worker was not replaced"
-        assert not _alive(hung)
+        assert not alive(hung)
     finally:
-        if _alive(hung):
+        if alive(hung):
             os.kill(hung, signal.SIGCONT)
     assert set(_readyz_all(server.url).values()) == {"v0002"}
 
@@ -314,7 +321,7 @@ def test_a_graceful_restart_drops_no_request(server):
         server.process.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 300
         while not upgraded and time.monotonic() < deadline:
-            upgraded = _children(server.process.pid) - before  # the new server's arbiter
+            upgraded = children(server.process.pid) - before  # the new server's arbiter
             time.sleep(0.1)
         new: set[int] = set()
         while len(new) < 2 and time.monotonic() < deadline:
@@ -333,70 +340,7 @@ def test_a_graceful_restart_drops_no_request(server):
     assert len(statuses) > 10 and set(statuses) == {200}, (Counter(statuses), resent)
     assert len(resent) <= 2, resent  # at most one per closed connection (one per old worker)
     deadline = time.monotonic() + 180
-    while any(_alive(pid) for pid in (*upgraded, *new)):
+    while any(alive(pid) for pid in (*upgraded, *new)):
         assert time.monotonic() < deadline, "SIGTERM did not stop the new server"
         time.sleep(0.2)
     assert "Traceback" not in server.log.read_text()
-
-
-def _children(pid: int) -> set[int]:
-    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def _listening_sockets(port: int) -> int:
-    """TCP sockets listening on ``port`` (Linux's socket tables)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            next(rows)
-            for row in rows:
-                fields = row.split()
-                count += fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
-    return count
-
-
-def _connections_at_once(port: int, n: int) -> list:
-    """``n`` connections started together (as a load generator or a proxy's pool opens them),
-    returned once all are established."""
-    import select
-    import socket
-
-    held = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    for sock in held:
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-    pending = set(held)
-    while pending:
-        _, ready, _ = select.select([], list(pending), [], 30)
-        assert ready, "connections did not complete"
-        pending -= set(ready)
-    for sock in held:
-        sock.setblocking(True)
-        sock.settimeout(30)
-    return held
-
-
-def _healthz_pid(sock) -> int:
-    """GET /healthz on an open connection; the answering worker's pid."""
-    import json
-
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = next(
-        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )  # fmt: skip
-    while len(body) < length:
-        body += sock.recv(65536)
-    return int(json.loads(body)["pid"])
