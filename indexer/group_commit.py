@@ -3,9 +3,9 @@
 A live add costs a store commit (files fsynced, one SQLite transaction) and a published index
 version, whatever the number of images in it (:mod:`indexer.live`). Under concurrent uploads
 most of that is repeated work, so :class:`GroupCommit` lets the adds that arrive while a write is
-running wait for it to end and then go in together: the first waiting thread becomes the leader,
-takes every pending add, writes them as one :meth:`LiveWriter.add`, and hands the version (or
-the error) to every add of its group. Each caller still returns only once its own images are on
+running wait for it to end and then go in together: a waiting thread becomes the leader, takes
+the oldest pending adds, writes them as one :meth:`LiveWriter.add`, and hands the version (or
+the error) to every add of its group; a leader whose own add did not fit leads again. Each caller still returns only once its own images are on
 disk and published, so an acknowledgement keeps its meaning; a group is bounded by
 ``max_images`` so one version never grows without limit.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import scipy.sparse as sp
 
@@ -29,13 +29,12 @@ from indexer.live import LiveWriter, Prepared
 class _Add:
     prepared: Sequence[Prepared]
     rows: sp.csr_matrix
-    done: bool = False
-    version: str | None = None
-    error: BaseException | None = None
-    images: int = field(init=False)
+    version: str | None = None  # set when its group is written ...
+    error: BaseException | None = None  # ... or failed
 
-    def __post_init__(self) -> None:
-        self.images = len(self.prepared)
+    @property
+    def done(self) -> bool:
+        return self.version is not None or self.error is not None
 
 
 class GroupCommit:
@@ -73,8 +72,10 @@ class GroupCommit:
         """The pending adds up to ``max_images`` images (at least one add), oldest first."""
         group: list[_Add] = []
         images = 0
-        while self._pending and (not group or images + self._pending[0].images <= self.max_images):
-            images += self._pending[0].images
+        while self._pending and (
+            not group or images + len(self._pending[0].prepared) <= self.max_images
+        ):
+            images += len(self._pending[0].prepared)
             group.append(self._pending.pop(0))
         return group
 
@@ -88,7 +89,7 @@ class GroupCommit:
         except BaseException as exc:  # every add of the group fails with the write
             version, error = None, exc
         for a in group:
-            a.version, a.error, a.done = version, error, True
+            a.version, a.error = version, error
 
     @staticmethod
     def _result(add: _Add) -> str:
