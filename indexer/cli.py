@@ -11,13 +11,14 @@ lexvla index build ... --engine qdrant --qdrant-url http://qdrant:6333 [--shard-
     --qdrant-collection lexvla-2026-12]   then   lexvla index publish --index index-q/
     --qdrant-url http://qdrant:6333 --qdrant-collection lexvla-2026-12
 lexvla index delete --store corpus/ --index index/ ID [ID ...]
+lexvla index optimize --index index/   (after many live writes; a server does it when they pause)
 lexvla index export-jsonl --store corpus/ --out vectors.jsonl [--keys index --scale 100]
 lexvla index info corpus/   (or an index directory)
 
 The flags of ``build`` and ``add`` are generated from :class:`indexer.job.IndexJob` (its
 field descriptions are the help, its defaults the defaults), and every command that writes an
 index takes each registered engine's build options as ``--<engine>-<option>`` flags generated
-from the engine's options model (``delete`` its open options); a flag of another engine than
+from the engine's options model (``delete`` and ``optimize`` its open options); a flag of another engine than
 the one chosen is refused. Bad input (a missing folder, a
 manifest without an image column, an unknown engine, a checkpoint that is not one) ends the
 command with one line on stderr and exit status 2, never a traceback.
@@ -45,6 +46,7 @@ from indexer.engines.registry import engines, options_by_engine, split_options
 from indexer.engines.versions import resolve, write_lock
 from indexer.export import export_store_jsonl
 from indexer.job import IndexJob
+from indexer.live import optimize
 from indexer.merge import MergeError, merge_stores
 from indexer.quiet import quiet_libraries
 from indexer.runner import run_index_job
@@ -119,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--index", required=True, help="index directory that gets the new version")
         q.add_argument("--engine", choices=[e.name for e in shared], default=shared[0].name)
         add_model_flags(q, engine_flags("build", shared))
+    o = sub.add_parser(
+        "optimize", parents=[common], help="rewrite what live writes left (small blocks, deleted "
+        "rows) into a batch build's shape, as a new version",
+    )  # fmt: skip
+    o.add_argument("--index", required=True)
+    add_model_flags(o, engine_flags("open"))
     e = sub.add_parser(
         "export-jsonl", parents=[common], help='write {"id", "vector": {word: weight}} lines'
     )
@@ -191,6 +199,14 @@ def _run(args: argparse.Namespace) -> int:
                     deleted = index.delete(args.ids)
                     index.fields = store.field_columns()
                     print(f"index: {deleted} deleted; published {publish(index, args.index)}")
+    elif args.command == "optimize":
+        with write_lock(args.index):  # live writes wait
+            index = open_index(args.index, per_engine=options_by_engine(args, "open"))
+            try:
+                done = optimize(index) and publish(index, args.index)
+            finally:
+                index.close()
+        print(f"published {done}" if done else "nothing to rewrite: the index has a build's shape")
     elif args.command == "export-jsonl":
         lines = export_store_jsonl(args.store, args.out, args.keys, args.scale)
         print(f"wrote {lines} lines to {args.out}")

@@ -33,7 +33,10 @@ version that records no sequence) the write compares the whole index with the st
 again. The writer keeps the index it published open for its next write, and opens the current
 version again only when another process published since. Adds that arrive together share one
 write (:mod:`indexer.group_commit`); the compact engine merges its small blocks by tiers
-(:mod:`indexer.engines.compact.merge`), so no write rewrites more than its share.
+(:mod:`indexer.engines.compact.merge`), so no write rewrites more than its share. What tiers
+leave (small blocks, deleted rows, a metadata delta) costs every search until
+:meth:`LiveWriter.optimize` rewrites the index in a batch build's shape; a server runs it once
+writes pause (``optimize_after_s``), ``lexvla index optimize`` by hand.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,7 @@ import scipy.sparse as sp
 from indexer.decode import Decoded, ImageInfo, decode_item, thumbnail_jpeg
 from indexer.engines import open_index
 from indexer.engines.base import SearchIndex
-from indexer.engines.versions import current_version, prune, publish, write_lock
+from indexer.engines.versions import CURRENT, current_version, prune, publish, write_lock
 from indexer.fields import FieldColumns
 from indexer.metadata import (
     COLLECTION,
@@ -117,6 +121,7 @@ class LiveWriter:
         self.index_dir = Path(index_dir)
         self.max_pixels = max_pixels
         self._open: tuple[str, SearchIndex] | None = None  # (version, its index), see _current
+        self.written = False  # a write published since the last optimize (optimize_after_s)
 
     # --- preparing (no lock, no model) --------------------------------------------------------
     def prepare(self, upload: Upload) -> Prepared | Skipped:
@@ -214,33 +219,60 @@ class LiveWriter:
         with self.locked():
             return self._publish(None)
 
+    @property
+    def quiet_s(self) -> float:
+        """Seconds since any process last published a version of this index (``CURRENT``)."""
+        return time.time() - (self.index_dir / CURRENT).stat().st_mtime
+
+    def optimize(self) -> str | None:
+        """Publish the current version in a batch build's shape, when writes left anything to
+        rewrite: the engine's :meth:`~indexer.engines.base.SearchIndex.optimize` (small blocks
+        and deleted rows) and the metadata columns folded into one base; the version, or
+        None."""
+        with self.locked():
+            self.written = False
+            return self._publish_with(optimize)
+
     def _publish(self, change: Change | None) -> str | None:
         """Publish the current version with ``change`` applied (see the module docstring);
         ``None``: catch up only, returning None when the version reflects the store."""
+        return self._publish_with(lambda index: self._apply(index, change))
+
+    def _publish_with(self, apply: Callable[[SearchIndex], bool]) -> str | None:
+        """Publish the current version once ``apply`` changed it (False: nothing to publish,
+        None returned); the index stays open for the next write. Caller holds the lock."""
         index = self._current()
         try:
-            fields = self._changed_fields(index, change)
-            if fields is not None:
-                assert change is not None
-                _apply_rows(index, change)
-                index.fields = fields
-            else:
-                held = index.fields.sequence if index.fields is not None else None
-                sequence = self.store.catalog.sequence()  # before the store is read
-                if change is None and sequence == held:
-                    return None
-                behind = self.reconcile(index, change)
-                if change is None and not behind and held is None:
-                    return None  # no sequence to go by, and the same images
-                index.fields = self.store.field_columns(sequence)
+            if not apply(index):
+                return None
             version = publish(index, self.index_dir)
         except BaseException:
             self._open = None  # half changed: the next write opens the current version again
             index.close()
             raise
         self._open = (version.name, index)
+        self.written = apply is not optimize
         prune(self.index_dir, keep=KEEP_VERSIONS)
         return version.name
+
+    def _apply(self, index: SearchIndex, change: Change | None) -> bool:
+        """``change`` applied to ``index`` with its metadata columns; False when there is no
+        change and the index reflects the store already."""
+        fields = self._changed_fields(index, change)
+        if fields is not None:
+            assert change is not None
+            _apply_rows(index, change)
+            index.fields = fields
+            return True
+        held = index.fields.sequence if index.fields is not None else None
+        sequence = self.store.catalog.sequence()  # before the store is read
+        if change is None and sequence == held:
+            return False
+        behind = self.reconcile(index, change)
+        if change is None and not behind and held is None:
+            return False  # no sequence to go by, and the same images
+        index.fields = self.store.field_columns(sequence)
+        return True
 
     def _current(self) -> SearchIndex:
         """The current version, opened; the index this writer published last when that is
@@ -303,6 +335,16 @@ class LiveWriter:
             index.delete(missing)
             index.add(missing, self.store.vectors_of(missing))
         return True
+
+
+def optimize(index: SearchIndex) -> bool:
+    """Rewrite ``index`` in a batch build's shape, before it is published: the engine's
+    :meth:`~indexer.engines.base.SearchIndex.optimize` and its metadata columns folded into one
+    base segment; True when anything changed."""
+    folded = index.fields.folded() if index.fields is not None else None
+    changed = index.optimize() or folded is not index.fields
+    index.fields = folded
+    return changed
 
 
 def _apply_rows(index: SearchIndex, change: Change) -> None:

@@ -84,6 +84,7 @@ class ServiceState:
         self._follower: asyncio.Task | None = None
         self._writer: LiveWriter | None = None
         self._adds: GroupCommit | None = None
+        self._optimizing: asyncio.Task | None = None
         self._warm_query: QueryVector | None = None
         self._full_freeze = time.monotonic()  # when the heap was last collected and frozen
         if model is not None and index is not None:  # fail at construction, not first request
@@ -210,6 +211,9 @@ class ServiceState:
         for executor in (self.model_executor, self.search_executor):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+        if self._optimizing is not None:  # a thread: it finishes, then the writer closes
+            await self._optimizing
+            self._optimizing = None
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
 
@@ -224,10 +228,33 @@ class ServiceState:
             await asyncio.sleep(self.settings.index_refresh_s)
             try:
                 await self.follow()
+                self._optimize_when_quiet()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the follower die: log, keep serving, try again
                 log.exception("checking which index version to serve failed")
+
+    def _optimize_when_quiet(self) -> None:
+        """Start :meth:`LiveWriter.optimize <indexer.live.LiveWriter.optimize>` off the event
+        loop once this process has written and no process has published a version for
+        ``optimize_after_s``: the small blocks and deleted rows of live writes are rewritten
+        while writes pause. One at a time; a write that comes meanwhile waits for its lock."""
+        writer, after = self._writer, self.settings.optimize_after_s
+        if writer is None or not writer.written or after <= 0:
+            return
+        if self._optimizing is not None and not self._optimizing.done():
+            return
+        if writer.quiet_s >= after:
+            self._optimizing = asyncio.create_task(self._optimize(writer), name="index-optimize")
+
+    async def _optimize(self, writer: LiveWriter) -> None:
+        try:
+            version = await asyncio.to_thread(writer.optimize)
+        except Exception:  # the old version keeps serving; tried again after the next write
+            log.exception("optimising the index after live writes failed")
+            return
+        if version is not None:
+            log.info("published %s: the index rewritten in a batch build's shape", version)
 
     async def follow(self, force: bool = False) -> IndexHandle:
         """Serve the version the index directory names now; the handle served afterwards.

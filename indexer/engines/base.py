@@ -171,6 +171,12 @@ class SearchIndex(Protocol):
         returns what was active before. Default: nothing shared, None."""
         return None
 
+    def optimize(self) -> bool:
+        """Rewrite what writes left (small segments, deleted rows) into the shape a batch build
+        of the live rows has, before the next :meth:`save`; True when anything changed. Default:
+        nothing to rewrite (exact rows in memory, or a server that optimises by itself)."""
+        return False
+
     def close(self) -> None:
         """Release what the index holds open (files, connections). Default: nothing."""
         return None

@@ -138,11 +138,21 @@ class FieldColumns:
         keep[at[at >= 0]] = False
         fresh = Segment.build(added_ids, added_records, registry)
         delta = merge(delta, np.flatnonzero(keep), fresh, registry)
-        if len(delta) + len(deleted) > fold_threshold(len(base)):
-            live = np.ones(len(base), dtype=bool)
-            live[deleted] = False
-            return cls(registry, merge(base, np.flatnonzero(live), delta, registry))
-        return cls(registry, base, delta, deleted)
+        columns = cls(registry, base, delta, deleted)
+        return (
+            columns.folded() if len(delta) + len(deleted) > fold_threshold(len(base)) else columns
+        )
+
+    def folded(self) -> FieldColumns:
+        """The same columns as one base segment (delta and deleted rows folded in, with numpy
+        only); ``self`` when there is nothing to fold."""
+        if self.plain:
+            return self
+        live = np.ones(len(self.base), dtype=bool)
+        live[self.deleted] = False
+        delta = self.delta or Segment.build([], [], self.registry)
+        base = merge(self.base, np.flatnonzero(live), delta, self.registry)
+        return FieldColumns(self.registry, base, sequence=self.sequence)
 
     def save(self, directory: str | Path) -> None:
         """Write into ``directory``; the files of a segment opened from another version's

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="how often each process checks which index version to serve (CURRENT, or "
         "the version an admin pinned) and swaps it in",
     )
+    optimize_after_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="after live writes, once no index version has been published for this "
+        "long, rewrite the index in a batch build's shape (as `lexvla index optimize`); 0: never",
+    )
     compact_threads: int | None = Field(
         default=None,
         ge=1,

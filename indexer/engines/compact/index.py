@@ -56,7 +56,7 @@ from indexer.engines.compact.block import (
     quantised_block,
 )
 from indexer.engines.compact.files import Spill, read_version, write_version
-from indexer.engines.compact.merge import merge_small
+from indexer.engines.compact.merge import merge_small, optimised
 from indexer.engines.compact.pruning import DEFAULT_PRUNING, ImpactPruning
 from indexer.engines.compact.search import Scorer, where_masks
 from indexer.engines.compact.snapshot import Snapshot
@@ -344,6 +344,16 @@ class CompactIndex(SearchIndex):
             before = len(self._snap.blocks)
             self._snap, self._errors, self._sources = merged
             return before - len(self._snap.blocks)
+
+    def optimize(self) -> bool:
+        """Rewrite the blocks into a batch build's shape (:func:`~indexer.engines.compact.merge.
+        optimised`): deleted rows and the small blocks of live writes are gone."""
+        with self._lock:
+            self._seal()
+            done = optimised(self._snap, self._errors, self._sources)
+            if done is not None:
+                self._snap, self._errors, self._sources = done
+            return done is not None
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

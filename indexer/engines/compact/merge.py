@@ -34,6 +34,12 @@ index's largest scale (:meth:`CompactIndex._seal`), so the blocks that single ad
 one scale and merge exactly, however many tiers they climb. The strong words the word filters
 use are carried over from the sources, not recomputed from the dequantised rows, so a filter
 gives the same images before and after a merge.
+
+**Optimising.** Tiers bound the work of each write, not the shape they leave: up to ``F - 1``
+blocks per tier and the deleted rows under :data:`DELETED_SHARE` stay, and each costs every
+search. :func:`optimised` rewrites the live rows, in order, into the blocks a batch build of
+them makes (:func:`~indexer.engines.compact.block.balanced_block_rows`), as Lucene's
+``forceMerge`` does when writes go quiet; a source block may be split between two new ones.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.compact import block_kernels as kernels
-from indexer.engines.compact.block import Block
+from indexer.engines.compact.block import Block, balanced_block_rows
 from indexer.engines.compact.snapshot import Snapshot
 
 # Lucene's LogMergePolicy merges 10 segments a level by default; 8 divides the default block
@@ -177,3 +183,53 @@ def merge_small(
         [k[2] for k in kept], counts,
     )  # fmt: skip
     return merged_snap, [k[3] for k in kept], [k[4] for k in kept]
+
+
+def fresh_shape(live: list[np.ndarray]) -> list[list[tuple[int, np.ndarray]]]:
+    """The blocks a batch build of the live rows makes, each as the (source block, rows of it)
+    parts it takes, in order (module docstring, "Optimising")."""
+    total = sum(int(m.sum()) for m in live)
+    per_block = balanced_block_rows(total)
+    chunks: list[list[tuple[int, np.ndarray]]] = [[]]
+    filled = 0
+    for b, mask in enumerate(live):
+        rows = np.flatnonzero(mask)
+        while len(rows):
+            take = min(len(rows), per_block - filled)
+            part = np.zeros(len(mask), dtype=bool)
+            part[rows[:take]] = True
+            chunks[-1].append((b, part))
+            rows, filled = rows[take:], filled + take
+            if filled == per_block:
+                chunks.append([])
+                filled = 0
+    return [c for c in chunks if c]
+
+
+def optimised(
+    snap: Snapshot, errors: list[float], sources: list[Path | None]
+) -> tuple[Snapshot, list[float], list[Path | None]] | None:
+    """The snapshot in a batch build's shape (:func:`fresh_shape`), with the blocks' errors and
+    source folders; None when it has that shape already: as many blocks, none with a deleted
+    row."""
+    shape = fresh_shape(snap.live)
+    if len(shape) == len(snap.blocks) and all(bool(m.all()) for m in snap.live):
+        return None
+    counts = np.zeros_like(snap.counts)
+    kept: list[tuple[Block, float, float, Path | None]] = []
+    for parts in shape:
+        b, rows = parts[0]
+        if len(parts) == 1 and bool(rows.all()):  # a whole block without deletions: kept
+            kept.append((snap.blocks[b], float(snap.scales[b]), errors[b], sources[b]))
+        else:
+            block, scale, error = merged_block(
+                [snap.blocks[b] for b, _ in parts], [float(snap.scales[b]) for b, _ in parts],
+                [rows for _, rows in parts], [errors[b] for b, _ in parts], len(snap.counts),
+            )  # fmt: skip
+            kept.append((block, scale, error, None))
+        kept[-1][0].add_counts(counts, 1)
+    fresh = Snapshot(
+        [k[0] for k in kept], np.array([k[1] for k in kept], dtype=np.float64),
+        [np.ones(k[0].rows, bool) for k in kept], counts,
+    )  # fmt: skip
+    return fresh, [k[2] for k in kept], [k[3] for k in kept]
