@@ -25,6 +25,7 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
     ],
     "docs/results-live-adds.md": [
         "bench/live_adds.py", "--page", "PAGE", "--from", "docs/results/live-adds.json",
+        "--from", "docs/results/live-adds-100k.json",
     ],
     "docs/results-filtered-search.md": [
         "bench/filtered_search.py", "--page", "PAGE", "--from", "docs/results/filtered-search.json",
