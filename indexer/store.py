@@ -37,7 +37,6 @@ column and the ``fields`` table). A version-1 store is migrated when it is opene
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -47,13 +46,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.atomic import atomic_write_bytes, atomic_write_json, fsync_file, now_iso, temp_path
+from common.atomic import atomic_write_bytes, atomic_write_json, now_iso
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
 from indexer.engines.versions import write_lock
 from indexer.fields import FieldColumns
 from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
-from indexer.shard_files import map_csr_npz
+from indexer.shard_files import check_shard, map_csr_npz, shard_path, write_shard
 from model.data import Skipped
 from model.vocabulary import Vocabulary, VocabularyMismatchError
 
@@ -65,10 +64,6 @@ READABLE_VERSIONS = (1, 2)  # 1: before per-image metadata (migrated on open)
 MANIFEST = "manifest.json"
 DATABASE = "metadata.sqlite"
 _SHARD_CACHE = 4096  # shards kept open (memory-mapped: they cost address space, not memory)
-
-
-def _shard_stem(shard: int) -> str:
-    return f"shard-{shard:05d}"
 
 
 class CorpusStore:
@@ -346,34 +341,17 @@ class CorpusStore:
         return sp.csr_matrix((0, len(self.vocabulary)), dtype=np.float32)
 
     def _check_rows(
-        self,
-        ids: list[str],
-        rows: sp.csr_matrix,
-        records: Sequence[ImageInfo],
+        self, ids: list[str], rows: sp.csr_matrix, records: Sequence[ImageInfo],
         thumbnails: list[bytes | None],
-    ) -> None:
-        if rows.shape != (len(ids), len(self.vocabulary)):
-            raise ValueError(
-                f"expected rows of shape ({len(ids)}, {len(self.vocabulary)}), got {rows.shape}"
-            )
+    ) -> None:  # fmt: skip
+        check_shard(ids, rows, len(self.vocabulary))
         if len(records) != len(ids) or len(thumbnails) != len(ids):
             raise ValueError("ids, records and thumbnails must have the same length")
         if any(r.id != i for r, i in zip(records, ids, strict=True)):
             raise ValueError("records must be in the same order as ids")
-        if len(set(ids)) != len(ids):
-            raise ValueError("ids within one shard must be distinct")
-        if rows.nnz and float(rows.data.min()) < 0:
-            raise ValueError("lexical vectors are non-negative; got negative weights")
 
     def _write_shard_files(self, shard: int, ids: list[str], rows: sp.csr_matrix) -> None:
-        base = self.root / "vectors" / _shard_stem(shard)
-        matrix = sp.csr_matrix(rows, dtype=np.float32)
-        matrix.sort_indices()
-        tmp = temp_path(base.with_suffix(".npz")).with_suffix(".npz")
-        sp.save_npz(tmp, matrix, compressed=False)
-        fsync_file(tmp)
-        atomic_write_json(base.with_suffix(".ids.json"), ids)
-        os.replace(tmp, base.with_suffix(".npz"))
+        write_shard(self.root / "vectors", shard, ids, rows)
         self._shards.pop(shard, None)
 
     def _load_shard(self, shard: int) -> sp.csr_matrix:
@@ -381,8 +359,7 @@ class CorpusStore:
             if shard in self._shards:
                 self._shards.move_to_end(shard)
                 return self._shards[shard]
-            path = self.root / "vectors" / f"{_shard_stem(shard)}.npz"
-            matrix = map_csr_npz(path)
+            matrix = map_csr_npz(shard_path(self.root / "vectors", shard))
             self._shards[shard] = matrix
             while len(self._shards) > _SHARD_CACHE:
                 self._shards.popitem(last=False)

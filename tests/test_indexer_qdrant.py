@@ -102,6 +102,7 @@ def test_quantised_value_types_keep_recall(datatype, data, exact, tmp_path):
     index = make("edge", tmp_path, datatype=datatype, indexing_threshold_kb=50, optimize_every=400)
     index.add(ids, rows)
     index.optimize()
+    assert index.optimize() is False  # nothing written since: nothing for a writer to publish
     assert not index.exact and index.exact_rows
     recalls = []
     for n in range(queries.shape[0]):
@@ -109,6 +110,8 @@ def test_quantised_value_types_keep_recall(datatype, data, exact, tmp_path):
         recalls.append(len(truth & {i for i, _ in index.search(queries[n], 10)}) / 10)
     assert np.mean(recalls) >= 0.99
     np.testing.assert_array_equal(index.vectors_of([ids[5]]).toarray(), rows[5].toarray())
+    index.add(["one-more"], rows[:1])
+    assert index.optimize() is True
 
 
 @pytest.mark.parametrize("kind", ["edge", "local"])

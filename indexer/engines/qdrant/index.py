@@ -320,12 +320,15 @@ class QdrantIndex(SearchIndex):
         return rows_of(ids, pids, found, self.manifest.vocabulary_size)
 
     # --- persistence --------------------------------------------------------------------------
-    def optimize(self) -> None:
-        """Merge and index pending segments now (a build calls it periodically by itself)."""
+    def optimize(self) -> bool:
+        """Merge and index pending segments now (a build calls it periodically by itself; a
+        server's optimiser runs by itself); True when points were written since the last time."""
+        written = self._since_optimize > 0
         self.backend.flush()
         self.backend.optimize()
         release_memory()
         self._since_optimize = self._since_flush = 0
+        return written and not self.server
 
     def save(self, path: str | Path) -> None:
         """Write the version directory: the shard moved into it (embedded), the manifest last."""
