@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is pinned in the same pip command as everything that depends on it, so pip takes the
-# local CPU wheel instead of a multi-GB CUDA build.
+# torch is pinned in the same install command as everything that depends on it, so the local
+# CPU wheel is taken instead of a multi-GB CUDA build. uv installs (in parallel, byte-compiled
+# as pip would); it does not read pip's configuration, so pip's find-links (where the local
+# wheels lie) are passed on.
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= train,index,service,dev
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: help venv demo test lint format bench bench-gpu clean
@@ -15,8 +18,9 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)" -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode \
+		$(addprefix --find-links ,$(FIND_LINKS)) "$(TORCH_PIN)" -e ".[$(EXTRAS)]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)  ## create or update the virtual environment
