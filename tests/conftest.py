@@ -93,11 +93,12 @@ def start_demo(folder: Path) -> subprocess.Popen:
     """``lexvla demo --no-serve`` with its default recipe in its own process, as ``make demo``
     runs it, not inside a test worker: a worker holds the threads of every test before it
     (servers, executors, writers), and the training's data-loader worker is a fork that would
-    copy whatever locks they hold. Its output goes to ``folder/out``, then its exit status to
-    ``folder/rc`` (written last, by a rename), which any process can wait for."""
+    copy whatever locks they hold. Its output goes to ``folder/out`` (stderr: ``folder/err``),
+    then its exit status to ``folder/rc`` (written last, by a rename), which any process can
+    wait for."""
     command = [sys.executable, "-m", "lexvla", "demo", "--workdir", str(folder / "work"),
                "--quiet", "--no-serve"]  # fmt: skip
-    script = '"$@" > "$0/out" 2>&1; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"'
+    script = '"$@" > "$0/out" 2> "$0/err"; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"'
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         ["sh", "-c", script, str(folder), *command], env=env, cwd=REPO, start_new_session=True
@@ -116,12 +117,14 @@ def wait_demo(folder: Path) -> str:
     deadline = time.monotonic() + DEMO_S
     while not (folder / "rc").is_file():
         if time.monotonic() > deadline:
-            out = (folder / "out").read_text(errors="replace")
-            pytest.fail(f"the demo ran past {DEMO_S} s; its output so far:\n{out[-3000:]}")
+            pytest.fail(f"the demo ran past {DEMO_S} s; its output so far:\n{_output(folder)}")
         time.sleep(1)
-    out = (folder / "out").read_text(errors="replace")
-    assert (folder / "rc").read_text().strip() == "0", out[-6000:]
-    return out
+    assert (folder / "rc").read_text().strip() == "0", _output(folder)
+    return (folder / "out").read_text()
+
+
+def _output(folder: Path) -> str:
+    return "".join((folder / name).read_text(errors="replace")[-3000:] for name in ("out", "err"))
 
 
 def selects_demo(config: pytest.Config) -> bool:
