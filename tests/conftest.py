@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 # Tests never touch the network: a missing local model must fail at once, not retry a hub.
@@ -74,44 +80,154 @@ def tiny_model(tiny_checkpoint: Path):
     return LexVLA.from_pretrained(tiny_checkpoint)
 
 
-@pytest.fixture(scope="session")
-def full_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``lexvla demo --no-serve`` with its default recipe (backbone pretraining, LexVLA
-    training, indexing, evaluation), run once for the suite: its work folder and its output.
-    The demo test and the learning test both read it (4-6 minutes on a shared 2-core CPU).
-
-    It runs as its own process, as ``make demo`` runs it, not inside the test worker: the
-    worker holds the threads of every test before it (servers, executors, writers), and the
-    training's data-loader worker is a fork that would copy whatever locks they hold."""
-    import subprocess
-
-    work = tmp_path_factory.mktemp("full-demo") / "work"
-    command = [sys.executable, "-m", "lexvla", "demo", "--workdir", str(work), "--quiet",
-               "--no-serve"]  # fmt: skip
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    try:
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DEMO_S)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the demo ran past {DEMO_S} s; its output so far:\n{exc.stdout}{exc.stderr}")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return work, run.stdout
-
-
+# The demo's run (``full_demo``) is the suite's longest step: the process that starts the run
+# (xdist's controller, or the only process) starts it at once, beside the tests, when the run
+# selects a module that reads it; this variable names its work folder in every process.
+DEMO_ENV = "LEXVLA_TEST_DEMO"
 DEMO_S = 2400  # the demo's own limit in the suite; the tests that read it allow it (+ margin)
+DEMO_READERS = ("tests/test_demo.py", "tests/test_training_learning.py")
+DEMO_NICE = 5  # xdist's workers run this much lower than the demo, the longest step
+
+
+def start_demo(folder: Path) -> subprocess.Popen:
+    """``lexvla demo --no-serve`` with its default recipe in its own process, as ``make demo``
+    runs it, not inside a test worker: a worker holds the threads of every test before it
+    (servers, executors, writers), and the training's data-loader worker is a fork that would
+    copy whatever locks they hold. Its output goes to ``folder/out`` (stderr: ``folder/err``),
+    then its exit status to ``folder/rc`` (written last, by a rename), which any process can
+    wait for."""
+    command = [sys.executable, "-m", "lexvla", "demo", "--workdir", str(folder / "work"),
+               "--quiet", "--no-serve"]  # fmt: skip
+    script = '"$@" > "$0/out" 2> "$0/err"; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"'
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        ["sh", "-c", script, str(folder), *command], env=env, cwd=REPO, start_new_session=True
+    )
+
+
+def stop_demo(process: subprocess.Popen) -> None:
+    """End the demo's process group unless it has ended."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait()
+
+
+def wait_demo(folder: Path) -> str:
+    """The demo's output once its run in ``folder`` has ended; fails unless it succeeded."""
+    deadline = time.monotonic() + DEMO_S
+    while not (folder / "rc").is_file():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the demo ran past {DEMO_S} s; its output so far:\n{_output(folder)}")
+        time.sleep(1)
+    assert (folder / "rc").read_text().strip() == "0", _output(folder)
+    return (folder / "out").read_text()
+
+
+def _output(folder: Path) -> str:
+    return "".join((folder / name).read_text(errors="replace")[-3000:] for name in ("out", "err"))
+
+
+def selects_demo(config: pytest.Config) -> bool:
+    """Whether the run's paths (without ``-k``/``-m``, which may leave the demo out) take in a
+    module that reads the demo, so that starting it early is never wasted."""
+    option = config.option
+    if option.keyword or option.markexpr or option.collectonly or getattr(option, "lf", False):
+        return False
+    root = config.invocation_params.dir
+    readers = [REPO / module for module in DEMO_READERS]
+    for arg in config.args:
+        path = (root / arg.split("::", 1)[0]).resolve()
+        if any(module == path or path in module.parents for module in readers):
+            return True
+    return False
+
+
+_demo_key = pytest.StashKey[tuple[subprocess.Popen, Path]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # xdist's workers yield the cores to the demo
+        os.nice(DEMO_NICE)
+        return
+    if DEMO_ENV in os.environ or not selects_demo(config):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="lexvla-test-demo-"))
+    config.stash[_demo_key] = (start_demo(folder), folder)
+    os.environ[DEMO_ENV] = str(folder)  # xdist's workers, started later, inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _demo_key not in config.stash:
+        return
+    process, folder = config.stash[_demo_key]
+    stop_demo(process)  # if the run stopped before the demo's readers waited for it
+    os.environ.pop(DEMO_ENV, None)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def full_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """The demo's run (backbone pretraining, LexVLA training, indexing, evaluation), once for
+    the suite: its work folder and its output. The demo test and the learning test both read
+    it; it was started with the run (``pytest_configure``) when the run's paths take it in."""
+    if DEMO_ENV in os.environ:
+        folder = Path(os.environ[DEMO_ENV])
+        yield folder / "work", wait_demo(folder)
+        return
+    folder = tmp_path_factory.mktemp("full-demo")
+    process = start_demo(folder)
+    try:
+        yield folder / "work", wait_demo(folder)
+    finally:
+        stop_demo(process)
 
 
 # Modules whose tests must share a process: the demo's readers share its one run (``full_demo``).
 SAME_PROCESS = {"tests/test_training_learning.py": "tests/test_demo.py"}
+# The modules that take longest, longest first: they start first, so that the two processes end
+# together; the demo's readers come last, when its run (started with the session) is done or near.
+LONGEST = [
+    "tests/test_service_workers.py",
+    "tests/test_indexer_runner.py",
+    "tests/test_service_ui.py",
+    "tests/test_readme.py",
+    "tests/test_service_writes_crash.py",
+    "tests/test_service_errors.py",
+    "tests/test_bench_gpu.py",
+    "tests/test_service_writes.py",
+    "tests/test_compact_merges.py",
+    "tests/test_indexer_qdrant_where.py",
+    "tests/test_indexer_qdrant.py",
+    "tests/test_service_config.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The order modules run in (``LONGEST`` first, the demo's readers last); within a module
+    its tests keep their order. Under xdist every worker collects the same order, which the
+    scheduler below keeps."""
+    first = {module: i for i, module in enumerate(LONGEST)}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = item.nodeid.split("::", 1)[0]
+        if module in DEMO_READERS:
+            return (2, DEMO_READERS.index(module))
+        return (0, first[module]) if module in first else (1, 0)
+
+    items.sort(key=rank)  # stable: the collection's order otherwise
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under ``pytest -n N --dist loadscope`` (``make test``) a module's tests run in one worker
     process, so module fixtures (a corpus, a live server, gunicorn workers) are built once and
-    its tests keep their order; ``SAME_PROCESS`` puts modules together, so the demo runs once."""
+    its tests keep their order; ``SAME_PROCESS`` puts modules together, so the demo runs once.
+    Modules are handed out in the collection's order (``pytest_collection_modifyitems``)."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # not by the number of tests: the order above
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

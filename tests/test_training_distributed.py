@@ -158,6 +158,8 @@ def test_a_ddp_run_checkpoints_and_resumes(tmp_path: Path) -> None:
         "model.overrides.image.train_backbone": True,
         # rank 0 pretrains the backbones (2 steps each), every rank gets them
         "pretrain.image.steps": 2, "pretrain.text.steps": 2, "pretrain.num_workers": 0,
+        # rank 0 distils the query table after the last step (2 steps), the others wait for it
+        "query_table.steps": 2, "query_table.batch_size": 4,
     }  # fmt: skip
     mp.spawn(_run_worker, args=(2, free_port(), settings, str(tmp_path)), nprocs=2)
     runs = [torch.load(tmp_path / f"run{r}.pt", weights_only=False) for r in range(2)]

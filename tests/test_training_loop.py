@@ -37,6 +37,8 @@ FAST = {
     # the loop's mechanics on the random backbones (pretraining: tests/test_training_pretrain.py)
     "pretrain.image.steps": 0,
     "pretrain.text.steps": 0,
+    # and without the query table stage after them (tests/test_training_query_table.py)
+    "query_table.steps": 0,
 }
 
 

@@ -10,12 +10,9 @@ vocabulary indices of the image's strong words, with a lookup index) must contai
 required word (``must``) and none of the excluded ones (``must_not`` any), and the ``meta``
 payload must pass every condition.
 
-An embedded index's shard lives in a directory the engine moves around (:func:`open_shard`,
-:func:`copy_shard`, :func:`move_shard`): a published shard is never written, so writes go to a
-copy in a scratch directory (copy-on-write), a shard another process holds open (its WAL is
-locked) is read from a copy, and :meth:`~indexer.engines.qdrant.index.QdrantIndex.save` moves
-the built shard into its version directory. :func:`release_memory` gives the heap an optimisation freed back
-to the OS, and :func:`disk_bytes` measures a shard or version on disk (for benchmarks).
+Where an embedded index's shard lives (copy-on-write) is :mod:`indexer.engines.qdrant.shard`'s.
+:func:`release_memory` gives the heap an optimisation freed back to the OS, and
+:func:`disk_bytes` measures a shard or version on disk (for benchmarks).
 """
 
 from __future__ import annotations
@@ -23,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +31,6 @@ from indexer.filters import WordFilter
 VECTOR = "lex"  # the one sparse vector of every point
 ID = "id"  # payload: the image id
 DATATYPES = ("float32", "float16", "uint8")
-SHARD = "shard"  # the Qdrant Edge shard's directory in a version or scratch directory
 INSTALL_HINT = (
     "install the index extra: pip install 'lexvla[index]' (qdrant-edge-py, qdrant-client)"
 )
@@ -151,47 +145,6 @@ def _edge_module() -> Any:
     except ImportError as exc:
         raise ImportError(f"qdrant-edge-py is not installed; {INSTALL_HINT}") from exc
     return qdrant_edge
-
-
-# --- the embedded shard's directory -----------------------------------------------------------
-def scratch_dir() -> Path:
-    """A new temporary directory for a shard this process builds or copies."""
-    return Path(tempfile.mkdtemp(prefix="lexvla-qdrant-"))
-
-
-def open_shard(shard: Path) -> tuple[EdgeBackend, Path | None]:
-    """The shard at ``shard``, and None; or, when another process has it open (its WAL is
-    locked), a copy of it and the new scratch directory that holds the copy."""
-    try:
-        return EdgeBackend(shard), None
-    except Exception as exc:  # the shard is open in another process (its WAL is locked)
-        if "WAL" not in str(exc):
-            raise
-    scratch = scratch_dir()
-    shutil.copytree(shard, scratch / SHARD)
-    return EdgeBackend(scratch / SHARD), scratch
-
-
-def copy_shard(backend: EdgeBackend, shard_dir: Path) -> Path:
-    """Flush and close ``backend`` (the shard in ``shard_dir``) and copy the shard, lock files
-    left out, into a new scratch directory; returns that directory (the copy is its ``SHARD``)."""
-    scratch = scratch_dir()
-    backend.flush()
-    backend.close()
-    shutil.copytree(shard_dir, scratch / SHARD, ignore=shutil.ignore_patterns("*.lock"))
-    return scratch
-
-
-def move_shard(backend: EdgeBackend, shard_dir: Path, target: Path) -> EdgeBackend:
-    """Optimise, flush and close ``backend``, move its ``shard_dir`` to ``target`` and open it
-    there; the directory it was in is removed when that leaves it empty."""
-    backend.optimize()
-    backend.flush()
-    backend.close()
-    shutil.move(str(shard_dir), str(target))  # a rename on one filesystem
-    with contextlib.suppress(OSError):  # the work or temporary directory, now empty
-        shard_dir.parent.rmdir()
-    return EdgeBackend(target)
 
 
 # --- what Qdrant Edge costs -------------------------------------------------------------------

@@ -24,9 +24,9 @@ same code above them:
 - **embedded** (default): a Qdrant Edge shard in ``<version>/shard/``. ``on_disk`` keeps vectors,
   index and payload memory-mapped; the build calls ``optimize()`` every ``optimize_every``
   upserted points and bounds optimised segments to ``segment_points`` points, so memory during a
-  build stays bounded (docs/results-indexing.md). A published version is
-  never written: writes go to a copy (copy-on-write, like the Lucene engine), which
-  :meth:`save` then moves into the new version directory.
+  build stays bounded (docs/results-indexing.md). A published version is never written: writes
+  go to a copy, which :meth:`save` moves into the new version directory
+  (:mod:`indexer.engines.qdrant.shard`).
 - **server** (``url=`` or ``client=``): a collection on a Qdrant server or cluster, created with
   ``shard_number``, ``replication_factor``, ``write_consistency_factor`` and on-disk storage.
   A new index version is a new collection; the version directory holds only ``index.json``
@@ -39,8 +39,6 @@ On disk (one version directory): ``index.json``; embedded: ``shard/`` (Qdrant Ed
 
 from __future__ import annotations
 
-import shutil
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -49,16 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
-from indexer.engines.qdrant.backends import (
-    DATATYPES,
-    SHARD,
-    EdgeBackend,
-    copy_shard,
-    move_shard,
-    open_shard,
-    release_memory,
-    scratch_dir,
-)
+from indexer.engines.qdrant.backends import DATATYPES, EdgeBackend, release_memory
 from indexer.engines.qdrant.conditions import META, SCHEMA, meta_key, meta_payloads
 from indexer.engines.qdrant.points import point_id, points, query_vectors, rows_of
 from indexer.engines.qdrant.server import (
@@ -68,6 +57,7 @@ from indexer.engines.qdrant.server import (
     create_collection,
     open_published,
 )
+from indexer.engines.qdrant.shard import SHARD, ShardHome, scratch_dir
 from indexer.fields import Where, WhereError
 from indexer.filters import RULE, WordFilter, check_rule
 from indexer.metadata import FieldRegistry
@@ -82,23 +72,13 @@ FLUSH_EVERY = 10_000
 class QdrantIndex(SearchIndex):
     """Sparse dot-product search in Qdrant (Edge in-process, or a server) behind the protocol."""
 
-    def __init__(
-        self,
-        manifest: IndexManifest,
-        backend: Any,
-        shard_dir: Path | None = None,
-        owned: bool = False,
-    ):
+    def __init__(self, manifest: IndexManifest, backend: Any, home: ShardHome | None = None):
         """Use :meth:`create` or :meth:`open`."""
         self.manifest = manifest
         self.backend = backend
         self.datatype = str(manifest.params.get("datatype", "float32"))
         self.optimize_every = int(manifest.params.get("optimize_every") or 0)
-        self._shard_dir = shard_dir  # embedded: where the shard lives now
-        self._owned = owned  # embedded: the shard is this object's own copy (not a published one)
-        # embedded: a temporary directory this object made for its copy, removed by close() (or
-        # when the object is collected unclosed); never a work or version directory
-        self._scratch: weakref.finalize | None = None
+        self._home = home  # embedded: where the shard lives, and whether it is this index's copy
         self._since_optimize = self._since_flush = 0
         self._registry: FieldRegistry | None = None  # the field types of ``meta`` payloads
 
@@ -152,10 +132,10 @@ class QdrantIndex(SearchIndex):
             backend = EdgeBackend(
                 owned_root / SHARD, datatype, on_disk, segment_points, indexing_threshold_kb
             )
-            index = cls(manifest, backend, owned_root / SHARD, owned=True)
-            if not workdir:
-                index._own_scratch(owned_root)
-            return index
+            home = ShardHome(
+                owned_root / SHARD, owned=True, scratch=None if workdir else owned_root
+            )
+            return cls(manifest, backend, home)
         client, where = connect(url, api_key, timeout_s, tls_ca, client)
         collection = (
             collection
@@ -334,22 +314,15 @@ class QdrantIndex(SearchIndex):
         """Write the version directory: the shard moved into it (embedded), the manifest last."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        if not self.server:
-            self._writable()
-            assert self._shard_dir is not None
-            target = path / SHARD
-            self.backend = move_shard(self.backend, self._shard_dir, target)
-            self._shard_dir, self._owned = target, False
-            self._own_scratch(None)
+        if self._home is not None:
+            self.backend = self._home.save(self.backend, path)
         self.manifest.count, self.manifest.deleted = self.count(), 0
         self.manifest.save(path)
 
     def moved(self, path: Path) -> None:
         """The version directory this index was saved to was renamed to ``path`` (publish)."""
-        if not self.server:
-            self.backend.close()
-            self._shard_dir = Path(path) / SHARD
-            self.backend = EdgeBackend(self._shard_dir)
+        if self._home is not None:
+            self.backend = self._home.moved(self.backend, Path(path))
 
     def activate(self) -> str | None:
         """Server: point the alias at this collection (atomic); returns the previous collection."""
@@ -360,18 +333,8 @@ class QdrantIndex(SearchIndex):
     def close(self) -> None:
         """Close the shard; a temporary copy this object made (never a saved one) is removed."""
         self.backend.close()
-        if self._scratch is not None:
-            self._scratch()
-
-    def _own_scratch(self, scratch: Path | None) -> None:
-        """Make ``scratch`` the temporary directory removed with this object (None: keep all)."""
-        if self._scratch is not None:
-            self._scratch.detach()
-        self._scratch = (
-            None
-            if scratch is None
-            else weakref.finalize(self, shutil.rmtree, str(scratch), ignore_errors=True)
-        )
+        if self._home is not None:
+            self._home.close()
 
     @classmethod
     def open(
@@ -390,7 +353,7 @@ class QdrantIndex(SearchIndex):
             raise ValueError(f"{path} holds a {manifest.engine!r} index, not a {ENGINE!r} one")
         check_rule(manifest.params, f"the index at {path}")
         if manifest.params.get("backend") != "server":
-            return cls._open_embedded(manifest, path / SHARD)
+            return cls(manifest, *ShardHome.open(path / SHARD))
         params = manifest.params
         url = url or params.get("url")
         if client is None and not url:
@@ -413,19 +376,7 @@ class QdrantIndex(SearchIndex):
         client, where = connect(url, api_key, timeout_s, tls_ca, client)
         return cls(*attach_collection(client, where, collection, alias, url))
 
-    @classmethod
-    def _open_embedded(cls, manifest: IndexManifest, shard: Path) -> Self:
-        backend, scratch = open_shard(shard)  # a copy when another process has it open
-        index = cls(manifest, backend, backend.path, owned=scratch is not None)
-        index._own_scratch(scratch)
-        return index
-
     def _writable(self) -> None:
         """Copy-on-write: a published shard is never modified in place."""
-        if self.server or self._owned:
-            return
-        assert self._shard_dir is not None
-        scratch = copy_shard(self.backend, self._shard_dir)
-        self._shard_dir, self._owned = scratch / SHARD, True
-        self._own_scratch(scratch)
-        self.backend = EdgeBackend(scratch / SHARD)
+        if self._home is not None:
+            self.backend = self._home.writable(self.backend)
