@@ -77,7 +77,7 @@ def test_build_paths_and_targets_exist():
         assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
     # build steps that run project code name functions that exist
     imports = re.findall(r"from ([\w.]+) import (\w+)", DOCKERFILE)
-    assert ("indexer.engines.compact.index", "compile_kernels") in imports
+    assert ("indexer.engines.compact.warmup", "compile_kernels") in imports
     for module, name in imports:
         assert callable(getattr(importlib.import_module(module), name)), f"{module}.{name}"
 

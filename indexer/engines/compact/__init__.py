@@ -4,12 +4,12 @@ compiled kernels on every core; ``docs/compact.md`` describes it.
 Package map:
 
 - ``index.py``: :class:`~indexer.engines.compact.index.CompactIndex` (writes, blocks, saving and
-  opening) and ``compile_kernels``;
+  opening); ``warmup.py``: ``compile_kernels``, every kernel compiled ahead of a first search;
 - ``snapshot.py``: the engine's state (blocks, scales, live masks) that searches read;
 - ``search.py``: pruning plan, threaded scoring and re-scoring over a snapshot;
 - ``pruning.py``: :class:`~indexer.engines.compact.pruning.ImpactPruning` (plain settings);
 - ``block.py``: one immutable block and its files; ``files.py``: the blocks of a version on
-  disk; ``merge.py``: runs of small blocks merged into full ones;
+  disk; ``merge.py``: tiered merges of small blocks, and a build's shape after writes;
 - ``block_kernels.py``, ``impact_kernels.py``, ``prefetch.py``: the numba kernels.
 
 This module declares the engine to the registry (:class:`CompactEngine`: options and hooks); it

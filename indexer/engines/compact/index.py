@@ -24,12 +24,8 @@ of the query's postings whose best partial scores are then re-scored completely.
 **Threads.** A search splits its blocks over ``threads`` threads (one accumulator per block,
 256 KiB, kept in L2). Searches, adds and deletes may run concurrently: readers take a snapshot of
 the block list and live masks under ``_lock`` and score without it; writers build new arrays and
-swap them in under the lock (copy-on-write), so a search never sees half a change.
-
-**On disk** (one version directory, :mod:`indexer.engines.compact.files`): ``index.json``
-(manifest; ``params.blocks`` lists the blocks with their scales), ``blocks/bNNNNNN/*.npy``
-(immutable: a new version hard-links the blocks it shares with the one it came from) and
-``live/bNNNNNN.npy`` for blocks with deletions.
+swap them in under the lock (copy-on-write), so a search never sees half a change. On disk: one
+version directory (:mod:`indexer.engines.compact.files` has its layout).
 """
 
 from __future__ import annotations
@@ -45,7 +41,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexer import filters as wf
-from indexer import scoring_kernels
 from indexer.engines.base import Hit, IndexManifest, SearchIndex, as_query_row, check_rows
 from indexer.engines.compact import impact_kernels as kernels
 from indexer.engines.compact.block import (
@@ -403,18 +398,3 @@ class CompactIndex(SearchIndex):
         for b, mask in masks.items():
             index._snap.live[b] = mask
         return index
-
-
-def compile_kernels() -> None:
-    """Compile (or load from numba's cache) every kernel, on a tiny index, and the
-    contributions of a page of its rows: a first search in a fresh environment would otherwise
-    pay a few seconds of compilation (images do this at build time)."""
-    rng = np.random.default_rng(0)
-    rows = sp.random(64, 50, density=0.3, random_state=rng, format="csr", dtype=np.float32)
-    index = CompactIndex.create(50, pruning=ImpactPruning(min_postings=0, candidates=2))
-    index.add([str(i) for i in range(64)], rows)
-    index.search(rows[0], 3)
-    index.search(rows[0], 3, pruning=None)
-    found = index.vectors_of(["0", "1"])
-    query = rows[0].toarray().ravel().astype(np.float64)
-    scoring_kernels.page_contributions(found.indptr, found.indices, found.data, query, 20)
