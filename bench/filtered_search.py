@@ -102,17 +102,24 @@ def exact_tops(rows: sp.csr_matrix, queries: list[sp.csr_matrix], masks: dict) -
     return out
 
 
-def build_small(
-    work: Path, rows: sp.csr_matrix, buckets: np.ndarray, columns: Any, engine: str
+def cached_index(
+    work: Path,
+    rows: sp.csr_matrix,
+    buckets: np.ndarray,
+    columns: Any,
+    engine: str,
+    datatype: str = "float32",
 ) -> tuple[Any, float]:
-    """The ``engine`` index of ``rows`` (cached in ``work``) and its build seconds."""
+    """The ``engine`` index of ``rows`` (built once into ``work``, reused by later runs and by
+    bench/index_search.py's ``qdrant:prebuilt=DIR``) and its build seconds; ``datatype``: the
+    Qdrant values (float32 keeps its scores exact; float16 halves its disk)."""
     from indexer.engines import engine as get_engine
 
-    target = work / f"{engine}-{rows.shape[0]}"
+    target = cached_path(work, engine, rows.shape[0], datatype)
     info = target / "build.json"
     if not info.is_file():
         start = time.perf_counter()
-        index = _create(engine, rows.shape[1], rows.shape[0], work, columns.registry)
+        index = _create(engine, rows.shape[1], rows.shape[0], work, columns.registry, datatype)
         ids = [f"img-{i:07d}" for i in range(rows.shape[0])]
         for a in range(0, rows.shape[0], CHUNK):
             part, block = ids[a : a + CHUNK], rows[a : a + CHUNK]
@@ -133,11 +140,20 @@ def build_small(
     return opened, json.loads(info.read_text())["build_s"]
 
 
-def _create(engine: str, vocabulary_size: int, n: int, work: Path, registry: Any) -> Any:
+def cached_path(work: Path, engine: str, n: int, datatype: str = "float32") -> Path:
+    """Where :func:`cached_index` keeps an index (its saved version is ``<path>/version``)."""
+    return work / (f"{engine}-{n}" if datatype == "float32" else f"{engine}-{n}-{datatype}")
+
+
+def _create(
+    engine: str, vocabulary_size: int, n: int, work: Path, registry: Any, datatype: str
+) -> Any:
     if engine == "qdrant":
         from indexer.engines.qdrant.index import QdrantIndex
 
-        index = QdrantIndex.create(vocabulary_size, workdir=work / f".qdrant-{n}")
+        index = QdrantIndex.create(
+            vocabulary_size, datatype=datatype, on_disk=True, workdir=work / f".qdrant-{n}"
+        )
         index.declare_fields(registry)
         return index
     from indexer.engines.compact.index import CompactIndex
@@ -194,6 +210,20 @@ def measure(
     }
 
 
+def prepare(args: argparse.Namespace) -> None:
+    """Build the cached Qdrant index of all the corpus (as :func:`run` would, then reuses)."""
+    corpus = cached_corpus(args.corpus, 1_000_000)
+    n = corpus.rows.shape[0]
+    buckets = np.random.default_rng(args.seed).integers(0, 100, n)
+    part = bucket_columns(buckets)
+    index, build_s = cached_index(
+        Path(args.work), corpus.rows, buckets, part, "qdrant", args.full_datatype
+    )
+    index.close()
+    path = cached_path(Path(args.work), "qdrant", n, args.full_datatype)
+    print(f"{path}: built in {build_s:.0f} s", flush=True)
+
+
 def run(args: argparse.Namespace) -> dict:
     from bench.serve import machine
     from indexer.engines import engine as get_engine
@@ -222,10 +252,13 @@ def run(args: argparse.Namespace) -> dict:
         tops = exact_tops(rows, queries, masks)
         print(f"{n:,}: exact reference in {time.perf_counter() - t:.0f} s", flush=True)
         passing = {k: round(float(m.mean()), 4) for k, m in masks.items()}
-        engines = ["compact", "qdrant"] if n == small else ["compact"]
+        engines = ["compact", "qdrant"] if n == small or args.full_qdrant else ["compact"]
         for name in engines:
-            if n == small:
-                index, build_s = build_small(Path(args.work), rows, buckets[:n], part, name)
+            if n == small or name == "qdrant":
+                datatype = "float32" if n == small else args.full_datatype
+                index, build_s = cached_index(
+                    Path(args.work), rows, buckets[:n], part, name, datatype
+                )
             else:
                 chosen = get_engine("compact")
                 index, build_s = chosen.open(version, chosen.options("open", {"mmap": True})), None
@@ -293,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                     help="also the 1M compact index (--index)")  # fmt: skip
+    ap.add_argument("--full-qdrant", action=argparse.BooleanOptionalAction, default=True,
+                    help="also Qdrant Edge of the 1M images (built once into --work)")  # fmt: skip
+    ap.add_argument("--full-datatype", default="float16", choices=["float32", "float16"],
+                    help="Qdrant's values at 1M (float16: half the disk of float32)")  # fmt: skip
+    ap.add_argument("--prepare", action="store_true",
+                    help="only build the cached 1M Qdrant index (--work), then exit")  # fmt: skip
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, help="write the results as JSON")
     ap.add_argument("--page", type=Path, help="write the results page from --from")
@@ -303,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--page needs --from RESULTS.json")
         report = json.loads((ROOT / args.source).read_text())
         args.page.write_text(page(report, args.source))
+        return 0
+    if args.prepare:
+        prepare(args)
         return 0
     if not args.index:
         ap.error("--index (the 1M compact index) is needed to run")

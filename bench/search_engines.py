@@ -12,7 +12,9 @@ An engine spec is ``name[:key=value,...]``: ``memory``, ``memory:pruning=default
 (searched as the service does: a corpus store is written beside the index, and a page of 10 is
 re-scored from its float rows, :func:`indexer.scoring.search`), ``scipy`` (a plain CSR product
 over the inverted matrix: the baseline any engine must beat), ``lucene:scale=100``, and
-``qdrant:...`` (options passed to the engine as given).
+``qdrant:...`` (options passed to the engine as given; ``qdrant:prebuilt=DIR`` opens
+``DIR/version``, an index bench/filtered_search.py built and cached, whose ids ``img-%07d`` are
+the corpus rows, instead of building one).
 """
 
 from __future__ import annotations
@@ -166,6 +168,11 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     out = Path(spec["index_dir"])
     if name == "scipy":
         return {"note": "built in the serving process"}
+    if options.get("prebuilt"):
+        built = Path(options["prebuilt"])
+        disk = sum(f.stat().st_size for f in (built / "version").rglob("*") if f.is_file())
+        info = json.loads((built / "build.json").read_text())
+        return {"note": f"prebuilt: {built}", **info, "disk_gb": round(disk / 1e9, 3)}
     probe = MemoryProbe()
     t = time.perf_counter()
     spill = out.parent / f".spill-{out.name}"
@@ -211,7 +218,10 @@ def serve(spec: dict[str, Any]) -> dict[str, Any]:
     elif _options.get("served"):
         search = served_search(name, Path(spec["index_dir"]))
     else:
-        index = open_engine(name, Path(spec["index_dir"]))
+        prebuilt = _options.get("prebuilt")
+        index = open_engine(
+            name, Path(prebuilt) / "version" if prebuilt else Path(spec["index_dir"])
+        )
 
         def search(q: sp.csr_matrix, k: int) -> list[tuple[str, float]]:
             return index.search(q, k)
@@ -227,7 +237,7 @@ def serve(spec: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()
             hits = search(qs[i], k)
             times.append(time.perf_counter() - start)
-            found.append([h[0] for h in hits])
+            found.append([h[0].removeprefix("img-") for h in hits])  # ids -> corpus rows
         ms = np.array(times) * 1e3
         clients = spec["clients"]
         start = time.perf_counter()
