@@ -128,7 +128,9 @@ def run_section(report: dict, source: str) -> list[str]:
             f"{serve['sizes'][str(m)]['recall@10']} ({serve['sizes'][str(m)]['rescored@10']})"
             for m in sizes
         )
-        built = build.get("build_s", "in the serving process")
+        built = build.get("build_s") or (
+            "prebuilt" if "prebuilt" in build.get("note", "") else "in the serving process"
+        )
         lines.append(
             f"| `{spec}` | {' | '.join(cells)} | {recalls} | {built} | {build.get('disk_gb', '')} |"
         )
