@@ -60,7 +60,10 @@ def scale_note(largest: int) -> list[str]:
             "1000 --llama2`, Qdrant Edge with float16 values on disk by `bench/filtered_search.py "
             "--prepare` (float16 halves the disk of float32 values); their build s are those "
             "builds' where recorded. scipy is left out at 1M: its inverted matrix (8 GB) does "
-            "not fit beside the others on this machine. " + ten_m
+            "not fit beside the others on this machine. The served row's 30-word column, its "
+            "first queries after 3 warm-up ones, includes reading the corpus store's catalog "
+            'and rows from disk ([lab-notes.md](lab-notes.md), "Where a served compact '
+            "search's time goes\"). " + ten_m
         ]
     return [
         "1M images side by side with Qdrant Edge and scipy did not fit the shared machine "
