@@ -1,5 +1,6 @@
 """Filtered search: metadata conditions passing 1%, 10% and 50% of the images, against unfiltered.
 
+    python bench/filtered_search.py --prepare --corpus /tmp/lexvla-bench --work /tmp/filtered-bench
     python bench/filtered_search.py --index /tmp/lexvla-bench/index-1000000-17234-1000-compact \\
         --corpus /tmp/lexvla-bench --small 100000 --work /tmp/filtered-bench \\
         --out docs/results/filtered-search.json
@@ -13,7 +14,9 @@ columns built here (``FieldColumns.build``) with one integer field, ``bucket``, 
 from 0..99 per image, so ``bucket < 1|10|50`` passes 1%, 10%, 50% of the images. The first
 ``--small`` images are also indexed here (into ``--work``, reused by later runs) by the compact
 engine and by Qdrant Edge (float32, on disk; the bucket in each point's payload with a float
-payload index), as the engine builds would. Queries are words-mode queries (the service's
+payload index), as the engine builds would; all the images by Qdrant Edge too, with
+``--full-datatype`` values (float16: half the disk), built once (``--prepare`` builds only that).
+Queries are words-mode queries (the service's
 ``words`` mode: a random caption from the tiny preset's words, tokenized with the Llama 2
 tokenizer, bag of words, L2-normalised).
 
