@@ -12,7 +12,10 @@ An engine spec is ``name[:key=value,...]``: ``memory``, ``memory:pruning=default
 (searched as the service does: a corpus store is written beside the index, and a page of 10 is
 re-scored from its float rows, :func:`indexer.scoring.search`), ``scipy`` (a plain CSR product
 over the inverted matrix: the baseline any engine must beat), ``lucene:scale=100``, and
-``qdrant:...`` (options passed to the engine as given).
+``qdrant:...`` (options passed to the engine as given). ``prebuilt=DIR`` serves an index built
+elsewhere instead of building one (``DIR/version``: bench/filtered_search.py's cached Qdrant
+index; ``DIR/CURRENT``: a published index, e.g. bench/serve.py's compact one; ids ``img-%07d``
+are the corpus rows), with ``store=DIR`` the corpus store a served engine re-scores from.
 """
 
 from __future__ import annotations
@@ -79,6 +82,17 @@ class MemoryProbe:
         return {k: round(v, 2) for k, v in self.peak.items()}
 
 
+SERVING_OPTIONS = ("served", "prebuilt", "store")  # how a spec is served, not the engine's
+
+
+def compact_pruning(options: dict[str, Any]) -> Any:
+    """A compact spec's pruning settings (None: ``pruning=none``, exact search)."""
+    from indexer.engines.compact.pruning import ImpactPruning
+
+    opts = {k: v for k, v in options.items() if k not in SERVING_OPTIONS}
+    return None if opts.pop("pruning", "default") == "none" else ImpactPruning(**opts)
+
+
 def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: int, spill: Path):
     from indexer.engines import engine
     from indexer.engines.engine import BuildHints
@@ -89,11 +103,7 @@ def create_engine(name: str, options: dict[str, Any], vocabulary_size: int, n: i
 
         opts = {"pruning": Pruning() if opts.get("pruning") == "default" else None}
     elif name == "compact":
-        from indexer.engines.compact.pruning import ImpactPruning
-
-        opts.pop("served", None)  # a serving option (see serve), not the engine's
-        pruning = opts.pop("pruning", "default")
-        opts = {"pruning": None if pruning == "none" else ImpactPruning(**opts)}
+        opts = {"pruning": compact_pruning(opts)}
     elif name == "lucene":
         opts = {"scale": float(opts.get("scale", 100)), "rescore": True}
     elif name == "qdrant":  # Qdrant Edge: datatype=float32|float16|uint8, on_disk=True|False
@@ -109,6 +119,25 @@ def open_engine(name: str, path: Path) -> Any:
     chosen = engine(name)
     mmap = {"mmap": True} if name in ("memory", "compact", "lucene") else {}
     return chosen.open(path, chosen.options("open", mmap))
+
+
+def prebuilt_version(path: str) -> Path:
+    """The saved version of a prebuilt index directory (``version`` or ``versions/CURRENT``)."""
+    top = Path(path)
+    if (top / "version").is_dir():
+        return top / "version"
+    return top / "versions" / (top / "CURRENT").read_text().strip()
+
+
+def open_index(name: str, options: dict[str, Any], index_dir: Path) -> Any:
+    """The index a serve step searches: the one built into ``index_dir``, or a prebuilt one
+    (a compact one then searched with the spec's pruning, as if built with it)."""
+    if not options.get("prebuilt"):
+        return open_engine(name, index_dir)
+    index = open_engine(name, prebuilt_version(options["prebuilt"]))
+    if name == "compact":
+        index.pruning = compact_pruning(options)
+    return index
 
 
 def store_dir(index_dir: Path) -> Path:
@@ -140,15 +169,14 @@ def write_store(path: Path, rows: sp.csr_matrix) -> None:
     store.close()
 
 
-def served_search(name: str, index_dir: Path) -> Any:
+def served_search(index: Any, store_path: Path) -> Any:
     """Search as the service does (its default settings): the engine's candidates re-scored
     exactly from the corpus store's float rows (:func:`indexer.scoring.search`), a page of 10
     with 20 matched words listed per hit."""
     from indexer import scoring
     from indexer.store import CorpusStore
 
-    index = open_engine(name, index_dir)
-    store = CorpusStore.open(store_dir(index_dir))
+    store = CorpusStore.open(store_path)
 
     def search(q: sp.csr_matrix, k: int) -> list[tuple[str, float]]:
         out = scoring.search(
@@ -166,6 +194,12 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     out = Path(spec["index_dir"])
     if name == "scipy":
         return {"note": "built in the serving process"}
+    if options.get("prebuilt"):
+        version = prebuilt_version(options["prebuilt"])
+        disk = sum(f.stat().st_size for f in version.rglob("*") if f.is_file())
+        info = version.parent / "build.json"
+        built = json.loads(info.read_text()) if info.is_file() else {}
+        return {"note": f"prebuilt: {version}", **built, "disk_gb": round(disk / 1e9, 3)}
     probe = MemoryProbe()
     t = time.perf_counter()
     spill = out.parent / f".spill-{out.name}"
@@ -209,9 +243,11 @@ def serve(spec: dict[str, Any]) -> dict[str, Any]:
             return [(str(r), float(s)) for r, s in zip(rows, best, strict=True)]
 
     elif _options.get("served"):
-        search = served_search(name, Path(spec["index_dir"]))
+        index_dir = Path(spec["index_dir"])
+        store = Path(_options["store"]) if _options.get("prebuilt") else store_dir(index_dir)
+        search = served_search(open_index(name, _options, index_dir), store)
     else:
-        index = open_engine(name, Path(spec["index_dir"]))
+        index = open_index(name, _options, Path(spec["index_dir"]))
 
         def search(q: sp.csr_matrix, k: int) -> list[tuple[str, float]]:
             return index.search(q, k)
@@ -227,7 +263,7 @@ def serve(spec: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()
             hits = search(qs[i], k)
             times.append(time.perf_counter() - start)
-            found.append([h[0] for h in hits])
+            found.append([h[0].removeprefix("img-") for h in hits])  # ids -> corpus rows
         ms = np.array(times) * 1e3
         clients = spec["clients"]
         start = time.perf_counter()

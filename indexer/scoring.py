@@ -265,7 +265,7 @@ def search(
         rows = row_vectors(index, store, ids)
         q = dense_query(query)
         if not exact:  # exact re-scoring of every candidate, then the page
-            scores = np.asarray(rows.astype(np.float64) @ q).ravel()
+            scores = kernels.row_scores(rows.indptr, rows.indices, rows.data, q)
             order = np.lexsort((np.arange(len(ids)), -scores))[offset : offset + top_k]
             rows, ids = rows[order], [ids[i] for i in order]
         hits = scored_hits(ids, q, rows, vocabulary, matched_limit)

@@ -32,7 +32,7 @@ PAGES = {  # page -> the command that writes it (its --page argument replaced he
     ],
     "docs/results-search-scaling.md": [
         "bench/search_scaling.py", "--page", "PAGE", "--from", "docs/results/search-10k.json",
-        "--from", "docs/results/search-100k.json",
+        "--from", "docs/results/search-100k.json", "--from", "docs/results/search-1m.json",
         "--planner", "docs/results/compact-planner-100k.json",
         "--planner", "docs/results/compact-planner-1m.json",
     ],

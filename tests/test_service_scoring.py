@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from indexer.engines.base import IndexManifest, SearchIndex
 from indexer.engines.memory.index import MemoryIndex, Pruning
 from indexer.scoring import scored_hit, scored_hits
+from indexer.scoring_kernels import row_scores
 from model.vocabulary import Vocabulary
 from service.core.errors import InvalidInput
 from service.search import heatmap, served
@@ -303,3 +304,24 @@ def test_a_page_of_hits_equals_each_hit_scored_alone(vocab):
         scored_hits(ids[:2], q, page, vocab)
     with pytest.raises(ValueError, match="rows of 8 words for a query of 7"):
         scored_hits(ids, q[:7], page, vocab)
+
+
+def test_candidate_scores_are_the_float64_dot_products_of_their_rows():
+    """row_scores (what chooses the page among re-scored candidates) against scipy's float64
+    product, rows in any word order, empty rows and a query with zero weights included."""
+    rng = np.random.default_rng(5)
+    rows = sp.random(30, 200, density=0.1, format="csr", dtype=np.float32, random_state=rng)
+    rows[4] = 0  # a row with no words
+    rows.eliminate_zeros()
+    shuffled = rows.copy()
+    for n in range(rows.shape[0]):  # each row's words out of order
+        a, b = shuffled.indptr[n], shuffled.indptr[n + 1]
+        order = rng.permutation(b - a) + a
+        shuffled.indices[a:b], shuffled.data[a:b] = rows.indices[order], rows.data[order]
+    q = np.where(rng.random(200) < 0.5, rng.random(200), 0.0)
+    expected = np.asarray(rows.astype(np.float64) @ q).ravel()
+    for page in (rows, shuffled):
+        got = row_scores(page.indptr, page.indices, page.data, q)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+    assert got[4] == 0.0
