@@ -19,11 +19,11 @@ rows. When the delta and the deleted rows together pass :func:`fold_threshold` o
 are folded into a new base. The delta is written whole by each write, ``d / 2`` rows on average
 when it folds at ``d``, and a fold writes the ``n`` rows of the base once every ``d`` writes:
 ``d / 2 + n / d`` rows a write is least at ``d = sqrt(2 n)``, the threshold (with a floor, so
-that small collections fold rarely). Every answer equals that of the columns
-built from the live records at once (:meth:`FieldColumns.build`; sort keys give the same order,
-their numbers may differ), and a fold's arrays are a build's; a segmented version maps its
-rows to the two segments once, when first asked (a few numpy passes over the rows), and masks,
-sort keys and facets are numpy work per segment.
+that small collections fold rarely). Every answer equals that of the columns built from the
+live records at once (:meth:`FieldColumns.build`; sort keys give the same order, their numbers
+may differ), and a fold's arrays are a build's; a segmented version maps its rows to the two
+segments once, when first asked (a few numpy passes over the rows), and masks, sort keys and
+facets are numpy work per segment.
 
 ``fields/`` holds ``columns.json`` (format, count, the field registry, the corpus store's write
 sequence the version reflects, each segment's fields and arrays), ``base/`` (a segment's
@@ -144,8 +144,7 @@ class FieldColumns:
         )
 
     def folded(self) -> FieldColumns:
-        """The same columns as one base segment (delta and deleted rows folded in, with numpy
-        only); ``self`` when there is nothing to fold."""
+        """The same columns as one base segment (delta and deleted rows folded in), or self."""
         if self.plain:
             return self
         live = np.ones(len(self.base), dtype=bool)
