@@ -8,7 +8,9 @@ corpus size):
 Per run: its machine, date and command, then a row per engine with p50 / p99 latency per query
 size, the p50 as a multiple of the first engine's (engines of one run ran one after another on
 the same machine, so the ratios are the comparable figures on a shared one), recall@10 as the
-engine returns its hits and after exact re-scoring, build time and disk.
+engine returns its hits and after exact re-scoring, build time and disk. Runs that time the
+queries twice report the second pass and, after "cold", the first (which reads what the
+queries touch from disk when it is not in the page cache).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ alone (its quantised order, 40 hits: the recall in brackets is after exact re-sc
 the service returns); `compact:pruning=none` is exact search in quantised scores; `qdrant` is
 Qdrant Edge with float32 values in RAM; `scipy` is a CSR product over the inverted matrix.
 Corpora and queries: bench/index_synthetic.py (*topics*: each query describes one image;
-~1,000 active words of 17,234 per image). Recall@10 is against the exact float32 top 10."""
+~1,000 active words of 17,234 per image). Recall@10 is against the exact float32 top 10.
+Where a cell says *cold*, its first figures are the second of two passes over the queries and
+the cold ones the first (after 3 warm-up queries), which reads from disk what the page cache
+does not hold."""
 
 
 def page(runs: list[tuple[dict, str]], planners: Sequence[tuple[dict, str]] = ()) -> str:
@@ -60,10 +65,10 @@ def scale_note(largest: int) -> list[str]:
             "1000 --llama2`, Qdrant Edge with float16 values on disk by `bench/filtered_search.py "
             "--prepare` (float16 halves the disk of float32 values); their build s are those "
             "builds' where recorded. scipy is left out at 1M: its inverted matrix (8 GB) does "
-            "not fit beside the others on this machine. The served row's 30-word column, its "
-            "first queries after 3 warm-up ones, includes reading the corpus store's catalog "
-            'and rows from disk ([lab-notes.md](lab-notes.md), "Where a served compact '
-            "search's time goes\"). " + ten_m
+            "not fit beside the others on this machine. The served row re-scores from the "
+            "corpus store: its cold pass includes reading the store's catalog and rows from "
+            "disk ([lab-notes.md](lab-notes.md), \"Where a served compact search's time "
+            'goes"). ' + ten_m
         ]
     return [
         "1M images side by side with Qdrant Edge and scipy did not fit the shared machine "
@@ -126,7 +131,12 @@ def run_section(report: dict, source: str) -> list[str]:
         cells = []
         for m in sizes:
             row, base = serve["sizes"][str(m)], first[str(m)]["p50_ms"]
-            cells.append(f"{row['p50_ms']} / {row['p99_ms']} ({row['p50_ms'] / base:.2f})")
+            cold = (
+                f"; cold {row['cold_p50_ms']} / {row['cold_p99_ms']}"
+                if "cold_p50_ms" in row
+                else ""
+            )
+            cells.append(f"{row['p50_ms']} / {row['p99_ms']} ({row['p50_ms'] / base:.2f}{cold})")
         recalls = " / ".join(
             f"{serve['sizes'][str(m)]['recall@10']} ({serve['sizes'][str(m)]['rescored@10']})"
             for m in sizes
