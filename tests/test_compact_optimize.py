@@ -25,13 +25,19 @@ def test_the_fresh_shape_fills_blocks_evenly_in_order_and_splits_a_block_between
     shape = fresh_shape(live)  # 69,005 live rows: two blocks, as a build of them makes
     per_block = -(-69_005 // 2)
     assert [[b for b, _ in parts] for parts in shape] == [[0], [0, 1, 2]]
-    assert [sum(int(r.sum()) for _, r in parts) for parts in shape] == [per_block, 69_005 - per_block]
+    assert [sum(int(r.sum()) for _, r in parts) for parts in shape] == [
+        per_block,
+        69_005 - per_block,
+    ]
     first, rest = shape[0][0][1], shape[1][0][1]
     assert not (first & rest).any() and (first | rest).all()  # block 0 split, every row once
     assert np.flatnonzero(first).max() < np.flatnonzero(rest).min()  # in order
     assert (shape[1][1][1] == deleted).all()  # deleted rows are not taken
     halves = fresh_shape([np.ones(MAX_ROWS // 2, bool)] * 2)  # a build's shape already
-    assert [[(b, bool(r.all())) for b, r in parts] for parts in halves] == [[(0, True)], [(1, True)]]
+    assert [[(b, bool(r.all())) for b, r in parts] for parts in halves] == [
+        [(0, True)],
+        [(1, True)],
+    ]
 
 
 def written_one_by_one(rows: sp.csr_matrix, ids: list[str], seed: int):
