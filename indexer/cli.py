@@ -18,10 +18,10 @@ lexvla index info corpus/   (or an index directory)
 The flags of ``build`` and ``add`` are generated from :class:`indexer.job.IndexJob` (its
 field descriptions are the help, its defaults the defaults), and every command that writes an
 index takes each registered engine's build options as ``--<engine>-<option>`` flags generated
-from the engine's options model (``delete`` and ``optimize`` its open options); a flag of another engine than
-the one chosen is refused. Bad input (a missing folder, a
-manifest without an image column, an unknown engine, a checkpoint that is not one) ends the
-command with one line on stderr and exit status 2, never a traceback.
+from the engine's options model (``delete`` and ``optimize`` its open options); a flag of
+another engine than the one chosen is refused. Bad input (a missing folder, a manifest without
+an image column, an unknown engine, a checkpoint that is not one) ends the command with one
+line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations

@@ -236,7 +236,9 @@ class LiveWriter:
     def _publish(self, change: Change | None) -> str | None:
         """Publish the current version with ``change`` applied (see the module docstring);
         ``None``: catch up only, returning None when the version reflects the store."""
-        return self._publish_with(lambda index: self._apply(index, change))
+        version = self._publish_with(lambda index: self._apply(index, change))
+        self.written = self.written or version is not None
+        return version
 
     def _publish_with(self, apply: Callable[[SearchIndex], bool]) -> str | None:
         """Publish the current version once ``apply`` changed it (False: nothing to publish,
@@ -251,7 +253,6 @@ class LiveWriter:
             index.close()
             raise
         self._open = (version.name, index)
-        self.written = apply is not optimize
         prune(self.index_dir, keep=KEEP_VERSIONS)
         return version.name
 

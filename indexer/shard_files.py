@@ -1,11 +1,10 @@
-"""A corpus store's vector shards (``vectors/shard-NNNNN.npz`` and ``.ids.json``): checked,
-written atomically, and read in place (memory-mapped) without loading them."""
+"""A corpus store's vector shards (``vectors/shard-NNNNN.npz`` and ``.ids.json``): written
+atomically, and read in place (memory-mapped) without loading them."""
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,6 @@ from common.atomic import atomic_write_json, fsync_file, temp_path
 def shard_path(folder: Path, shard: int) -> Path:
     """The matrix file of shard number ``shard`` in a store's ``vectors`` folder."""
     return folder / f"shard-{shard:05d}.npz"
-
-
-def check_shard(ids: Sequence[str], rows: sp.csr_matrix, vocabulary_size: int) -> None:
-    """ValueError unless ``rows`` are one non-negative row per distinct id."""
-    if rows.shape != (len(ids), vocabulary_size):
-        raise ValueError(
-            f"expected rows of shape ({len(ids)}, {vocabulary_size}), got {rows.shape}"
-        )
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids within one shard must be distinct")
-    if rows.nnz and float(rows.data.min()) < 0:
-        raise ValueError("lexical vectors are non-negative; got negative weights")
 
 
 def write_shard(folder: Path, shard: int, ids: list[str], rows: sp.csr_matrix) -> None:

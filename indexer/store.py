@@ -49,10 +49,11 @@ import scipy.sparse as sp
 from common.atomic import atomic_write_bytes, atomic_write_json, now_iso
 from indexer.catalog import Catalog, ImageRecord
 from indexer.decode import ImageInfo
+from indexer.engines.base import check_rows
 from indexer.engines.versions import write_lock
 from indexer.fields import FieldColumns
 from indexer.metadata import BUILTIN_FIELDS, FieldRegistry
-from indexer.shard_files import check_shard, map_csr_npz, shard_path, write_shard
+from indexer.shard_files import map_csr_npz, shard_path, write_shard
 from model.data import Skipped
 from model.vocabulary import Vocabulary, VocabularyMismatchError
 
@@ -344,7 +345,7 @@ class CorpusStore:
         self, ids: list[str], rows: sp.csr_matrix, records: Sequence[ImageInfo],
         thumbnails: list[bytes | None],
     ) -> None:  # fmt: skip
-        check_shard(ids, rows, len(self.vocabulary))
+        check_rows(ids, rows, len(self.vocabulary))
         if len(records) != len(ids) or len(thumbnails) != len(ids):
             raise ValueError("ids, records and thumbnails must have the same length")
         if any(r.id != i for r, i in zip(records, ids, strict=True)):
